@@ -1,0 +1,89 @@
+import keras
+import numpy as np
+import pytest
+
+from tfhash.layers import HashLayer, SignPack, check_bits
+from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss, label_similarity
+
+
+def test_sign_pack_matches_np_packbits():
+    rng = np.random.default_rng(0)
+    for bits in (8, 16, 24, 64):
+        z = rng.normal(size=(50, bits)).astype("float32")
+        z[0, :4] = 0.0  # sign(0) counts as +1 (bit set), as np.packbits(z >= 0)
+        got = SignPack()(z).numpy()
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, np.packbits(z >= 0, axis=-1))
+
+
+def test_sign_pack_golden_msb_first():
+    # Bits 1 0 0 0 0 0 0 1 -> 0b10000001 = 129; bit 0 of the code is the MSB.
+    z = np.array([[0.3, -1, -1, -1, -1, -1, -1, 0.9, -1, -1, -1, -1, -1, -1, 1, -1]], "float32")
+    np.testing.assert_array_equal(SignPack()(z).numpy(), [[129, 2]])
+
+
+def test_hash_layer_range_and_config_round_trip():
+    layer = HashLayer(bits=16, name="h")
+    z = layer(np.random.default_rng(0).normal(size=(4, 7)).astype("float32") * 100).numpy()
+    assert z.shape == (4, 16) and np.abs(z).max() <= 1.0
+    clone = HashLayer.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("bits", [0, 12, -8, 8.0, True, "32"])
+def test_bits_must_be_positive_multiple_of_8(bits):
+    with pytest.raises(ValueError, match=r"multiple of 8.*Received: bits="):
+        check_bits(bits)
+
+
+def test_label_similarity_single_and_multi_label():
+    # Class ids: items 0 and 2 share class 1.
+    s = label_similarity(np.array([1, 0, 1]), np.array([1, 0, 1])).numpy()
+    np.testing.assert_array_equal(s, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
+    # Multi-hot: item 0 {a, b}, item 1 {b}, item 2 {c}: 0~1 share b, 2 shares nothing.
+    labels = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    s = label_similarity(labels, labels).numpy()
+    np.testing.assert_array_equal(s, [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+
+
+def test_pairwise_cross_entropy_golden():
+    # z0 = (1, 0), z1 = (0, 1), different classes. Row 0 pairs:
+    #   with itself: t = 1, s = 1 -> log(1 + e) - 1 = 0.313262
+    #   with z1:     t = 0, s = 0 -> log 2        = 0.693147
+    # mean over the row: 0.503204. Row 1 is the same by symmetry.
+    z = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    labels = np.array([0, 1])
+    loss = PairwiseCrossEntropy()(z, labels, z, labels).numpy()
+    np.testing.assert_allclose(loss, [0.503204, 0.503204], atol=1e-6)
+    # Balanced: 4 pairs, 2 similar -> similar weight 4/2 = 2, dissimilar 1:
+    #   (2 * 0.313262 + 0.693147) / 2 = 0.659836
+    loss = PairwiseCrossEntropy(balanced=True)(z, labels, z, labels).numpy()
+    np.testing.assert_allclose(loss, [0.659836, 0.659836], atol=1e-6)
+    # alpha = 2 doubles t: with itself log(1 + e^2) - 2 = 0.126928; mean with log 2: 0.410038
+    loss = PairwiseCrossEntropy(alpha=2.0)(z, labels, z, labels).numpy()
+    np.testing.assert_allclose(loss, [0.410038, 0.410038], atol=1e-6)
+
+
+def test_pairwise_cross_entropy_is_finite_for_large_products():
+    z = np.full((2, 64), 1.0, "float32")
+    loss = PairwiseCrossEntropy(alpha=10.0)(z, np.array([0, 1]), z, np.array([0, 1])).numpy()
+    # t = 640, s = 0 for the cross pair: softplus(640) = 640 exactly; s = 1 pair: 0.
+    np.testing.assert_allclose(loss, [320.0, 320.0], rtol=1e-6)
+
+
+def test_quantization_losses_golden():
+    z = np.array([[1.0, 0.0], [-1.0, -1.0]], "float32")
+    # log_cosh: row 0 = log cosh(0) + log cosh(-1) = 0 + 0.433781; row 1 = 0.
+    np.testing.assert_allclose(QuantizationLoss("log_cosh")(z).numpy(), [0.433781, 0.0], atol=1e-6)
+    # squared: mean((|z| - 1)^2): row 0 = (0 + 1) / 2 = 0.5.
+    np.testing.assert_allclose(QuantizationLoss("squared")(z).numpy(), [0.5, 0.0], atol=1e-6)
+    # log cosh stays finite far from +-1 (naive cosh overflows at ~89).
+    assert np.isfinite(QuantizationLoss()(np.array([[200.0]], "float32")).numpy()).all()
+
+
+def test_loss_options_are_checked():
+    with pytest.raises(ValueError, match="variant must be one of.*Received: variant='l1'"):
+        QuantizationLoss("l1")
+    with pytest.raises(ValueError, match="alpha must be positive. Received: alpha=0"):
+        PairwiseCrossEntropy(alpha=0)
+    assert keras.saving.get_registered_object("tfhash>PairwiseCrossEntropy") is PairwiseCrossEntropy

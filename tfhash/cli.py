@@ -1,0 +1,230 @@
+"""The `tfhash` command: train, evaluate, encode and search.
+
+    tfhash train --model dhn --protocol fashion_mnist --bits 32 --output runs/dhn32
+    tfhash evaluate runs/dhn32 --plot runs/dhn32/pr.png
+    tfhash encode runs/dhn32 --part database --output db_codes.npy --index db.thi
+    tfhash search db.thi --queries query_codes.npy -k 10
+"""
+
+import argparse
+import json
+import os
+import sys
+
+# Quiet TF's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_protocol_args(parser):
+    parser.add_argument("--protocol", default="fashion_mnist", help="dataset + committed split (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
+
+
+def _train(args):
+    from tfhash import training
+
+    model_kwargs = {
+        "alpha": args.alpha,
+        "balanced": args.balanced,
+        "quantization": args.quantization,
+        "quantization_weight": args.quantization_weight,
+        "backbone": args.backbone,
+        "dropout": args.dropout,
+    }
+    training.train(
+        args.model,
+        args.protocol,
+        bits=args.bits,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        strategy=args.strategy,
+        output_dir=args.output,
+        data_dir=args.data_dir,
+        model_kwargs=model_kwargs,
+        verbose=2 if args.quiet else "auto",
+    )
+    print(f"saved model to {os.path.join(args.output, training.MODEL_FILE)}")
+
+
+def _evaluate(args):
+    from tfhash import training
+    from tfhash.data import load_protocol
+    from tfhash.evaluation import evaluate_model, plot_precision_recall
+    from tfhash.index import HammingIndex
+
+    model = training.load_model(args.model)
+    data = load_protocol(args.protocol, args.data_dir)
+    print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
+    result, query_codes, database_codes = evaluate_model(
+        model,
+        data,
+        verbose=1,
+        ks=tuple(args.k),
+        map_k=args.map_k,
+        radius=args.radius,
+        normalization=args.normalization,
+        no_relevant=args.no_relevant,
+    )
+    print(f"\n{data.protocol.description}")
+    print(f"mAP@{result['map_k']} ({args.normalization}, no_relevant={args.no_relevant}): {result['map']:.4f}")
+    for k in args.k:
+        print(f"P@{k}: {result[f'precision@{k}']:.4f}")
+    print(
+        f"precision / recall within radius {args.radius}: "
+        f"{result[f'precision@r{args.radius}']:.4f} / {result[f'recall@r{args.radius}']:.4f}"
+    )
+    _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
+    if args.plot:
+        plot_precision_recall({f"{model.name}, {result['bits']} bits": result["pr_curve"]}, args.plot)
+        print(f"wrote precision-recall plot to {args.plot}")
+    if args.json:
+        _write_json(result, args.json)
+        print(f"wrote metrics to {args.json}")
+
+
+def _show_neighbours(data, query_codes, database_codes, query, index_class, k=10):
+    names = _class_names(data.protocol.name)
+    index = index_class(query_codes.shape[1] * 8)
+    index.add(database_codes, ids=data.split.database)
+    distances, ids = index.search(query_codes[query : query + 1], k)
+    q = int(data.split.query[query])
+    print(f"\nquery #{query} (image {q}, label {names(data.labels[q])}): {k} nearest database images")
+    for rank, (d, i) in enumerate(zip(distances[0], ids[0]), 1):
+        mark = "+" if data.labels[i] == data.labels[q] else " "
+        print(f"  {rank:2d}. image {i:6d}  hamming {d:3d}  {mark} {names(data.labels[i])}")
+
+
+def _class_names(protocol):
+    if protocol == "fashion_mnist":
+        from tfhash.data.fashion_mnist import CLASS_NAMES
+
+        return lambda label: CLASS_NAMES[int(label)]
+    return lambda label: str(int(label))
+
+
+def _encode(args):
+    import numpy as np
+
+    from tfhash import training
+    from tfhash.data import load_protocol
+    from tfhash.index import HammingIndex
+
+    model = training.load_model(args.model)
+    if args.images:
+        images = np.load(args.images, allow_pickle=False)
+        ids = None
+    else:
+        data = load_protocol(args.protocol, args.data_dir)
+        images, _ = data.subset(args.part)
+        ids = getattr(data.split, args.part)
+    codes = model.encode(images, batch_size=args.batch_size, verbose=1)
+    if args.output:
+        np.save(args.output, codes, allow_pickle=False)
+        print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {args.output}")
+    if args.index:
+        index = HammingIndex(codes.shape[1] * 8)
+        index.add(codes, ids=ids)
+        index.save(args.index)
+        print(f"wrote Hamming index of {len(index)} codes to {args.index}")
+
+
+def _search(args):
+    import numpy as np
+
+    from tfhash.index import HammingIndex
+
+    index = HammingIndex.load(args.index)
+    queries = np.load(args.queries, allow_pickle=False)
+    if args.radius is not None:
+        results = index.range_search(queries, args.radius)
+        for q, (distances, ids) in enumerate(results):
+            print(f"query {q}: {len(ids)} within radius {args.radius}: {ids[: args.k].tolist()}")
+        return
+    distances, ids = index.search(queries, args.k)
+    if args.output:
+        np.savez(args.output, distances=distances, ids=ids)
+        print(f"wrote {ids.shape} neighbours to {args.output}")
+    else:
+        for q in range(len(ids)):
+            print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
+
+
+def _write_json(obj, path):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def build_parser():
+    from tfhash.distribute import STRATEGIES
+
+    parser = argparse.ArgumentParser(prog="tfhash", description="Deep learning to hash with TensorFlow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a protocol's training split")
+    p.add_argument("--model", default="dhn", choices=["dhn"])
+    _add_protocol_args(p)
+    p.add_argument("--bits", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
+    p.add_argument("--backbone", default="small_cnn", help="small_cnn or a keras.applications name")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--alpha", type=float, default=1.0, help="inner-product scale of the pairwise loss")
+    p.add_argument("--balanced", action="store_true", help="balance similar/dissimilar pairs")
+    p.add_argument("--quantization", choices=["log_cosh", "squared"], default="log_cosh")
+    p.add_argument("--quantization-weight", type=float, default=0.1)
+    p.add_argument("--output", required=True, help="run directory (model.keras, run.json)")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="score a model on a protocol's queries and database")
+    p.add_argument("model", help="run directory or .keras file")
+    _add_protocol_args(p)
+    p.add_argument("--map-k", type=int, default=None, help="mAP cut-off (default: all)")
+    p.add_argument("-k", type=int, nargs="+", default=[100], help="precision@K cut-offs")
+    p.add_argument("--radius", type=int, default=2)
+    p.add_argument("--normalization", choices=["retrieved", "min_k_relevant"], default="retrieved")
+    p.add_argument("--no-relevant", choices=["zero", "drop"], default="zero")
+    p.add_argument("--sample-query", type=int, default=0, help="query whose neighbours are shown")
+    p.add_argument("--plot", help="write the precision-recall curve to this PNG")
+    p.add_argument("--json", help="write all metrics to this JSON file")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("encode", help="encode images to packed binary codes")
+    p.add_argument("model", help="run directory or .keras file")
+    _add_protocol_args(p)
+    p.add_argument("--part", choices=["query", "train", "database"], default="database")
+    p.add_argument("--images", help="a .npy array of raw images instead of a protocol part")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--output", help="write codes to this .npy file")
+    p.add_argument("--index", help="write a HammingIndex of the codes to this file")
+    p.set_defaults(run=_encode)
+
+    p = sub.add_parser("search", help="k nearest codes (or all within a radius) in a saved index")
+    p.add_argument("index", help="file written by `tfhash encode --index`")
+    p.add_argument("--queries", required=True, help=".npy of packed uint8 query codes")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")
+    p.add_argument("--output", help="write distances and ids to this .npz")
+    p.set_defaults(run=_search)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

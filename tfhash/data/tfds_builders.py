@@ -1,0 +1,57 @@
+"""TFDS builders that read local files, so `tfds` works offline.
+
+Importing this module registers the builders; then
+`tfds.load("fashion_mnist_local", data_dir=...)` builds from the Debian files
+(or from `download_config=tfds.download.DownloadConfig(manual_dir=...)`).
+The stock `fashion_mnist` builder downloads and checks checksums of the
+original gzip files, which the Debian re-gzipped copies fail.
+"""
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfhash.data import fashion_mnist
+
+
+class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
+    """Fashion-MNIST built from local IDX files; `index` is the 0..69999 position."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Built from local IDX files (Debian dataset-fashion-mnist)."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Install the Debian package `dataset-fashion-mnist`, or put the four IDX .gz "
+        "files (train-images-idx3-ubyte.gz, ...) in the manual directory."
+    )
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(28, 28, 1)),
+                    "label": tfds.features.ClassLabel(names=fashion_mnist.CLASS_NAMES),
+                    "index": tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://github.com/zalandoresearch/fashion-mnist",
+        )
+
+    def _split_generators(self, dl_manager):
+        try:
+            manual = os.fspath(dl_manager.manual_dir)
+        except AssertionError:  # No manual dir given, or it is empty: use the defaults.
+            manual = None
+        directory = fashion_mnist.find_local_dir(manual)
+        if directory is None:
+            raise FileNotFoundError(self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        return {
+            "train": self._generate_examples(directory, "train", offset=0),
+            "test": self._generate_examples(directory, "test", offset=60000),
+        }
+
+    def _generate_examples(self, directory, split, offset):
+        images, labels = fashion_mnist.load_split(directory, split)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            yield offset + i, {"image": image, "label": int(label), "index": offset + i}

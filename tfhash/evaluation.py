@@ -1,0 +1,69 @@
+"""Scoring a trained model on a protocol, and the plots that go with it."""
+
+import numpy as np
+
+from tfhash import metrics
+
+
+def encode_protocol(model, data, batch_size=512, verbose=0):
+    """Packed codes of the query and database parts of a `RetrievalData`."""
+    query_images, _ = data.subset("query")
+    database_images, _ = data.subset("database")
+    return (
+        model.encode(query_images, batch_size=batch_size, verbose=verbose),
+        model.encode(database_images, batch_size=batch_size, verbose=verbose),
+    )
+
+
+def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, **metric_options):
+    """Encodes a protocol's queries and database and scores the ranking.
+
+    Args:
+        model: a `tfhash.models.HashModel`.
+        data: `tfhash.data.RetrievalData`.
+        curve: also compute the precision-recall curve over radius 0..K.
+        **metric_options: passed to `tfhash.metrics.evaluate` (ks, map_k,
+            radius, normalization, no_relevant, empty).
+
+    Returns:
+        `(result, query_codes, database_codes)`; `result` is the metrics dict
+        with "pr_curve" added when `curve` is set.
+    """
+    query_codes, database_codes = encode_protocol(model, data, batch_size, verbose)
+    query_labels, database_labels = data.labels[data.split.query], data.labels[data.split.database]
+    result = metrics.evaluate(query_codes, database_codes, query_labels, database_labels, **metric_options)
+    result["protocol"]["name"] = data.protocol.name
+    result["protocol"]["description"] = data.protocol.description
+    result["bits"] = int(query_codes.shape[1] * 8)
+    if curve:
+        pr = metrics.precision_recall_curve(query_codes, database_codes, query_labels, database_labels)
+        result["pr_curve"] = {key: np.asarray(v).tolist() for key, v in pr.items()}
+    return result, query_codes, database_codes
+
+
+def plot_precision_recall(curves, path, title="Precision-recall within Hamming radius"):
+    """Writes a PNG of one or more PR curves.
+
+    Args:
+        curves: {label: {"precision": [...], "recall": [...]}} as returned in
+            `evaluate_model(...)[0]["pr_curve"]`.
+        path: output PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # No display on servers and CI.
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for label, curve in curves.items():
+        ax.plot(curve["recall"], curve["precision"], marker=".", label=label)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,569 @@
+"""Exact Hamming k-NN over packed binary codes, with faiss as the engine.
+
+* **Codes** are packed ``uint8`` arrays of shape ``(n, bits / 8)``, bit order as
+  ``np.packbits`` (most significant bit first). Nothing is converted silently:
+  any other dtype or shape raises ``ValueError``.
+* **Ranking** is by Hamming distance ascending, ties broken by insertion order,
+  so every result is deterministic.
+* **Files** use a small versioned binary format (no pickle), written
+  atomically and checked on load; see :meth:`HammingIndex.save`.
+"""
+
+import os
+import secrets
+import struct
+import zlib
+
+import faiss
+import numpy as np
+
+# Distance and id faiss writes into the slots of a row that has no neighbor
+# (k > ntotal). INT32_MAX, not -1, keeps every row sorted ascending, so a
+# filter such as `distances <= r` never picks up padding.
+PAD_DISTANCE = np.iinfo(np.int32).max
+PAD_ID = -1
+
+# File layout, all integers little-endian:
+#   magic (8s) | version (u32) | bits (u32) | flags (u32) | n (u64) |
+#   header crc32 of the 28 bytes before it (u32)            -> 32 bytes
+#   codes: n * bits/8 bytes | ids: n int64 (if FLAG_IDS)     -> payload
+#   crc32 of the payload (u32)                                -> 4 bytes
+# Magic and version come first and never move, so any later version can be
+# recognized (and refused) before the rest of its header is parsed.
+MAGIC = b"TFHASHIX"
+FORMAT_VERSION = 1
+FLAG_IDS = 1
+_PREAMBLE = struct.Struct("<8sI")
+_HEADER = struct.Struct("<8sIIIQ")
+_HEADER_SIZE = _HEADER.size + 4
+_CRC = struct.Struct("<I")
+# Bytes hashed and written per step, so saving never copies the whole index.
+_IO_CHUNK = 1 << 24
+
+# Spare rows kept when growing: capacity <= needed * (1 + 1/16), so codes never
+# take more than ~1.06x their packed size, while adding in many chunks costs
+# O(16) copies per code instead of O(chunks).
+_GROWTH_DIVISOR = 16
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+class HammingIndex:
+    """Exact k-nearest-neighbor search in Hamming space over packed codes.
+
+    Stores packed binary codes once, inside a `faiss.IndexBinaryFlat`, and
+    answers exact k-NN and range queries by brute force. Results are
+    deterministic: ranked by Hamming distance, ties broken by insertion order
+    (faiss's exact top-k heap breaks distance ties by database index, which
+    the tests check against a brute-force reference).
+
+    The API follows faiss: `add(codes)`, `search(queries, k) -> (distances,
+    ids)`, `range_search(queries, radius) -> (lims, distances, ids)`.
+    Unlike faiss, inputs are checked strictly (dtype `uint8`, shape
+    `(n, bits / 8)`), and a rejected call leaves the index unchanged.
+
+    Args:
+        bits: code length in bits, a positive multiple of 8.
+
+    Attributes:
+        bits: code length in bits.
+        code_size: bytes per packed code, `bits // 8`.
+        ntotal: number of codes held (also `len(index)`).
+        has_ids: whether codes were added with custom `ids`.
+
+    Examples:
+
+    >>> index = HammingIndex(bits=8)
+    >>> index.add(np.array([[0b00000000], [0b00000001],
+    ...                     [0b00000011], [0b00000001]], dtype=np.uint8))
+    >>> distances, ids = index.search(np.zeros((1, 1), np.uint8), k=4)
+    >>> distances.tolist(), ids.tolist()
+    ([[0, 1, 1, 2]], [[0, 1, 3, 2]])
+    >>> lims, distances, ids = index.range_search(np.zeros((1, 1), np.uint8), 1)
+    >>> ids[lims[0]:lims[1]].tolist()
+    [0, 1, 3]
+    """
+
+    def __init__(self, bits):
+        if not _is_int(bits) or bits <= 0 or bits % 8:
+            raise ValueError(
+                "`bits` must be a positive multiple of 8. " f"Received: bits={bits!r}"
+            )
+        self.bits = int(bits)
+        self.code_size = self.bits // 8
+        self._index = self._new_engine(0)
+        # Only allocated when ids are given: position -> user id. Same
+        # capacity as the engine's code buffer.
+        self._ids = None
+
+    # ------------------------------------------------------------------
+    # Size and memory
+    # ------------------------------------------------------------------
+
+    @property
+    def ntotal(self):
+        return int(self._index.ntotal)
+
+    def __len__(self):
+        return self.ntotal
+
+    @property
+    def has_ids(self):
+        return self._ids is not None
+
+    @property
+    def code_bytes(self):
+        """Bytes allocated for codes (inside faiss), spare capacity included."""
+        return int(self._index.xb.size())
+
+    @property
+    def memory_bytes(self):
+        """Bytes allocated for codes plus custom ids, if any."""
+        ids_bytes = 0 if self._ids is None else self._ids.nbytes
+        return self.code_bytes + ids_bytes
+
+    def __repr__(self):
+        return (
+            f"HammingIndex(bits={self.bits}, ntotal={self.ntotal}, "
+            f"has_ids={self.has_ids})"
+        )
+
+    # ------------------------------------------------------------------
+    # Adding
+    # ------------------------------------------------------------------
+
+    def add(self, codes, ids=None):
+        """Appends packed codes to the index.
+
+        Everything is validated before anything changes: a rejected call
+        leaves the index exactly as it was.
+
+        Args:
+            codes: `uint8` array of shape `(n, bits / 8)`, packed as
+                `np.packbits` does.
+            ids: optional integer array of shape `(n,)`, non-negative, returned
+                by `search` in place of positions (`-1` is reserved for
+                padding). Either every `add` gives ids or none does. Ids are
+                not required to be unique. Without ids, a code's id is its
+                insertion position (0, 1, 2, ... across calls).
+
+        Examples:
+
+        >>> index = HammingIndex(bits=16)
+        >>> index.add(np.zeros((2, 2), np.uint8), ids=np.array([10, 20]))
+        >>> index.search(np.zeros((1, 2), np.uint8), k=1)[1].tolist()
+        [[10]]
+        """
+        codes = self._check_codes(codes, "codes")
+        n = codes.shape[0]
+        ids = self._check_ids(ids, n)
+        if n == 0:
+            return
+        old_n = self.ntotal
+        new_n = old_n + n
+        cs = self.code_size
+
+        # Build the grown buffers off to the side, then swap them in, so
+        # a failure (e.g. MemoryError) leaves the old state intact.
+        engine, id_buf = self._index, self._ids
+        capacity = self.code_bytes // cs
+        if new_n > capacity:
+            capacity = max(new_n, capacity + capacity // _GROWTH_DIVISOR)
+            engine = self._new_engine(capacity)
+            if old_n:
+                self._view(engine, old_n)[:] = self._view(self._index, old_n)
+            if ids is not None:
+                id_buf = np.empty(capacity, np.int64)
+                if old_n:
+                    id_buf[:old_n] = self._ids[:old_n]
+        elif ids is not None and id_buf is None:
+            # Empty index with spare capacity (cannot happen today, kept safe).
+            id_buf = np.empty(capacity, np.int64)
+
+        # Rows at and past ntotal are invisible to faiss, so writing them
+        # before bumping ntotal is safe.
+        self._view(engine, new_n)[old_n * cs :] = codes.reshape(-1)
+        if ids is not None:
+            id_buf[old_n:new_n] = ids
+        engine.ntotal = new_n
+        self._index, self._ids = engine, id_buf
+
+    # ------------------------------------------------------------------
+    # Searching
+    # ------------------------------------------------------------------
+
+    def search(self, queries, k):
+        """Finds the `k` nearest codes of each query, exactly.
+
+        Args:
+            queries: `uint8` array of shape `(nq, bits / 8)`.
+            k: number of neighbors, a positive int. If `k > ntotal`, each
+                row is padded like faiss does: distance `2**31 - 1`
+                (`PAD_DISTANCE`) and id `-1`, so rows stay sorted.
+
+        Returns:
+            `(distances, ids)`: `int32` and `int64` arrays of shape `(nq, k)`,
+            sorted by distance, ties by insertion order.
+
+        Examples:
+
+        >>> index = HammingIndex(bits=8)
+        >>> index.add(np.array([[0b11], [0b01]], dtype=np.uint8))
+        >>> d, i = index.search(np.array([[0b01]], dtype=np.uint8), k=3)
+        >>> d.tolist(), i.tolist()
+        ([[0, 1, 2147483647]], [[1, 0, -1]])
+        """
+        queries = self._check_codes(queries, "queries")
+        if not _is_int(k) or k <= 0:
+            raise ValueError(f"`k` must be a positive int. Received: k={k!r}")
+        k = int(k)
+        self._check_not_empty("search")
+        if queries.shape[0] == 0:
+            return np.empty((0, k), np.int32), np.empty((0, k), np.int64)
+        distances, positions = self._index.search(queries, k)
+        return distances, self._to_ids(positions)
+
+    def range_search(self, queries, radius):
+        """Finds every code within Hamming distance `radius` (inclusive).
+
+        Args:
+            queries: `uint8` array of shape `(nq, bits / 8)`.
+            radius: int in `[0, bits]`; codes with `distance <= radius` are
+                returned (faiss's own `range_search` is exclusive, `<`).
+
+        Returns:
+            `(lims, distances, ids)`, laid out like faiss: the results of
+            query `i` are `distances[lims[i]:lims[i + 1]]` (`int32`) and
+            `ids[lims[i]:lims[i + 1]]` (`int64`); `lims` is `int64` of length
+            `nq + 1`. Each query's results are sorted by distance, ties by
+            insertion order.
+
+        Examples:
+
+        >>> index = HammingIndex(bits=8)
+        >>> index.add(np.array([[0b00], [0b11], [0b01]], dtype=np.uint8))
+        >>> lims, d, i = index.range_search(np.array([[0]], np.uint8), 1)
+        >>> lims.tolist(), d.tolist(), i.tolist()
+        ([0, 2], [0, 1], [0, 2])
+        """
+        queries = self._check_codes(queries, "queries")
+        if not _is_int(radius) or not 0 <= radius <= self.bits:
+            raise ValueError(
+                f"`radius` must be an int in [0, bits={self.bits}]. "
+                f"Received: radius={radius!r}"
+            )
+        self._check_not_empty("range_search")
+        nq = queries.shape[0]
+        if nq == 0:
+            return (np.zeros(1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64))
+        lims, distances, positions = self._index.range_search(queries, int(radius) + 1)
+        lims = lims.astype(np.int64)
+        distances = distances.astype(np.int32)
+        # faiss does not promise an order inside a query's results: sort by
+        # (query, distance, position) explicitly.
+        query_of = np.repeat(np.arange(nq, dtype=np.int64), np.diff(lims))
+        order = np.lexsort((positions, distances, query_of))
+        return lims, distances[order], self._to_ids(positions[order])
+
+    # ------------------------------------------------------------------
+    # Saving and loading
+    # ------------------------------------------------------------------
+
+    def save(self, path):
+        """Writes the index to `path`, atomically.
+
+        The file is written to a temporary file in the same folder, flushed
+        to disk, then renamed over `path`: readers see either the old file
+        or the complete new one, and a failed save leaves no partial file.
+
+        Format (little-endian): magic `b"TFHASHIX"`, format version (u32),
+        bits (u32), flags (u32, bit 0 = has ids), n (u64), CRC-32 of those 28
+        bytes (u32); then the codes (`n * bits / 8` bytes), the ids (`n`
+        int64, if any) and a CRC-32 of codes and ids (u32). No pickle.
+
+        Args:
+            path: destination file (str or path-like).
+
+        Examples:
+
+        >>> import tempfile
+        >>> index = HammingIndex(bits=8)
+        >>> index.add(np.array([[1], [2]], dtype=np.uint8))
+        >>> path = os.path.join(tempfile.mkdtemp(), "codes.tfhi")
+        >>> index.save(path)
+        >>> HammingIndex.load(path).ntotal
+        2
+        """
+        path = os.fspath(path)
+        folder, name = os.path.split(os.path.abspath(path))
+        n = self.ntotal
+        flags = FLAG_IDS if self._ids is not None else 0
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.bits, flags, n)
+        header += _CRC.pack(zlib.crc32(header))
+
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        # O_EXCL: never clobber a file we did not create; mode 0o666 lets the
+        # umask apply, as for any file opened with open().
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header)
+                crc = 0
+                for chunk in self._payload_chunks():
+                    crc = zlib.crc32(chunk, crc)
+                    f.write(chunk)
+                f.write(_CRC.pack(crc))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(folder)
+
+    @classmethod
+    def load(cls, path):
+        """Reads an index written by `save`.
+
+        Refuses, with a `ValueError` saying what was expected and what was
+        found: files that are not HammingIndex files (wrong magic), files from
+        a newer format version, truncated files and corrupted files (CRC-32
+        mismatch).
+
+        Args:
+            path: file written by `HammingIndex.save` (str or path-like).
+
+        Returns:
+            A new `HammingIndex` with the same codes, ids and search results.
+
+        Raises:
+            FileNotFoundError: if `path` does not exist.
+            ValueError: if the file is not a valid HammingIndex file.
+        """
+        path = os.fspath(path)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"No HammingIndex file at {path!r}: the file does not exist."
+            ) from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_HEADER_SIZE)
+            bits, flags, n = _parse_header(path, head)
+            code_size = bits // 8
+            ids_size = 8 * n if flags & FLAG_IDS else 0
+            expected = _HEADER_SIZE + n * code_size + ids_size + _CRC.size
+            if size != expected:
+                what = "truncated" if size < expected else "corrupted (trailing bytes)"
+                raise ValueError(
+                    f"HammingIndex file {path!r} is {what}: its header "
+                    f"(bits={bits}, n={n}, has_ids={bool(ids_size)}) implies "
+                    f"{expected} bytes, found {size} bytes."
+                )
+
+            index = cls(bits)
+            # Read codes straight into faiss's buffer: no second copy.
+            index._index = cls._new_engine_for(bits, n)
+            crc = 0
+            if n:
+                codes = cls._view(index._index, n)
+                _read_into(f, codes)
+                crc = zlib.crc32(codes, crc)
+            ids = None
+            if ids_size:
+                ids = np.empty(n, "<i8")
+                if n:
+                    _read_into(f, ids.view(np.uint8))
+                    crc = zlib.crc32(ids.view(np.uint8), crc)
+            (stored,) = _CRC.unpack(f.read(_CRC.size))
+            if crc != stored:
+                raise ValueError(
+                    f"HammingIndex file {path!r} is corrupted: checksum "
+                    f"(CRC-32 of codes and ids) expected 0x{stored:08x} as "
+                    f"stored, found 0x{crc:08x}."
+                )
+        index._index.ntotal = n
+        index._ids = None if ids is None else ids.astype(np.int64, copy=False)
+        return index
+
+    # ------------------------------------------------------------------
+    # Internals
+    # ------------------------------------------------------------------
+
+    def _new_engine(self, capacity):
+        return self._new_engine_for(self.bits, capacity)
+
+    @staticmethod
+    def _new_engine_for(bits, capacity):
+        """An empty IndexBinaryFlat whose code buffer holds `capacity` rows."""
+        engine = faiss.IndexBinaryFlat(bits)
+        # Pinned rather than inherited: the exact heap (faiss >= 1.7.3 breaks
+        # its ties by database index) is what makes ties deterministic, and
+        # it is as fast as the counter method at 64 bits, faster at 128.
+        engine.use_heap = True
+        engine.approx_topk_mode = faiss.EXACT_TOPK
+        if capacity:
+            # resize() of an empty std::vector allocates exactly this much;
+            # insert() (faiss's add) would grow it up to 2x.
+            engine.xb.resize(capacity * (bits // 8))
+        return engine
+
+    @staticmethod
+    def _view(engine, rows):
+        """Writable NumPy view of the first `rows` codes in `engine`'s buffer."""
+        nbytes = rows * engine.code_size
+        if nbytes == 0:
+            return np.empty(0, np.uint8)
+        return faiss.rev_swig_ptr(engine.xb.data(), nbytes)
+
+    def _payload_chunks(self):
+        n = self.ntotal
+        if n:
+            codes = self._view(self._index, n)
+            for start in range(0, codes.size, _IO_CHUNK):
+                yield codes[start : start + _IO_CHUNK]
+        if self._ids is not None and n:
+            ids = self._ids[:n].astype("<i8", copy=False).view(np.uint8)
+            for start in range(0, ids.size, _IO_CHUNK):
+                yield ids[start : start + _IO_CHUNK]
+
+    def _to_ids(self, positions):
+        if self._ids is None:
+            return positions
+        ids = self._ids[positions]
+        ids[positions < 0] = PAD_ID
+        return ids
+
+    def _check_not_empty(self, method):
+        if self.ntotal == 0:
+            raise ValueError(
+                f"Cannot {method} an empty HammingIndex (ntotal=0); "
+                "call add() with some codes first."
+            )
+
+    def _check_codes(self, codes, name):
+        codes = np.asarray(codes)
+        expected = f"uint8 array of shape (n, {self.code_size})"
+        received = f"dtype={codes.dtype}, shape={codes.shape}"
+        hint = f" for bits={self.bits} (packed as np.packbits)"
+        if codes.dtype != np.uint8:
+            raise ValueError(
+                f"`{name}` must be a {expected}{hint}; no conversion is done. "
+                f"Received: {received}"
+            )
+        if codes.ndim != 2:
+            raise ValueError(
+                f"`{name}` must be a 2-D {expected}{hint}. Received: {received}"
+            )
+        if codes.shape[1] != self.code_size:
+            raise ValueError(
+                f"`{name}` must be a {expected}{hint}: width "
+                f"{self.code_size} bytes, received width {codes.shape[1]}. "
+                f"Received: {received}"
+            )
+        return np.ascontiguousarray(codes)
+
+    def _check_ids(self, ids, n):
+        if ids is None:
+            if self._ids is not None:
+                raise ValueError(
+                    "This index was built with custom ids: every add() needs "
+                    "`ids`. Received: ids=None"
+                )
+            return None
+        if self.ntotal and self._ids is None:
+            raise ValueError(
+                "This index was built without ids (ids are insertion "
+                "positions): add() cannot start giving `ids` now. "
+                f"Received: ids with shape {np.shape(ids)}"
+            )
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.shape[0] != n:
+            raise ValueError(
+                f"`ids` must be a 1-D integer array of length {n} (one per "
+                f"code). Received: dtype={ids.dtype}, shape={ids.shape}"
+            )
+        if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int64).max):
+            raise ValueError(
+                "`ids` must be in [0, 2**63 - 1] (-1 marks padding in "
+                f"results). Received: min={ids.min()}, max={ids.max()}"
+            )
+        return ids.astype(np.int64)
+
+
+def _parse_header(path, head):
+    """Checks the fixed header; returns (bits, flags, n)."""
+    if not head or head[: len(MAGIC)] != MAGIC[: len(head)]:
+        problem = "is empty" if not head else "is not a HammingIndex file"
+        raise ValueError(
+            f"File {path!r} {problem}: expected it to start with magic "
+            f"{MAGIC!r}, found {head[: len(MAGIC)]!r}."
+        )
+    if len(head) < _PREAMBLE.size:
+        raise ValueError(
+            f"HammingIndex file {path!r} is truncated: expected at least "
+            f"{_HEADER_SIZE} bytes of header, found {len(head)} bytes."
+        )
+    _, version = _PREAMBLE.unpack_from(head)
+    if version > FORMAT_VERSION or version < 1:
+        newer = " (written by a newer tfhash?)" if version > FORMAT_VERSION else ""
+        raise ValueError(
+            f"HammingIndex file {path!r} has format version {version}{newer}; "
+            f"this tfhash reads version {FORMAT_VERSION}."
+        )
+    if len(head) < _HEADER_SIZE:
+        raise ValueError(
+            f"HammingIndex file {path!r} is truncated: expected a "
+            f"{_HEADER_SIZE}-byte header, found {len(head)} bytes."
+        )
+    (stored,) = _CRC.unpack_from(head, _HEADER.size)
+    crc = zlib.crc32(head[: _HEADER.size])
+    if crc != stored:
+        raise ValueError(
+            f"HammingIndex file {path!r} is corrupted: header checksum "
+            f"expected 0x{stored:08x} as stored, found 0x{crc:08x}."
+        )
+    _, _, bits, flags, n = _HEADER.unpack_from(head)
+    # The header CRC matched, so these only fail for a file we did not write.
+    if bits <= 0 or bits % 8 or flags & ~FLAG_IDS:
+        raise ValueError(
+            f"HammingIndex file {path!r} has an invalid header: expected "
+            f"bits a positive multiple of 8 and flags in {{0, {FLAG_IDS}}}, "
+            f"found bits={bits}, flags={flags}."
+        )
+    return bits, flags, n
+
+
+def _read_into(f, buffer):
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            raise ValueError(
+                f"HammingIndex file {f.name!r} is truncated: expected "
+                f"{len(view)} more bytes, found {done}."
+            )
+        done += got
+
+
+def _fsync_dir(folder):
+    # Makes the rename itself durable; not possible on every platform.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

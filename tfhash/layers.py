@@ -1,0 +1,82 @@
+"""Layers shared by every tfhash model: the hash layer and bit packing."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class HashLayer(keras.layers.Layer):
+    """Dense projection to `bits` units followed by tanh: the relaxed code z.
+
+    During training z in (-1, 1)^bits stands in for the binary code; at
+    inference `sign(z)` is the code (see `SignPack`).
+
+    Args:
+        bits: code length K, a positive multiple of 8 (codes are packed to bytes).
+        kernel_initializer: initializer of the projection.
+
+    Examples:
+    >>> layer = HashLayer(bits=16)
+    >>> layer(np.zeros((2, 5))).shape
+    (2, 16)
+    """
+
+    def __init__(self, bits, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits = bits
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.dense = keras.layers.Dense(
+            bits, kernel_initializer=self.kernel_initializer, name="fch"
+        )
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        return ops.tanh(self.dense(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.bits)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class SignPack(keras.layers.Layer):
+    """Binarizes real codes with sign (z >= 0 -> bit 1) and packs them to uint8.
+
+    Byte layout is exactly `np.packbits(z >= 0, axis=-1)`: bit 0 of the code is
+    the most significant bit of byte 0. Packing is a multiply by the bit weights
+    (128, 64, ..., 1) and a sum, because TFLite converts that with builtin ops
+    while `left_shift`/`bitwise_or` need Flex ops.
+
+    Examples:
+    >>> SignPack()(np.array([[1.0, -1, -1, -1, -1, -1, -1, 0.5]])).numpy()
+    array([[129]], dtype=uint8)
+    """
+
+    def call(self, codes):
+        bits = ops.shape(codes)[-1]
+        weights = ops.convert_to_tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype="int32")
+        on = ops.cast(ops.greater_equal(codes, 0), "int32")
+        grouped = ops.reshape(on, (-1, bits // 8, 8))
+        packed = ops.sum(grouped * weights, axis=-1)
+        return ops.cast(packed, "uint8")
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] // 8)
+
+
+def check_bits(bits):
+    """Raises ValueError unless `bits` is a positive multiple of 8."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits <= 0 or bits % 8:
+        raise ValueError(
+            "bits must be a positive multiple of 8 (codes are packed to bytes). "
+            f"Received: bits={bits!r}"
+        )

@@ -1,0 +1,143 @@
+"""Image trunks: a small CNN by default, or any `keras.applications` model.
+
+Every trunk takes raw pixels on a 0-255 scale (uint8 or float) and does its
+own preprocessing, so exported encoders accept raw images.
+"""
+
+import inspect
+
+import keras
+from keras import ops
+
+SMALL_CNN = "small_cnn"
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class Backbone(keras.layers.Layer):
+    """Feature extractor: raw images -> feature vector.
+
+    Args:
+        name_or_trunk: "small_cnn", or the name of a `keras.applications`
+            constructor such as "MobileNetV2" or "ResNet50".
+        input_shape: (height, width, channels) of the raw images.
+        weights: None (random init), a local weights file path, or "imagenet"
+            for `keras.applications` trunks on a machine with network.
+        dropout: dropout rate before the trunk's output (small CNN only).
+        trunk_kwargs: extra keyword arguments for the `keras.applications`
+            constructor (e.g. `{"alpha": 0.35}`).
+
+    Examples:
+    >>> Backbone("small_cnn", input_shape=(28, 28, 1))(np.zeros((2, 28, 28, 1))).shape
+    (2, 256)
+    """
+
+    def __init__(
+        self,
+        name_or_trunk=SMALL_CNN,
+        input_shape=(28, 28, 1),
+        weights=None,
+        dropout=0.0,
+        trunk_kwargs=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.name_or_trunk = name_or_trunk
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.weights_source = weights
+        self.dropout = float(dropout)
+        self.trunk_kwargs = dict(trunk_kwargs or {})
+        if len(self.image_shape) != 3:
+            raise ValueError(
+                f"input_shape must be (height, width, channels). Received: input_shape={input_shape}"
+            )
+        if name_or_trunk == SMALL_CNN:
+            self.trunk = _small_cnn(self.image_shape, self.dropout)
+            self._preprocess = lambda x: x / 255.0
+            if weights is not None:
+                self.trunk.load_weights(weights)
+        else:
+            self.trunk, self._preprocess = _application(
+                name_or_trunk, self.image_shape, weights, self.trunk_kwargs
+            )
+
+    def build(self, input_shape):
+        self.trunk.build((None, *self.trunk_input_shape))
+
+    @property
+    def trunk_input_shape(self):
+        return tuple(self.trunk.input_shape[1:])
+
+    def call(self, images, training=False):
+        x = self._preprocess(ops.cast(images, "float32"))
+        return self.trunk(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.trunk.output_shape[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "name_or_trunk": self.name_or_trunk,
+            "input_shape": self.image_shape,
+            # Weights are restored from the saved model, not the source file.
+            "weights": None,
+            "dropout": self.dropout,
+            "trunk_kwargs": self.trunk_kwargs,
+        }
+
+
+def _small_cnn(input_shape, dropout):
+    """Two conv blocks and a dense layer; no batch norm, so a distributed
+    step computes exactly what one device does."""
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dropout(dropout),
+            layers.Dense(256, activation="relu"),
+        ],
+        name="small_cnn",
+    )
+
+
+# keras.applications trunks want 3 channels and at least 32x32 pixels.
+_MIN_SIDE = 32
+
+
+def _application(name, input_shape, weights, trunk_kwargs):
+    constructor = getattr(keras.applications, name, None)
+    if constructor is None or not callable(constructor) or inspect.ismodule(constructor):
+        available = sorted(
+            n for n in dir(keras.applications) if n[0].isupper() and callable(getattr(keras.applications, n))
+        )
+        raise ValueError(
+            f"Unknown backbone {name!r}. Expected {SMALL_CNN!r} or a keras.applications "
+            f"model name, one of {available}."
+        )
+    height, width, channels = input_shape
+    side = (max(height, _MIN_SIDE), max(width, _MIN_SIDE))
+    trunk = constructor(
+        include_top=False,
+        weights=weights,
+        input_shape=(*side, 3),
+        pooling="avg",
+        **trunk_kwargs,
+    )
+    # Each application module ships the preprocessing its weights expect (0-255 input).
+    preprocess_input = inspect.getmodule(constructor).preprocess_input
+
+    def preprocess(x):
+        if channels == 1:
+            x = ops.repeat(x, 3, axis=-1)
+        if side != (height, width):
+            x = ops.image.resize(x, side)
+        return preprocess_input(x)
+
+    return trunk, preprocess

@@ -1,0 +1,132 @@
+"""DHN: Deep Hashing Network (Zhu, Long, Wang, Cao; AAAI 2016)."""
+
+import keras
+import tensorflow as tf
+
+from tfhash.layers import HashLayer, check_bits
+from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss
+from tfhash.models.backbones import SMALL_CNN, Backbone
+from tfhash.models.base import HashModel, gather_across_replicas
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class DHN(HashModel):
+    """Supervised image hashing with a pairwise cross-entropy and a quantization loss.
+
+    A trunk, then `fch`: K tanh units whose sign is the code. Each step pairs
+    every image of the batch with every image of the global batch (gathered
+    across replicas), with S_ij = 1 when they share a label, and minimizes
+
+        mean_i [ mean_j PCE(z_i, z_j; s_ij) + quantization_weight * Q(z_i) ]
+
+    The column codes z_j are held constant (as in DeepHash-pytorch's code
+    memory), which halves the gradient of the symmetric sum but lets a replica
+    differentiate only its own rows.
+
+    Args:
+        bits: code length K (multiple of 8).
+        input_shape: raw image shape (height, width, channels), pixels 0-255.
+        backbone: "small_cnn" or a `keras.applications` model name.
+        backbone_weights: None, a local weights file, or "imagenet" (network).
+        dropout: dropout rate inside the small CNN.
+        alpha: scale of the inner product in the pairwise loss (paper: 1).
+        balanced: weigh similar and dissimilar pairs equally (thulab's code).
+        quantization: "log_cosh" (paper) or "squared" (thulab's code).
+        quantization_weight: lambda, weight of the quantization loss.
+
+    Examples:
+    >>> model = DHN(bits=16, input_shape=(8, 8, 1))
+    >>> model.compile(optimizer="adam")
+    >>> model.fit(images, labels, batch_size=64, epochs=1)
+    >>> codes = model.encode(images)  # uint8, shape (n, 2)
+    """
+
+    def __init__(
+        self,
+        bits=32,
+        input_shape=(28, 28, 1),
+        backbone=SMALL_CNN,
+        backbone_weights=None,
+        dropout=0.0,
+        alpha=1.0,
+        balanced=False,
+        quantization="log_cosh",
+        quantization_weight=0.1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits = bits
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.backbone_name = backbone
+        self.dropout = float(dropout)
+        self.quantization_weight = float(quantization_weight)
+        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, name="backbone")
+        self.hash_layer = HashLayer(bits, name="hash")
+        self.pairwise_loss = PairwiseCrossEntropy(alpha=alpha, balanced=balanced)
+        self.quantization_loss = QuantizationLoss(quantization)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.pairwise_tracker = keras.metrics.Mean(name="pairwise_loss")
+        self.quantization_tracker = keras.metrics.Mean(name="quantization_loss")
+
+    def build(self, input_shape=None):
+        self.backbone.build((None, *self.image_shape))
+        self.hash_layer.build(self.backbone.compute_output_shape((None, *self.image_shape)))
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.hash_layer(self.backbone(images, training=training))
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.pairwise_tracker, self.quantization_tracker]
+
+    def _compute_losses(self, images, labels, training):
+        z = self(images, training=training)
+        z_all, labels_all = gather_across_replicas(z, labels)
+        pairwise = self.pairwise_loss(z, labels, tf.stop_gradient(z_all), labels_all)
+        quantization = self.quantization_loss(z)
+        per_example = pairwise + self.quantization_weight * quantization
+        # Divide by the global batch: the optimizer sums replicas' gradients.
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=tf.shape(z_all)[0])
+        if self.losses:
+            loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+        return loss, per_example, pairwise, quantization
+
+    def _track(self, per_example, pairwise, quantization):
+        # Local means weighted by local batch size: the synced Mean is the global mean.
+        n = tf.cast(tf.shape(per_example)[0], "float32")
+        for tracker, value in (
+            (self.loss_tracker, per_example),
+            (self.pairwise_tracker, pairwise),
+            (self.quantization_tracker, quantization),
+        ):
+            tracker.update_state(tf.reduce_mean(value), sample_weight=n)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        images, labels = data[0], data[1]
+        with tf.GradientTape() as tape:
+            loss, *parts = self._compute_losses(images, labels, training=True)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._track(*parts)
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        _, *parts = self._compute_losses(images, labels, training=False)
+        return self._track(*parts)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "input_shape": self.image_shape,
+            "backbone": self.backbone_name,
+            "backbone_weights": None,
+            "dropout": self.dropout,
+            "alpha": self.pairwise_loss.alpha,
+            "balanced": self.pairwise_loss.balanced,
+            "quantization": self.quantization_loss.variant,
+            "quantization_weight": self.quantization_weight,
+        }
