@@ -289,7 +289,8 @@ def test_load_flipped_payload_byte(saved, where):
     position = {"codes": 32 + 777, "ids": 32 + 2000 + 13, "trailer": len(data) - 1}
     data[position[where]] ^= 0x10
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"corrupted: checksum .* expected 0x[0-9a-f]{8} as stored, found 0x"):
+    match = r"corrupted: checksum .* expected 0x[0-9a-f]{8} as stored, found 0x"
+    with pytest.raises(ValueError, match=match):
         HammingIndex.load(path)
 
 
@@ -313,7 +314,8 @@ def test_load_flipped_header_byte(saved):
 def test_load_foreign_file(tmp_path, content):
     path = tmp_path / "foreign.bin"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="is not a HammingIndex file: expected it to start with magic b'TFHASHIX', found") as info:
+    match = "is not a HammingIndex file: expected it to start with magic b'TFHASHIX', found"
+    with pytest.raises(ValueError, match=match) as info:
         HammingIndex.load(path)
     assert repr(content[:8]) in str(info.value)
 
@@ -363,7 +365,10 @@ def assert_unchanged(index, queries, results):
 @pytest.mark.parametrize(
     "codes,match",
     [
-        (np.zeros((3, 2), np.int64), "no conversion is done. Received: dtype=int64, shape=\\(3, 2\\)"),
+        (
+            np.zeros((3, 2), np.int64),
+            "no conversion is done. Received: dtype=int64, shape=\\(3, 2\\)",
+        ),
         (np.zeros((3, 2), np.float32), "Received: dtype=float32"),
         (np.zeros((3, 2), bool), "Received: dtype=bool"),
         ([[0, 1], [1, 0]], "Received: dtype=int64"),

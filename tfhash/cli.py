@@ -138,9 +138,10 @@ def _search(args):
     index = HammingIndex.load(args.index)
     queries = np.load(args.queries, allow_pickle=False)
     if args.radius is not None:
-        results = index.range_search(queries, args.radius)
-        for q, (distances, ids) in enumerate(results):
-            print(f"query {q}: {len(ids)} within radius {args.radius}: {ids[: args.k].tolist()}")
+        lims, distances, ids = index.range_search(queries, args.radius)
+        for q in range(len(queries)):
+            found = ids[lims[q] : lims[q + 1]]
+            print(f"query {q}: {len(found)} within radius {args.radius}, nearest {args.k}: {found[: args.k].tolist()}")
         return
     distances, ids = index.search(queries, args.k)
     if args.output:

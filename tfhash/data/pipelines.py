@@ -48,11 +48,19 @@ def pairwise_batches(images, labels, batch_size, *, seed=0, shuffle=True, repeat
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).map(_as_collective_types)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     # Each worker of a multi-worker strategy reads the same seeded stream and keeps its share.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
+
+
+def _as_collective_types(images, labels):
+    # Cross-replica collectives (all_gather, and Keras's build-time reduce under
+    # MultiWorkerMirroredStrategy) accept 32/64-bit types only, not uint8.
+    labels = tf.cast(labels, "float32" if labels.dtype.is_floating else "int32")
+    return tf.cast(images, "float32"), labels
 
 
 def pair_similarity(labels_a, labels_b):

@@ -87,8 +87,7 @@ class Backbone(keras.layers.Layer):
 
 
 def _small_cnn(input_shape, dropout):
-    """Two conv blocks and a dense layer; no batch norm, so a distributed
-    step computes exactly what one device does."""
+    """Two conv blocks, a dense layer and a batch norm over the features."""
     layers = keras.layers
     return keras.Sequential(
         [
@@ -102,6 +101,11 @@ def _small_cnn(input_shape, dropout):
             layers.Flatten(),
             layers.Dropout(dropout),
             layers.Dense(256, activation="relu"),
+            # Random ReLU features of different images are nearly parallel, so all
+            # codes start alike and the pairwise loss collapses them to z = 0 (a
+            # stationary point). Centring the features breaks that. Synchronized:
+            # statistics over the global batch, so replicas match one device.
+            layers.BatchNormalization(synchronized=True),
         ],
         name="small_cnn",
     )

@@ -17,6 +17,9 @@ def gather_across_replicas(*tensors):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return tensors
+    # Gather floats only: integer gathers fail under MultiWorkerMirroredStrategy
+    # ("destinations can not be empty"). Class ids below 2**24 are exact in float32.
+    tensors = [t if t.dtype.is_floating else tf.cast(t, "float32") for t in tensors]
     return tuple(context.all_gather(t, axis=0) for t in tensors)
 
 
@@ -50,6 +53,27 @@ class HashModel(keras.Model):
 
     bits: int
     image_shape: tuple
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras reduces a whole data batch across workers here only to learn
+        # input shapes, which fails under MultiWorkerMirroredStrategy
+        # (keras-team/keras#20585). A tfhash model knows its input shape.
+        if self._distribute_strategy is None or self._compile_metrics or self._compile_loss:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            if not self.built:
+                self.build((None, *self.image_shape))
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+
+    def step_logs(self):
+        """The trackers' results, as a `train_step`/`test_step` returns them."""
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces step logs with reduce("MEAN", axis=0) across
+            # workers, which fails on scalars: give them a length-1 axis.
+            logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def encode(self, images, batch_size=256, verbose=0):
         """Packed uint8 codes (n, bits // 8) for raw images (0-255 scale)."""

@@ -84,6 +84,7 @@ class DHN(HashModel):
     def _compute_losses(self, images, labels, training):
         z = self(images, training=training)
         z_all, labels_all = gather_across_replicas(z, labels)
+        labels = tf.cast(labels, labels_all.dtype)
         pairwise = self.pairwise_loss(z, labels, tf.stop_gradient(z_all), labels_all)
         quantization = self.quantization_loss(z)
         per_example = pairwise + self.quantization_weight * quantization
@@ -102,7 +103,7 @@ class DHN(HashModel):
             (self.quantization_tracker, quantization),
         ):
             tracker.update_state(tf.reduce_mean(value), sample_weight=n)
-        return {m.name: m.result() for m in self.metrics}
+        return self.step_logs()
 
     def train_step(self, data):
         images, labels = data[0], data[1]

@@ -1,0 +1,43 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` the suite.
+# Both create .venv and install what they need on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/dhn_fashion_mnist_32
+
+.PHONY: demo test setup data bench clean
+
+$(BIN)/tfhash: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/tfhash data
+
+# Fashion-MNIST ships as the Debian package dataset-fashion-mnist.
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	else \
+		echo "NOTE: Fashion-MNIST not found. Install the Debian package dataset-fashion-mnist"; \
+		echo "      (sudo apt-get install dataset-fashion-mnist), or set TFHASH_FASHION_MNIST_DIR to a"; \
+		echo "      directory with its four IDX .gz files; without it tfhash tries keras.datasets (network)."; \
+	fi
+
+# Main job: DHN, 32 bits, Fashion-MNIST protocol; prints mAP@all, P@100, a query's
+# neighbours, and writes the precision-recall plot.
+demo: setup
+	$(BIN)/tfhash train --model dhn --protocol fashion_mnist --bits 32 --output $(RUN_DIR) --quiet
+	$(BIN)/tfhash evaluate $(RUN_DIR) --protocol fashion_mnist --plot $(RUN_DIR)/precision_recall.png --json $(RUN_DIR)/metrics.json
+
+test: setup
+	$(BIN)/pytest -n 2 --dist loadfile -q
+
+bench: setup
+	$(BIN)/python bench/index.py
+	$(BIN)/python bench/dhn.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
