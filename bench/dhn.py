@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dhn.py [--bits 32 64] [--epochs 30] [--output bench/results/dhn.json]
 
-Trains with the recipe below (the same as `make demo` at 32 bits), encodes the
+Trains with the recipe `dhn_fashion_mnist` (as `make demo` does at 32 bits), encodes the
 1,000 queries and 69,000 database images, and prints mAP@all (normalization
 "retrieved" = min_k_relevant at K = all; queries without relevant items count
 0) and P@100 beside the untrained encoder's figures. Target: mAP@all >= 0.80.
@@ -20,7 +20,7 @@ from tfhash import training  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.evaluation import evaluate_model  # noqa: E402
 
-RECIPE = dict(model="dhn", protocol="fashion_mnist", epochs=30, batch_size=128, learning_rate=1e-3, seed=0)
+RECIPE = training.RECIPES["dhn_fashion_mnist"]
 
 
 def main():

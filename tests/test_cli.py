@@ -18,13 +18,17 @@ TINY = ["--protocol", "digits", "--bits", "16", "--epochs", "3", "--batch-size",
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    assert main(["train", "--model", "dhn", *TINY, "--output", out]) == 0
+    assert main(["train", "--recipe", "dhn_fashion_mnist", *TINY, "--output", out]) == 0
     return out
 
 
 def test_train_writes_model_and_run_record(run_dir):
     record = json.load(open(os.path.join(run_dir, "run.json")))
-    assert record["settings"]["bits"] == 16 and record["settings"]["protocol"] == "digits"
+    # Flags override the recipe (protocol, bits, epochs); the rest comes from it.
+    settings = record["settings"]
+    assert (settings["bits"], settings["protocol"], settings["epochs"]) == (16, "digits", 3)
+    assert settings["model_kwargs"]["alpha"] == 0.25 and settings["model_kwargs"]["balanced"] is True
+    assert settings["learning_rate"] == 1e-3 and settings["model_kwargs"]["quantization"] == "log_cosh"
     assert len(record["history"]["loss"]) == 3
     assert os.path.exists(os.path.join(run_dir, "model.keras"))
 
@@ -63,6 +67,8 @@ def test_encode_then_search_matches_brute_force(run_dir, tmp_path, capsys):
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--recipe", "nope", "--output", str(tmp_path / "r")]) == 2
+    assert "Unknown recipe 'nope'. Expected one of ['dhn_fashion_mnist']" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing"), "--protocol", "digits"]) == 2
     assert "No model at" in capsys.readouterr().err
     bad = str(tmp_path / "q.npy")

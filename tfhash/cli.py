@@ -20,25 +20,30 @@ def _add_protocol_args(parser):
     parser.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
 
 
+# Used where neither the command line nor a recipe sets a value (the papers' settings).
+TRAIN_DEFAULTS = {
+    "model": "dhn", "protocol": "fashion_mnist", "bits": 32, "epochs": 30, "batch_size": 128,
+    "learning_rate": 1e-3, "seed": 0, "alpha": 1.0, "balanced": False,
+    "quantization": "log_cosh", "quantization_weight": 0.1, "backbone": "small_cnn", "dropout": 0.0,
+}
+MODEL_ARGS = ("alpha", "balanced", "quantization", "quantization_weight", "backbone", "dropout")
+
+
 def _train(args):
     from tfhash import training
 
-    model_kwargs = {
-        "alpha": args.alpha,
-        "balanced": args.balanced,
-        "quantization": args.quantization,
-        "quantization_weight": args.quantization_weight,
-        "backbone": args.backbone,
-        "dropout": args.dropout,
+    if args.recipe and args.recipe not in training.RECIPES:
+        raise ValueError(f"Unknown recipe {args.recipe!r}. Expected one of {sorted(training.RECIPES)}.")
+    recipe = dict(training.RECIPES.get(args.recipe, {}))
+    recipe.update(recipe.pop("model_kwargs", {}))
+    # Command line first, then the recipe, then the papers' defaults.
+    settings = {
+        key: getattr(args, key) if getattr(args, key) is not None else recipe.get(key, default)
+        for key, default in TRAIN_DEFAULTS.items()
     }
+    model_kwargs = {key: settings.pop(key) for key in MODEL_ARGS}
     training.train(
-        args.model,
-        args.protocol,
-        bits=args.bits,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
+        **settings,
         strategy=args.strategy,
         output_dir=args.output,
         data_dir=args.data_dir,
@@ -166,20 +171,22 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a protocol's training split")
-    p.add_argument("--model", default="dhn", choices=["dhn"])
-    _add_protocol_args(p)
-    p.add_argument("--bits", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", help="named settings, e.g. dhn_fashion_mnist (flags given override it)")
+    p.add_argument("--model", choices=["dhn"])
+    p.add_argument("--protocol", help="dataset + committed split (default: fashion_mnist)")
+    p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
+    p.add_argument("--bits", type=int, help="code length (default: 32)")
+    p.add_argument("--epochs", type=int, help="default: 30")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: 128)")
+    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, help="default: 0")
     p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
-    p.add_argument("--backbone", default="small_cnn", help="small_cnn or a keras.applications name")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--alpha", type=float, default=1.0, help="inner-product scale of the pairwise loss")
-    p.add_argument("--balanced", action="store_true", help="balance similar/dissimilar pairs")
-    p.add_argument("--quantization", choices=["log_cosh", "squared"], default="log_cosh")
-    p.add_argument("--quantization-weight", type=float, default=0.1)
+    p.add_argument("--backbone", help="small_cnn (default) or a keras.applications name")
+    p.add_argument("--dropout", type=float, help="default: 0")
+    p.add_argument("--alpha", type=float, help="inner-product scale of the pairwise loss (paper: 1)")
+    p.add_argument("--balanced", action="store_true", default=None, help="balance similar/dissimilar pairs")
+    p.add_argument("--quantization", choices=["log_cosh", "squared"], help="default: log_cosh (paper)")
+    p.add_argument("--quantization-weight", type=float, help="lambda (default: 0.1)")
     p.add_argument("--output", required=True, help="run directory (model.keras, run.json)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     p.set_defaults(run=_train)
