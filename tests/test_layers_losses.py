@@ -87,3 +87,21 @@ def test_loss_options_are_checked():
     with pytest.raises(ValueError, match="alpha must be positive. Received: alpha=0"):
         PairwiseCrossEntropy(alpha=0)
     assert keras.saving.get_registered_object("tfhash>PairwiseCrossEntropy") is PairwiseCrossEntropy
+
+
+def test_sign_pack_converts_to_tflite_builtins_and_matches_np_packbits():
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((24,), batch_size=1)
+    model = keras.Model(inputs, SignPack()(inputs))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # Builtins only: conversion fails if packing needed Flex ops (left_shift would).
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    z = np.random.default_rng(1).normal(size=(1, 24)).astype("float32")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], z)
+    interpreter.invoke()
+    packed = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_array_equal(packed, np.packbits(z >= 0, axis=-1))
