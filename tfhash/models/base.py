@@ -66,6 +66,14 @@ class HashModel(keras.Model):
             if self.optimizer is not None and not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
 
+    def serving_inputs(self):
+        """Named inputs of the exported encoder: raw uint8 images, batch free.
+
+        Export and serving are written against this, so models with other
+        inputs (text encoders) override it.
+        """
+        return {"images": tf.TensorSpec((None, *self.image_shape), tf.uint8, name="images")}
+
     def step_logs(self):
         """The trackers' results, as a `train_step`/`test_step` returns them."""
         logs = {m.name: m.result() for m in self.metrics}
