@@ -64,6 +64,12 @@ def test_encode_then_search_matches_brute_force(run_dir, tmp_path, capsys):
     order = np.argsort(d, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(result["ids"], database_ids[order])
     np.testing.assert_array_equal(result["distances"], np.take_along_axis(d, order, 1))
+    # Radius search prints every database image within Hamming distance 1 of query 0.
+    capsys.readouterr()
+    assert main(["search", index, "--queries", queries, "--radius", "1", "-k", "3"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    within = database_ids[d[0] <= 1]
+    assert first.startswith(f"query 0: {len(within)} within radius 1, nearest 3: {within[np.argsort(d[0][d[0] <= 1], kind='stable')][:3].tolist()}")
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
