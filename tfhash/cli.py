@@ -4,6 +4,9 @@
     tfhash evaluate runs/dhn32 --plot runs/dhn32/pr.png
     tfhash encode runs/dhn32 --part database --output db_codes.npy --index db.thi
     tfhash search db.thi --queries query_codes.npy -k 10
+    tfhash export savedmodel runs/dhn32 --name dhn32
+    tfhash export tflite runs/dhn32 --quantization int8
+    tfhash serve --base-dir export/models
 """
 
 import argparse
@@ -221,6 +224,14 @@ def build_parser():
     p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")
     p.add_argument("--output", help="write distances and ids to this .npz")
     p.set_defaults(run=_search)
+
+    from tfhash.serving import add_serve_command
+
+    add_serve_command(sub)
+
+    from tfhash.export_cli import add_export_commands
+
+    add_export_commands(sub)
     return parser
 
 
@@ -228,7 +239,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: missing files, a port in use
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,9 @@
-"""Export encoders for deployment: SavedModels in TF Serving's layout.
+"""Export encoders for deployment: SavedModels in TF Serving's layout, and
+TFLite files for LiteRT.
 
 Only the encoder is exported (the inference path of `call`), never optimizers,
-discriminators or generators. Serving signature `serving_default`:
+discriminators or generators. Serving signature `serving_default`, the same in
+both formats:
 
     inputs:  the model's `serving_inputs()`, e.g. `images`: uint8 (None, H, W, C)
     outputs: `codes`: float32 (None, K), the relaxed codes in [-1, 1]
@@ -11,13 +13,19 @@ discriminators or generators. Serving signature `serving_default`:
 import os
 import re
 import shutil
+import tempfile
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from tfhash.layers import SignPack
+from tfhash.models.base import check_images
 
 SIGNATURE = "serving_default"
+QUANTIZATIONS = ("float32", "dynamic_int8", "int8")
 
 
 def next_version(model_dir):
@@ -39,6 +47,13 @@ def encoder_function(model):
         return {"codes": codes, "binary_codes": pack(codes)}
 
     return tf.function(encode, input_signature=list(specs.values()))
+
+
+def _write_encoder_savedmodel(model, directory):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, encoder_function(model))
+    archive.write_out(directory, verbose=False)
 
 
 def export_savedmodel(model, base_dir, name=None, version=None):
@@ -71,12 +86,203 @@ def export_savedmodel(model, base_dir, name=None, version=None):
     # TF Serving only loads all-digit directory names, so this one is invisible to it.
     tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE, encoder_function(model))
     try:
-        archive.write_out(tmp, verbose=False)
+        _write_encoder_savedmodel(model, tmp)
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def export_tflite(model, path, quantization="float32", representative_images=None, num_calibration=200):
+    """Writes the encoder as a TFLite flatbuffer that runs on LiteRT builtin ops.
+
+    The file has the SavedModel's signature (`serving_default`: uint8 `images`
+    in, float32 `codes` and uint8 `binary_codes` out) whatever the quantization:
+
+    - "float32": float weights and arithmetic; codes match Keras to rounding.
+    - "dynamic_int8": int8 weights, activations quantized on the fly (about 4x
+      smaller; no calibration data).
+    - "int8": full integer internals (int8 weights and activations, ranges
+      calibrated on `representative_images`, per-channel weights) with the
+      model's inputs and outputs kept as they are, so callers and the packing
+      do not change: the uint8 images are cast and quantized inside, and
+      `binary_codes` are the signs of the int8 tanh outputs; tanh's int8
+      output has zero point 0, so they are exactly `np.packbits(codes >= 0)`
+      of the dequantized `codes`. Conversion fails rather than fall back to
+      float kernels for an op with no int8 kernel (use "dynamic_int8" then).
+
+    The file is written to a temporary name beside `path` and renamed, so a
+    failed conversion leaves nothing and an existing file stays whole.
+
+    Args:
+        model: a built `tfhash.models.HashModel` taking images.
+        path: the .tflite file to write (parent directories are created).
+        quantization: one of "float32", "dynamic_int8", "int8".
+        representative_images: raw images (n, H, W, C), pixels 0-255, drawn like
+            the data the encoder will see (e.g. training images); required for
+            "int8", ignored otherwise.
+        num_calibration: how many of `representative_images` (the first ones)
+            calibrate the int8 ranges.
+
+    Returns:
+        `path`.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}. Received: quantization={quantization!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"path must be a file name (e.g. encoder.tflite). Received a directory: path={path!r}")
+    calibration = None
+    if quantization == "int8":
+        if representative_images is None:
+            raise ValueError(
+                "quantization='int8' calibrates activation ranges on sample inputs: pass "
+                f"representative_images, raw images of shape {(None, *model.image_shape)} "
+                "(e.g. training images). Received: representative_images=None"
+            )
+        if not isinstance(num_calibration, int) or isinstance(num_calibration, bool) or num_calibration <= 0:
+            raise ValueError(f"num_calibration must be a positive int. Received: num_calibration={num_calibration!r}")
+        calibration = as_uint8_images(representative_images, model.image_shape, "representative_images")
+        calibration = calibration[:num_calibration]
+
+    with tempfile.TemporaryDirectory(prefix="tfhash-tflite-") as workdir:
+        # From a SavedModel the converter freezes the weights into constants
+        # (folding /255 and batch norm into the convolutions). From the concrete
+        # function it kept resource variables and, in TF 2.21, returned
+        # binary_codes of all zeros.
+        saved = os.path.join(workdir, "savedmodel")
+        _write_encoder_savedmodel(model, saved)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "int8":
+            # Int8 kernels only, so no op falls back to float silently. Inputs and
+            # outputs keep their types (inference_input/output_type left as is).
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.representative_dataset = lambda: ({"images": image[None]} for image in calibration)
+        with warnings.catch_warnings():
+            # The converter calibrates with tf.lite.Interpreter, which warns it is deprecated.
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+            content = converter.convert()
+    _write_bytes_atomically(content, path)
+    return path
+
+
+def _write_bytes_atomically(content, path):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def as_uint8_images(images, image_shape, name="images"):
+    """Validates raw images (`check_images`) and returns them as uint8.
+
+    Exported encoders take uint8 pixels; integer or float arrays are accepted
+    when every value is a whole number in 0-255, so the cast changes nothing.
+    """
+    array = check_images(images, image_shape, name)
+    if array.dtype == np.uint8:
+        return array
+    low, high = array.min(), array.max()
+    whole = np.issubdtype(array.dtype, np.integer) or bool(np.all(array == np.round(array)))
+    if low < 0 or high > 255 or not whole:
+        raise ValueError(
+            f"{name} must hold whole pixel values 0-255 (exported encoders take uint8). "
+            f"Received: dtype={array.dtype}, values in [{low}, {high}]"
+            + ("" if whole else ", with fractional values")
+        )
+    return array.astype(np.uint8)
+
+
+class TFLiteEncoder:
+    """Runs an encoder written by `export_tflite` with LiteRT.
+
+    Reads the `serving_default` signature, so inputs and outputs are found by
+    name (`images`, `codes`, `binary_codes`) rather than by tensor order; the
+    batch dimension is resized to each chunk of `batch_size` images.
+
+    Args:
+        path: a .tflite file written by `export_tflite`.
+        num_threads: interpreter threads (None: LiteRT's default, one thread;
+            pass os.cpu_count() for throughput).
+
+    Attributes:
+        bits: code length K.
+        image_shape: (height, width, channels) the encoder takes.
+
+    Examples:
+    >>> export_tflite(model, "dhn.tflite", quantization="dynamic_int8")
+    >>> encoder = TFLiteEncoder("dhn.tflite")
+    >>> encoder.encode(images)  # uint8, shape (n, bits // 8), like model.encode
+    """
+
+    def __init__(self, path, num_threads=None):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No TFLite model at {path}: expected a file written by export_tflite")
+        self.path = path
+        try:
+            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        except ValueError as error:
+            raise ValueError(f"{path} is not a TFLite model: {error}") from error
+        signatures = self.interpreter.get_signature_list()
+        if SIGNATURE not in signatures:
+            raise ValueError(
+                f"{path} has no {SIGNATURE!r} signature (expected a file written by export_tflite). "
+                f"Received signatures: {sorted(signatures)}"
+            )
+        self._runner = self.interpreter.get_signature_runner(SIGNATURE)
+        inputs = self._runner.get_input_details()
+        if len(inputs) != 1:
+            raise ValueError(f"{path}: expected one image input. Received inputs: {sorted(inputs)}")
+        [(self._input, image)] = inputs.items()
+        if image["dtype"] != np.uint8 or len(image["shape_signature"]) != 4:
+            raise ValueError(
+                f"{path}: expected a uint8 (batch, H, W, C) image input. Received: "
+                f"dtype={np.dtype(image['dtype'])}, shape={image['shape_signature'].tolist()}"
+            )
+        self.image_shape = tuple(int(d) for d in image["shape_signature"][1:])
+        outputs = self._runner.get_output_details()
+        self._outputs = _output_names(outputs, path)
+        self.bits = int(outputs[self._outputs["codes"]]["shape_signature"][-1])
+
+    def encode(self, images, batch_size=256):
+        """Packed uint8 codes (n, bits // 8) for raw uint8 images (n, H, W, C)."""
+        return self._run(images, batch_size, "binary_codes")
+
+    def encode_real(self, images, batch_size=256):
+        """Relaxed codes (n, bits), float32 (dequantized for int8 files)."""
+        return self._run(images, batch_size, "codes")
+
+    def _run(self, images, batch_size, output):
+        images = as_uint8_images(images, self.image_shape)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+        name = self._outputs[output]
+        # The signature runner resizes the batch dimension when a chunk's size changes.
+        chunks = [
+            self._runner(**{self._input: images[start : start + batch_size]})[name]
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(chunks)
+
+
+def _output_names(outputs, path):
+    """Maps "codes" / "binary_codes" to the file's output names."""
+    if {"codes", "binary_codes"} <= set(outputs):
+        return {"codes": "codes", "binary_codes": "binary_codes"}
+    # A converter that renamed the outputs (output_0, ...): tell them apart by dtype.
+    by_dtype = {np.dtype(d["dtype"]): name for name, d in outputs.items()}
+    if len(outputs) == 2 and set(by_dtype) == {np.dtype("float32"), np.dtype("uint8")}:
+        return {"codes": by_dtype[np.dtype("float32")], "binary_codes": by_dtype[np.dtype("uint8")]}
+    found = {name: str(np.dtype(d["dtype"])) for name, d in outputs.items()}
+    raise ValueError(
+        f"{path}: expected outputs 'codes' (float32) and 'binary_codes' (uint8). Received: {found}"
+    )
