@@ -210,6 +210,19 @@ def test_tflite_runs_builtins_only_and_agrees_with_keras(model, tflite_files, im
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_tflite_codes_keep_the_retrieval_quality(model, tflite_files, digits, quantization):
+    # Quantization may flip a few bits; what users feel is mAP. It must stay within
+    # 0.01 of the Keras model's mAP@all on the digits protocol (Fashion-MNIST: bench/tflite.py).
+    from tfhash import metrics
+
+    (xq, yq), (xd, yd) = digits.subset("query"), digits.subset("database")
+    keras_map = metrics.mean_average_precision(model.encode(xq), model.encode(xd), yq, yd)
+    encoder = TFLiteEncoder(tflite_files[quantization])
+    tflite_map = metrics.mean_average_precision(encoder.encode(xq), encoder.encode(xd), yq, yd)
+    assert abs(tflite_map - keras_map) <= 0.01, (keras_map, tflite_map)
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
 def test_tflite_batch_size_does_not_change_codes(tflite_files, images, quantization):
     encoder = TFLiteEncoder(tflite_files[quantization])
     x = images[:100]
