@@ -80,3 +80,48 @@ def check_bits(bits):
             "bits must be a positive multiple of 8 (codes are packed to bytes). "
             f"Received: bits={bits!r}"
         )
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class AnnealedSign(keras.layers.Layer):
+    """sign(x) approached by tanh(beta * x) as beta grows (BGAN, Song et al. 2018).
+
+    In training the layer outputs the smooth `tanh(beta * x)`; at inference the
+    exact `sign(x)` (with sign(0) = +1, the bit convention of `SignPack`). Beta
+    is a non-trainable variable, so a callback can raise it between steps and
+    the compiled train step reads the new value (a Python float would be frozen
+    into the graph at trace time); it is saved with the model.
+
+    Args:
+        beta: initial beta (> 0).
+
+    Examples:
+    >>> layer = AnnealedSign(beta=5.0)
+    >>> layer(np.array([[-0.2, 0.0, 0.1]]), training=True)  # tanh(5x)
+    >>> layer.beta.assign(20.0)  # what `BetaSchedule` does between steps
+    """
+
+    def __init__(self, beta=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not beta > 0:
+            raise ValueError(f"beta must be positive. Received: beta={beta!r}")
+        self.initial_beta = float(beta)
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_beta),
+            trainable=False,
+            name="beta",
+        )
+
+    def call(self, inputs, training=False):
+        if training:
+            return ops.tanh(self.beta * inputs)
+        return ops.where(ops.greater_equal(inputs, 0), 1.0, -1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.initial_beta}
