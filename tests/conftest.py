@@ -12,3 +12,15 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over the 2 logical CPUs, shared by every test in the
+    process: separate instances reuse collective instance keys and abort each
+    other's all-reduces ("Shape mismatch in the collective instance")."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    return strategy

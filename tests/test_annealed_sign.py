@@ -51,12 +51,8 @@ def test_step_schedule_is_the_papers_list():
 
 
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
-def test_beta_changes_inside_the_compiled_train_step(strategy):
-    dist = (
-        tf.distribute.OneDeviceStrategy("/cpu:0")
-        if strategy == "one_device"
-        else tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    )
+def test_beta_changes_inside_the_compiled_train_step(strategy, mirrored):
+    dist = tf.distribute.OneDeviceStrategy("/cpu:0") if strategy == "one_device" else mirrored
     x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
     with dist.scope():
         model = BetaProbe()

@@ -38,17 +38,20 @@ def pairwise_batches(images, labels, batch_size, *, seed=0, shuffle=True, repeat
             "labels must be class ids (n,) or multi-hot (n, classes). "
             f"Received shape {labels.shape}"
         )
-    if batch_size < 2 or batch_size > len(images):
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).map(lambda x, y: (x, _label_type(y)))
+    return _finish(ds, len(images), batch_size, seed, shuffle, repeat)
+
+
+def _finish(ds, n, batch_size, seed, shuffle, repeat):
+    if batch_size < 2 or batch_size > n:
         raise ValueError(
-            f"batch_size must be in [2, {len(images)}] (pairs need two items). "
-            f"Received: batch_size={batch_size}"
+            f"batch_size must be in [2, {n}] (pairs need two items). Received: batch_size={batch_size}"
         )
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=True).map(_as_collective_types)
+    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (tf.cast(x, "float32"), y))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     # Each worker of a multi-worker strategy reads the same seeded stream and keeps its share.
     options = tf.data.Options()
@@ -56,11 +59,33 @@ def pairwise_batches(images, labels, batch_size, *, seed=0, shuffle=True, repeat
     return ds.with_options(options)
 
 
-def _as_collective_types(images, labels):
+def neighbour_batches(images, neighbours, batch_size, *, seed=0, shuffle=True):
+    """Batches of `(images, (ids, neighbour_lists))` for unsupervised models.
+
+    The models derive S_ij in {-1, +1} from the ids and neighbour lists of the
+    gathered batch (`tfhash.neighbours.batch_similarity`); no labels travel.
+
+    Args:
+        images: (n, height, width, channels) raw images.
+        neighbours: (n, m) int neighbour lists over the same n items (-1 padded),
+            e.g. `tfhash.neighbours.neighbour_structure(features)`.
+        batch_size: global batch size; seed, shuffle: as `pairwise_batches`.
+    """
+    images, neighbours = np.asarray(images), np.asarray(neighbours)
+    if neighbours.ndim != 2 or len(neighbours) != len(images):
+        raise ValueError(
+            f"neighbours must be (n, m) lists for the {len(images)} images. Received: shape={neighbours.shape}"
+        )
+    # Ids and lists as float32: exact below 2**24 and gatherable across replicas.
+    extras = (np.arange(len(images), dtype=np.float32), neighbours.astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices((images, extras))
+    return _finish(ds, len(images), batch_size, seed, shuffle, repeat=False)
+
+
+def _label_type(labels):
     # Cross-replica collectives (all_gather, and Keras's build-time reduce under
     # MultiWorkerMirroredStrategy) accept 32/64-bit types only, not uint8.
-    labels = tf.cast(labels, "float32" if labels.dtype.is_floating else "int32")
-    return tf.cast(images, "float32"), labels
+    return tf.cast(labels, "float32" if labels.dtype.is_floating else "int32")
 
 
 def pair_similarity(labels_a, labels_b):

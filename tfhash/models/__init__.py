@@ -2,6 +2,7 @@
 
 from tfhash.models.backbones import Backbone
 from tfhash.models.base import HashModel
+from tfhash.models.bgan import BGAN, BGANEncoder
 from tfhash.models.dhn import DHN
 
-__all__ = ["DHN", "Backbone", "HashModel"]
+__all__ = ["BGAN", "BGANEncoder", "DHN", "Backbone", "HashModel"]

@@ -23,6 +23,16 @@ def gather_across_replicas(*tensors):
     return tuple(context.all_gather(t, axis=0) for t in tensors)
 
 
+def step_logs(model):
+    """A model's tracker results, as its `train_step`/`test_step` returns them."""
+    logs = {m.name: m.result() for m in model.metrics}
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras reduces step logs with reduce("MEAN", axis=0) across
+        # workers, which fails on scalars: give them a length-1 axis.
+        logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
 def check_images(images, input_shape, name="images"):
     """Validates a batch of raw images; returns it as a NumPy array."""
     array = np.asarray(images)
@@ -75,13 +85,7 @@ class HashModel(keras.Model):
         return {"images": tf.TensorSpec((None, *self.image_shape), tf.uint8, name="images")}
 
     def step_logs(self):
-        """The trackers' results, as a `train_step`/`test_step` returns them."""
-        logs = {m.name: m.result() for m in self.metrics}
-        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras reduces step logs with reduce("MEAN", axis=0) across
-            # workers, which fails on scalars: give them a length-1 axis.
-            logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
+        return step_logs(self)
 
     def encode(self, images, batch_size=256, verbose=0):
         """Packed uint8 codes (n, bits // 8) for raw images (0-255 scale)."""

@@ -1,0 +1,241 @@
+"""BGAN: Binary Generative Adversarial Networks for image retrieval (Song et al., AAAI 2018).
+
+Unsupervised. An encoder maps an image to K bits through `AnnealedSign`
+(tanh(beta z) in training, sign at inference); a generator reconstructs the
+image from the bits; a discriminator tells real images from reconstructions.
+The codes learn the neighbour structure S of a fixed feature space
+(`tfhash.neighbours`), the pixel and discriminator-feature content of the
+image, and to fool the discriminator. No labels are used.
+
+Only `BGAN.encoder` (a `HashModel`) is exported; the generator and the
+discriminator are the training harness.
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from tfhash.layers import AnnealedSign, check_bits
+from tfhash.models.backbones import SMALL_CNN, Backbone
+from tfhash.models.base import HashModel, gather_across_replicas, step_logs
+from tfhash.neighbours import batch_similarity
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class BGANEncoder(HashModel):
+    """Image -> trunk -> K units -> AnnealedSign: the exported part of BGAN.
+
+    Args:
+        bits: code length K (multiple of 8).
+        input_shape: raw image shape, pixels 0-255.
+        backbone: "small_cnn" or a `keras.applications` name.
+        beta: initial beta of the annealed sign.
+    """
+
+    def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, beta=1.0, **kwargs):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits = bits
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.backbone_name = backbone
+        self.backbone = Backbone(backbone, self.image_shape, name="backbone")
+        self.projection = layers.Dense(bits, name="fch")
+        self.sign = AnnealedSign(beta=beta, name="annealed_sign")
+
+    def build(self, input_shape=None):
+        self.backbone.build((None, *self.image_shape))
+        self.projection.build(self.backbone.compute_output_shape((None, *self.image_shape)))
+        self.sign.build((None, self.bits))
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.sign(self.projection(self.backbone(images, training=training)), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "input_shape": self.image_shape,
+            "backbone": self.backbone_name,
+            "beta": self.sign.initial_beta,
+        }
+
+
+def _generator(bits, image_shape):
+    """Bits -> image in [0, 1]: a dense layer and two stride-2 transposed convolutions."""
+    height, width, channels = image_shape
+    if height % 4 or width % 4:
+        raise ValueError(f"BGAN's generator needs height and width divisible by 4. Received: {image_shape}")
+    return keras.Sequential(
+        [
+            keras.Input((bits,)),
+            layers.Dense((height // 4) * (width // 4) * 64, activation="relu"),
+            layers.Reshape((height // 4, width // 4, 64)),
+            layers.Conv2DTranspose(32, 4, strides=2, padding="same", activation="relu"),
+            layers.Conv2DTranspose(channels, 4, strides=2, padding="same", activation="sigmoid"),
+        ],
+        name="generator",
+    )
+
+
+def _discriminator(image_shape):
+    """Image in [0, 1] -> (real/fake logit, features of the last conv layer)."""
+    inputs = keras.Input(image_shape)
+    x = layers.LeakyReLU(0.2)(layers.Conv2D(32, 4, strides=2, padding="same")(inputs))
+    features = layers.LeakyReLU(0.2)(layers.Conv2D(64, 4, strides=2, padding="same")(x))
+    logit = layers.Dense(1)(layers.Flatten()(features))
+    return keras.Model(inputs, [logit, features], name="discriminator")
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class BGAN(keras.Model):
+    """The BGAN training harness: encoder, generator, discriminator, two optimizers.
+
+    Each step first trains the discriminator on real images vs reconstructions,
+    then the encoder and generator on
+
+        neighbour_weight * mean_j (<b_i, b_j> / K - S_ij)^2
+      + content_weight * (pixel L2(x, G(b)) + L2 of discriminator features)
+      + adversarial_weight * -log D(G(b))
+
+    where b = tanh(beta z) and S_ij in {-1, +1} comes from the neighbour lists
+    the pipeline carries (`tfhash.data.neighbour_batches`). Columns j range
+    over the global batch (gathered across replicas), so N replicas take the
+    steps one device takes. Drive beta with `tfhash.callbacks.BetaSchedule`.
+
+    Args:
+        bits, input_shape, backbone, beta: as `BGANEncoder`.
+        neighbour_weight, content_weight, adversarial_weight: loss weights.
+
+    Examples:
+    >>> model = BGAN(bits=32, input_shape=(28, 28, 1))
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), d_optimizer=keras.optimizers.Adam(1e-4))
+    >>> model.fit(neighbour_batches(images, neighbours, 128), epochs=20,
+    ...           callbacks=[BetaSchedule.steps([2, 5, 10, 15, 20], every=4)])
+    >>> codes = model.encoder.encode(images)
+    """
+
+    def __init__(
+        self,
+        bits=32,
+        input_shape=(28, 28, 1),
+        backbone=SMALL_CNN,
+        beta=1.0,
+        neighbour_weight=1.0,
+        content_weight=1.0,
+        adversarial_weight=0.01,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.encoder = BGANEncoder(bits, input_shape, backbone, beta, name="encoder")
+        self.generator = _generator(bits, self.encoder.image_shape)
+        self.discriminator = _discriminator(self.encoder.image_shape)
+        self.neighbour_weight = float(neighbour_weight)
+        self.content_weight = float(content_weight)
+        self.adversarial_weight = float(adversarial_weight)
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "neighbour_loss", "content_loss", "adversarial_loss", "d_loss")
+        }
+
+    @property
+    def bits(self):
+        return self.encoder.bits
+
+    @property
+    def image_shape(self):
+        return self.encoder.image_shape
+
+    def build(self, input_shape=None):
+        if not self.encoder.built:  # encode() may have built it already
+            self.encoder.build()
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.encoder(images, training=training)
+
+    def compile(self, optimizer="adam", d_optimizer="adam", **kwargs):
+        """`optimizer` trains encoder + generator, `d_optimizer` the discriminator."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.d_optimizer = keras.optimizers.get(d_optimizer)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Built from known shapes (see HashModel); the second optimizer is built
+        # here too, inside the strategy's scope after the weights exist.
+        with self.distribute_strategy.scope():
+            if not self.built:
+                self.build()
+            if not self.optimizer.built:
+                self.optimizer.build(self.encoder.trainable_variables + self.generator.trainable_variables)
+            if not self.d_optimizer.built:
+                self.d_optimizer.build(self.discriminator.trainable_variables)
+
+    def train_step(self, data):
+        images, (ids, neighbours) = data
+        real = tf.cast(images, "float32") / 255.0
+        global_batch = None
+        bce = keras.losses.binary_crossentropy
+
+        # Train the discriminator: real images -> 1, reconstructions -> 0.
+        with tf.GradientTape() as tape:
+            fake = self.generator(self.encoder(images, training=True), training=True)
+            real_logit, _ = self.discriminator(real, training=True)
+            fake_logit, _ = self.discriminator(tf.stop_gradient(fake), training=True)
+            d_per_example = bce(tf.ones_like(real_logit), real_logit, from_logits=True) + bce(
+                tf.zeros_like(fake_logit), fake_logit, from_logits=True
+            )
+            (ids_all,) = gather_across_replicas(ids)
+            global_batch = tf.shape(ids_all)[0]
+            d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
+        d_vars = self.discriminator.trainable_variables
+        self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+
+        # Train the encoder and generator.
+        with tf.GradientTape() as tape:
+            b = self.encoder(images, training=True)
+            fake = self.generator(b, training=True)
+            fake_logit, fake_features = self.discriminator(fake, training=False)
+            _, real_features = self.discriminator(real, training=False)
+            b_all, ids_all, neighbours_all = gather_across_replicas(b, ids, neighbours)
+            s = batch_similarity(ids, neighbours, ids_all, neighbours_all)
+            products = tf.matmul(b, tf.stop_gradient(b_all), transpose_b=True) / self.bits
+            neighbour = tf.reduce_mean(tf.square(products - s), axis=1)
+            content = tf.reduce_mean(tf.square(real - fake), axis=[1, 2, 3]) + tf.reduce_mean(
+                tf.square(real_features - fake_features), axis=[1, 2, 3]
+            )
+            adversarial = bce(tf.ones_like(fake_logit), fake_logit, from_logits=True)
+            per_example = (
+                self.neighbour_weight * neighbour
+                + self.content_weight * content
+                + self.adversarial_weight * adversarial
+            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        g_vars = self.encoder.trainable_variables + self.generator.trainable_variables
+        self.optimizer.apply(tape.gradient(loss, g_vars), g_vars)
+
+        n = tf.cast(tf.shape(images)[0], "float32")
+        for name, value in (
+            ("loss", per_example),
+            ("neighbour_loss", neighbour),
+            ("content_loss", content),
+            ("adversarial_loss", adversarial),
+            ("d_loss", d_per_example),
+        ):
+            self.trackers[name].update_state(tf.reduce_mean(value), sample_weight=n)
+        return step_logs(self)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "input_shape": self.image_shape,
+            "backbone": self.encoder.backbone_name,
+            "beta": self.encoder.sign.initial_beta,
+            "neighbour_weight": self.neighbour_weight,
+            "content_weight": self.content_weight,
+            "adversarial_weight": self.adversarial_weight,
+        }
