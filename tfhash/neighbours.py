@@ -12,6 +12,19 @@ import faiss
 import numpy as np
 
 
+def pixel_features(images, dims=64, seed=0):
+    """A fixed, label-free feature space: PCA of the flattened pixels (0-1 scale).
+
+    The paper uses 2048-d CNN features from an ImageNet model; offline, the
+    principal components of the pixels stand in for them.
+    """
+    from sklearn.decomposition import PCA
+
+    flat = np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
+    dims = min(dims, *flat.shape)
+    return PCA(n_components=dims, random_state=seed).fit_transform(flat).astype(np.float32)
+
+
 def knn(features, k, batch_size=4096):
     """Exact k nearest neighbours (Euclidean) of every row, itself excluded.
 

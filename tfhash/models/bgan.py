@@ -106,6 +106,8 @@ class BGAN(keras.Model):
     Args:
         bits, input_shape, backbone, beta: as `BGANEncoder`.
         neighbour_weight, content_weight, adversarial_weight: loss weights.
+        balanced: weigh neighbour and non-neighbour pairs equally in the
+            neighbour loss (the paper does not; see the bench).
 
     Examples:
     >>> model = BGAN(bits=32, input_shape=(28, 28, 1))
@@ -124,9 +126,11 @@ class BGAN(keras.Model):
         neighbour_weight=1.0,
         content_weight=1.0,
         adversarial_weight=0.01,
+        balanced=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.balanced = bool(balanced)
         self.encoder = BGANEncoder(bits, input_shape, backbone, beta, name="encoder")
         self.generator = _generator(bits, self.encoder.image_shape)
         self.discriminator = _discriminator(self.encoder.image_shape)
@@ -203,7 +207,16 @@ class BGAN(keras.Model):
             b_all, ids_all, neighbours_all = gather_across_replicas(b, ids, neighbours)
             s = batch_similarity(ids, neighbours, ids_all, neighbours_all)
             products = tf.matmul(b, tf.stop_gradient(b_all), transpose_b=True) / self.bits
-            neighbour = tf.reduce_mean(tf.square(products - s), axis=1)
+            pair_loss = tf.square(products - s)
+            if self.balanced:
+                # A random batch holds about (K1 + K2) / n of neighbours: without
+                # weights S is nearly all -1 and the loss ignores the neighbours.
+                similar = tf.cast(s > 0, "float32")
+                total = tf.cast(tf.size(s), "float32")
+                positives = tf.maximum(tf.reduce_sum(similar), 1.0)
+                negatives = tf.maximum(total - positives, 1.0)
+                pair_loss *= 0.5 * total * (similar / positives + (1.0 - similar) / negatives)
+            neighbour = tf.reduce_mean(pair_loss, axis=1)
             content = tf.reduce_mean(tf.square(real - fake), axis=[1, 2, 3]) + tf.reduce_mean(
                 tf.square(real_features - fake_features), axis=[1, 2, 3]
             )
@@ -238,4 +251,5 @@ class BGAN(keras.Model):
             "neighbour_weight": self.neighbour_weight,
             "content_weight": self.content_weight,
             "adversarial_weight": self.adversarial_weight,
+            "balanced": self.balanced,
         }
