@@ -33,6 +33,39 @@ def step_logs(model):
     return logs
 
 
+def record_losses(model, **per_example):
+    """Updates `model.metrics` (trackers named like the keys) and returns the step logs.
+
+    Each tracker gets the local mean weighted by the local batch size, so the
+    synced Mean is the global mean under any strategy.
+    """
+    n = tf.cast(tf.shape(next(iter(per_example.values())))[0], "float32")
+    for tracker in model.metrics:
+        tracker.update_state(tf.reduce_mean(per_example[tracker.name]), sample_weight=n)
+    return step_logs(model)
+
+
+def build_for_fit(model, optimizers):
+    """Builds a model and its optimizers before `fit`, inside the strategy's scope.
+
+    Replaces Keras's `_maybe_symbolic_build`, which reduces a whole data batch
+    across workers only to learn input shapes and fails under
+    MultiWorkerMirroredStrategy (keras-team/keras#20585). Optimizers are built
+    after the weights exist, as MirroredStrategy needs.
+
+    Args:
+        model: a model whose `build()` needs no input shape.
+        optimizers: a function returning (optimizer, variables) pairs, called
+            once the model is built (before that its variables are not all there).
+    """
+    with model.distribute_strategy.scope():
+        if not model.built:
+            model.build()
+        for optimizer, variables in optimizers():
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(variables)
+
+
 def check_images(images, input_shape, name="images"):
     """Validates a batch of raw images; returns it as a NumPy array."""
     array = np.asarray(images)
@@ -65,16 +98,9 @@ class HashModel(keras.Model):
     image_shape: tuple
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras reduces a whole data batch across workers here only to learn
-        # input shapes, which fails under MultiWorkerMirroredStrategy
-        # (keras-team/keras#20585). A tfhash model knows its input shape.
         if self._distribute_strategy is None or self._compile_metrics or self._compile_loss:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with self.distribute_strategy.scope():
-            if not self.built:
-                self.build((None, *self.image_shape))
-            if self.optimizer is not None and not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
+        build_for_fit(self, lambda: [(self.optimizer, self.trainable_variables)])
 
     def serving_inputs(self):
         """Named inputs of the exported encoder: raw uint8 images, batch free.

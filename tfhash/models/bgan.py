@@ -17,7 +17,7 @@ from keras import layers
 
 from tfhash.layers import AnnealedSign, check_bits
 from tfhash.models.backbones import SMALL_CNN, Backbone
-from tfhash.models.base import HashModel, gather_across_replicas, step_logs
+from tfhash.models.base import HashModel, build_for_fit, gather_across_replicas, record_losses
 from tfhash.neighbours import batch_similarity
 
 
@@ -168,21 +168,20 @@ class BGAN(keras.Model):
         return list(self.trackers.values())
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Built from known shapes (see HashModel); the second optimizer is built
-        # here too, inside the strategy's scope after the weights exist.
-        with self.distribute_strategy.scope():
-            if not self.built:
-                self.build()
-            if not self.optimizer.built:
-                self.optimizer.build(self.encoder.trainable_variables + self.generator.trainable_variables)
-            if not self.d_optimizer.built:
-                self.d_optimizer.build(self.discriminator.trainable_variables)
+        build_for_fit(
+            self,
+            lambda: [
+                (self.optimizer, self.encoder.trainable_variables + self.generator.trainable_variables),
+                (self.d_optimizer, self.discriminator.trainable_variables),
+            ],
+        )
 
     def train_step(self, data):
         images, (ids, neighbours) = data
         real = tf.cast(images, "float32") / 255.0
-        global_batch = None
         bce = keras.losses.binary_crossentropy
+        ids_all, neighbours_all = gather_across_replicas(ids, neighbours)
+        global_batch = tf.shape(ids_all)[0]
 
         # Train the discriminator: real images -> 1, reconstructions -> 0.
         with tf.GradientTape() as tape:
@@ -192,8 +191,6 @@ class BGAN(keras.Model):
             d_per_example = bce(tf.ones_like(real_logit), real_logit, from_logits=True) + bce(
                 tf.zeros_like(fake_logit), fake_logit, from_logits=True
             )
-            (ids_all,) = gather_across_replicas(ids)
-            global_batch = tf.shape(ids_all)[0]
             d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
@@ -204,7 +201,7 @@ class BGAN(keras.Model):
             fake = self.generator(b, training=True)
             fake_logit, fake_features = self.discriminator(fake, training=False)
             _, real_features = self.discriminator(real, training=False)
-            b_all, ids_all, neighbours_all = gather_across_replicas(b, ids, neighbours)
+            (b_all,) = gather_across_replicas(b)
             s = batch_similarity(ids, neighbours, ids_all, neighbours_all)
             products = tf.matmul(b, tf.stop_gradient(b_all), transpose_b=True) / self.bits
             pair_loss = tf.square(products - s)
@@ -230,16 +227,14 @@ class BGAN(keras.Model):
         g_vars = self.encoder.trainable_variables + self.generator.trainable_variables
         self.optimizer.apply(tape.gradient(loss, g_vars), g_vars)
 
-        n = tf.cast(tf.shape(images)[0], "float32")
-        for name, value in (
-            ("loss", per_example),
-            ("neighbour_loss", neighbour),
-            ("content_loss", content),
-            ("adversarial_loss", adversarial),
-            ("d_loss", d_per_example),
-        ):
-            self.trackers[name].update_state(tf.reduce_mean(value), sample_weight=n)
-        return step_logs(self)
+        return record_losses(
+            self,
+            loss=per_example,
+            neighbour_loss=neighbour,
+            content_loss=content,
+            adversarial_loss=adversarial,
+            d_loss=d_per_example,
+        )
 
     def get_config(self):
         return {

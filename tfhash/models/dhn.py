@@ -6,7 +6,7 @@ import tensorflow as tf
 from tfhash.layers import HashLayer, check_bits
 from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss
 from tfhash.models.backbones import SMALL_CNN, Backbone
-from tfhash.models.base import HashModel, gather_across_replicas
+from tfhash.models.base import HashModel, gather_across_replicas, record_losses
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
@@ -95,15 +95,9 @@ class DHN(HashModel):
         return loss, per_example, pairwise, quantization
 
     def _track(self, per_example, pairwise, quantization):
-        # Local means weighted by local batch size: the synced Mean is the global mean.
-        n = tf.cast(tf.shape(per_example)[0], "float32")
-        for tracker, value in (
-            (self.loss_tracker, per_example),
-            (self.pairwise_tracker, pairwise),
-            (self.quantization_tracker, quantization),
-        ):
-            tracker.update_state(tf.reduce_mean(value), sample_weight=n)
-        return self.step_logs()
+        return record_losses(
+            self, loss=per_example, pairwise_loss=pairwise, quantization_loss=quantization
+        )
 
     def train_step(self, data):
         images, labels = data[0], data[1]
