@@ -15,15 +15,18 @@ $(BIN)/tfhash: pyproject.toml
 
 setup: $(BIN)/tfhash data
 
-# Fashion-MNIST ships as the Debian package dataset-fashion-mnist.
+# Fashion-MNIST ships as the Debian package dataset-fashion-mnist; Open Clip Art
+# (the cross-modal open_clip_art protocol) as openclipart-png and openclipart-svg.
+DEBIAN_DATA := dataset-fashion-mnist openclipart-png openclipart-svg
 data:
-	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -d /usr/share/openclipart/png ] && [ -d /usr/share/openclipart/svg ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+		(apt-get install -y -q $(DEBIAN_DATA) || (apt-get update -q && apt-get install -y -q $(DEBIAN_DATA))) >/dev/null; \
 	else \
-		echo "NOTE: Fashion-MNIST not found. Install the Debian package dataset-fashion-mnist"; \
-		echo "      (sudo apt-get install dataset-fashion-mnist), or set TFHASH_FASHION_MNIST_DIR to a"; \
-		echo "      directory with its four IDX .gz files; without it tfhash tries keras.datasets (network)."; \
+		echo "NOTE: Fashion-MNIST or Open Clip Art not found. Install the Debian packages $(DEBIAN_DATA)"; \
+		echo "      (sudo apt-get install $(DEBIAN_DATA)), or set TFHASH_FASHION_MNIST_DIR to a"; \
+		echo "      directory with its four IDX .gz files (without it tfhash tries keras.datasets, network)"; \
+		echo "      and TFHASH_OPEN_CLIP_ART_DIR to a directory holding Open Clip Art's png/ and svg/."; \
 	fi
 
 # Main job: DHN, 32 bits, Fashion-MNIST protocol; prints mAP@all, P@100, a query's

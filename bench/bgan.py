@@ -19,9 +19,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from tfhash import metrics  # noqa: E402
+from tfhash.baselines import LSH  # noqa: E402
 from tfhash.callbacks import BetaSchedule  # noqa: E402
 from tfhash.data import load_protocol, neighbour_batches  # noqa: E402
 from tfhash.models import BGAN  # noqa: E402
@@ -29,16 +29,15 @@ from tfhash.neighbours import neighbour_structure, pixel_features  # noqa: E402
 
 
 def lsh_map(data, bits, seed=0):
-    """mAP@all of sign(random projection of centred pixels)."""
-    train, _ = data.subset("train")
-    mean = train.reshape(len(train), -1).mean(axis=0) / 255.0
-    projection = np.random.default_rng(seed).normal(size=(mean.size, bits)).astype(np.float32)
+    """mAP@all of sign(random projection of centred pixels): tfhash.baselines.LSH."""
 
-    def codes(images):
-        return np.packbits((images.reshape(len(images), -1) / 255.0 - mean) @ projection >= 0, axis=-1)
+    def pixels(part):
+        images, labels = data.subset(part)
+        return images.reshape(len(images), -1) / 255.0, labels
 
-    (xq, yq), (xd, yd) = data.subset("query"), data.subset("database")
-    return metrics.mean_average_precision(codes(xq), codes(xd), yq, yd)
+    lsh = LSH(bits, seed=seed).fit(pixels("train")[0])
+    (xq, yq), (xd, yd) = pixels("query"), pixels("database")
+    return metrics.mean_average_precision(lsh.encode(xq), lsh.encode(xd), yq, yd)
 
 
 def encoder_map(encoder, data):

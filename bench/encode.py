@@ -58,7 +58,7 @@ def main():
         tflite = {
             mode: TFLiteEncoder(
                 export_tflite(model, os.path.join(tmp, f"{mode}.tflite"), quantization=mode,
-                              representative_images=calibration),
+                              representative_inputs=calibration),
                 num_threads=os.cpu_count(),  # LiteRT defaults to one thread
             )
             for mode in ("float32", "dynamic_int8", "int8")

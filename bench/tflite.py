@@ -44,7 +44,7 @@ def main():
     print(f"{'keras':14s} mAP@all {keras_map:.4f}")
     with tempfile.TemporaryDirectory() as tmp:
         for mode in QUANTIZATIONS:
-            path = export_tflite(model, os.path.join(tmp, f"{mode}.tflite"), mode, representative_images=calibration)
+            path = export_tflite(model, os.path.join(tmp, f"{mode}.tflite"), mode, representative_inputs=calibration)
             encoder = TFLiteEncoder(path, num_threads=os.cpu_count())
             q, d = encoder.encode(xq), encoder.encode(xd)
             agreement = np.mean(np.unpackbits(np.concatenate([q, d])) == keras_bits)

@@ -49,9 +49,26 @@ def tiny_bgan_encoder(data):
     return model.encoder
 
 
-# Every exportable model, as a function of the digits data returning a trained
-# model on 8x8x1 images. A new method adds its factory here.
-FACTORIES = [tiny_dhn, tiny_bgan_encoder]
+def tiny_ssah_image_encoder(data):
+    """SSAH's image encoder after two rounds on digits paired with their thresholded
+    pixels as "text" (the text encoder's export is tested in tests/test_ssah.py)."""
+    from tfhash.data.pipelines import cross_modal_batches
+    from tfhash.models import SSAH
+
+    keras.utils.set_random_seed(0)
+    images, labels = data.subset("train")
+    texts = (images.reshape(len(images), -1) >= 128).astype("float32")
+    model = SSAH(bits=16, num_labels=10, vocabulary_size=64, num_train=len(images), input_shape=(8, 8, 1),
+                 hidden_units=64, feature_units=32, discriminator_units=16,
+                 label_epochs=2, image_epochs=8, text_epochs=1, balanced=True)
+    model.compile(image_optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(cross_modal_batches(images, texts, np.eye(10)[labels], 50), epochs=2 * model.round_epochs, verbose=0)
+    return model.image_encoder
+
+
+# Every exportable image model, as a function of the digits data returning a
+# trained model on 8x8x1 images. A new method adds its factory here.
+FACTORIES = [tiny_dhn, tiny_bgan_encoder, tiny_ssah_image_encoder]
 
 # Fraction of code bits equal to the Keras model's, on the 1,797 query + database digits.
 MIN_BIT_AGREEMENT = {"float32": 0.999, "dynamic_int8": 0.98, "int8": 0.98}
@@ -84,7 +101,7 @@ def tflite_files(model, digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite")
     train, _ = digits.subset("train")
     return {
-        q: export_tflite(model, str(out / f"{q}.tflite"), q, representative_images=train)
+        q: export_tflite(model, str(out / f"{q}.tflite"), q, representative_inputs=train)
         for q in QUANTIZATIONS
     }
 
@@ -255,13 +272,13 @@ def test_tflite_batch_size_does_not_change_codes(tflite_files, images, quantizat
     np.testing.assert_array_equal(encoder.encode_real(x, batch_size=33), encoder.encode_real(x, batch_size=100))
 
 
-def test_int8_needs_representative_images(model, tmp_path):
+def test_int8_needs_representative_inputs(model, tmp_path):
     path = str(tmp_path / "encoder.tflite")
-    expected = re.escape(f"pass representative_images, raw images of shape {(None, *model.image_shape)}")
-    with pytest.raises(ValueError, match=expected + ".*Received: representative_images=None"):
+    expected = re.escape(f"pass representative_inputs, uint8 images of shape {(None, *model.image_shape)}")
+    with pytest.raises(ValueError, match=expected + ".*Received: representative_inputs=None"):
         export_tflite(model, path, "int8")
-    with pytest.raises(ValueError, match=r"representative_images must have shape .* Received: shape=\(5, 3\)"):
-        export_tflite(model, path, "int8", representative_images=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match=r"representative_inputs must have shape .* Received: shape=\(5, 3\)"):
+        export_tflite(model, path, "int8", representative_inputs=np.zeros((5, 3)))
     with pytest.raises(ValueError, match="quantization must be one of .*Received: quantization='int4'"):
         export_tflite(model, path, "int4")
     with pytest.raises(ValueError, match="path must be a file name"):

@@ -81,3 +81,44 @@ class BetaSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["beta"] = float(self._layers()[0].beta.numpy())
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights with the best validation score and restores them when training ends.
+
+    The score is whatever `score(model)` returns (higher is better), e.g.
+    cross-modal mAP on validation rows drawn outside the query set
+    (`tfhash.evaluation.validation_rows`). It is logged as `name`.
+
+    Args:
+        score: a callable `model -> float`.
+        name: the log key of the score.
+        every: "epoch", or "round" to score only epochs that end a round of an
+            alternating model (whose logs carry "round", as `SSAHRounds` writes).
+
+    Attributes:
+        best, best_epoch: the best score and its epoch (0-based).
+    """
+
+    def __init__(self, score, name="val_score", every="epoch"):
+        super().__init__()
+        if every not in ("epoch", "round"):
+            raise ValueError(f"every must be 'epoch' or 'round'. Received: every={every!r}")
+        self.score, self.name, self.every = score, name, every
+        self.best, self.best_epoch, self._weights = None, None, None
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch, self._weights = None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every == "round" and "round" not in (logs or {}):
+            return
+        value = float(self.score(self.model))
+        if logs is not None:
+            logs[self.name] = value
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch, self._weights = value, epoch, self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self._weights is not None:
+            self.model.set_weights(self._weights)

@@ -67,3 +67,57 @@ def plot_precision_recall(curves, path, title="Precision-recall within Hamming r
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+DIRECTIONS = {"image_to_text": ("image", "text"), "text_to_image": ("text", "image")}
+
+
+def evaluate_cross_modal(
+    image_encoder, text_encoder, query, database, *, batch_size=512, **metric_options
+):
+    """Cross-modal retrieval scores: image queries against text codes and back.
+
+    Args:
+        image_encoder, text_encoder: `HashModel`s of the two modalities
+            (e.g. `SSAH.image_encoder`, `SSAH.text_encoder`).
+        query, database: `(images, texts, labels)` triples, e.g.
+            `data.subset("query")` and `data.subset("database")` of a
+            `tfhash.data.CrossModalData`.
+        **metric_options: passed to `tfhash.metrics.evaluate` (ks, map_k, ...).
+
+    Returns:
+        `{"image_to_text": {...}, "text_to_image": {...}}`, each the dict of
+        `tfhash.metrics.evaluate` (mAP@all by default, P@100, P/R within r=2).
+    """
+    encoders = {"image": image_encoder, "text": text_encoder}
+
+    def codes(triple):
+        images, texts, _ = triple
+        inputs = {"image": images, "text": texts}
+        return {m: encoders[m].encode(inputs[m], batch_size=batch_size) for m in encoders}
+
+    query_codes, database_codes = codes(query), codes(database)
+    return {
+        direction: metrics.evaluate(
+            query_codes[source], database_codes[target], query[2], database[2], **metric_options
+        )
+        for direction, (source, target) in DIRECTIONS.items()
+    }
+
+
+def validation_rows(split, size=500, seed=0):
+    """Rows to select checkpoints on, never touching the query set.
+
+    Validation queries are drawn (seeded) from the database items outside the
+    training set; their database is the training set. Selecting on the
+    protocol's queries would report a number tuned on the test set.
+
+    Returns:
+        `(validation_queries, validation_database)`, index arrays into the dataset.
+    """
+    held_out = np.setdiff1d(split.database, split.train)
+    if len(held_out) == 0:
+        raise ValueError("The split has no database items outside the training set to validate on.")
+    rng = np.random.default_rng(seed)
+    queries = np.sort(rng.choice(held_out, size=min(size, len(held_out)), replace=False))
+    return queries, np.asarray(split.train)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tfhash.layers import SignPack
-from tfhash.models.base import check_images
+from tfhash.models.base import check_bow, check_images
 
 SIGNATURE = "serving_default"
 QUANTIZATIONS = ("float32", "dynamic_int8", "int8")
@@ -94,7 +94,7 @@ def export_savedmodel(model, base_dir, name=None, version=None):
     return final
 
 
-def export_tflite(model, path, quantization="float32", representative_images=None, num_calibration=200):
+def export_tflite(model, path, quantization="float32", representative_inputs=None, num_calibration=200):
     """Writes the encoder as a TFLite flatbuffer that runs on LiteRT builtin ops.
 
     The file has the SavedModel's signature (`serving_default`: uint8 `images`
@@ -104,7 +104,7 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
     - "dynamic_int8": int8 weights, activations quantized on the fly (about 4x
       smaller; no calibration data).
     - "int8": full integer internals (int8 weights and activations, ranges
-      calibrated on `representative_images`, per-channel weights) with the
+      calibrated on `representative_inputs`, per-channel weights) with the
       model's inputs and outputs kept as they are, so callers and the packing
       do not change: the uint8 images are cast and quantized inside, and
       `binary_codes` are the signs of the int8 tanh outputs; tanh's int8
@@ -116,13 +116,14 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
     failed conversion leaves nothing and an existing file stays whole.
 
     Args:
-        model: a built `tfhash.models.HashModel` taking images.
+        model: a built `tfhash.models.HashModel` (images or bag-of-words in).
         path: the .tflite file to write (parent directories are created).
         quantization: one of "float32", "dynamic_int8", "int8".
-        representative_images: raw images (n, H, W, C), pixels 0-255, drawn like
-            the data the encoder will see (e.g. training images); required for
-            "int8", ignored otherwise.
-        num_calibration: how many of `representative_images` (the first ones)
+        representative_inputs: inputs the model takes (raw images (n, H, W, C),
+            pixels 0-255, or bag-of-words rows), drawn like the data the
+            encoder will see (e.g. training items); required for "int8",
+            ignored otherwise.
+        num_calibration: how many of `representative_inputs` (the first ones)
             calibrate the int8 ranges.
 
     Returns:
@@ -134,15 +135,18 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
         raise ValueError(f"path must be a file name (e.g. encoder.tflite). Received a directory: path={path!r}")
     calibration = None
     if quantization == "int8":
-        if representative_images is None:
+        [(input_name, spec)] = model.serving_inputs().items()
+        if representative_inputs is None:
             raise ValueError(
                 "quantization='int8' calibrates activation ranges on sample inputs: pass "
-                f"representative_images, raw images of shape {(None, *model.image_shape)} "
-                "(e.g. training images). Received: representative_images=None"
+                f"representative_inputs, {spec.dtype.name} {input_name} of shape {tuple(spec.shape)} "
+                "(e.g. training items). Received: representative_inputs=None"
             )
         if not isinstance(num_calibration, int) or isinstance(num_calibration, bool) or num_calibration <= 0:
             raise ValueError(f"num_calibration must be a positive int. Received: num_calibration={num_calibration!r}")
-        calibration = as_uint8_images(representative_images, model.image_shape, "representative_images")
+        calibration = model.check_inputs(representative_inputs, "representative_inputs")
+        if spec.dtype == tf.uint8:
+            calibration = as_uint8_images(calibration, tuple(spec.shape[1:]), "representative_inputs")
         calibration = calibration[:num_calibration]
 
     with tempfile.TemporaryDirectory(prefix="tfhash-tflite-") as workdir:
@@ -160,7 +164,7 @@ def export_tflite(model, path, quantization="float32", representative_images=Non
             # Int8 kernels only, so no op falls back to float silently. Inputs and
             # outputs keep their types (inference_input/output_type left as is).
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.representative_dataset = lambda: ({"images": image[None]} for image in calibration)
+            converter.representative_dataset = lambda: ({input_name: row[None]} for row in calibration)
         with warnings.catch_warnings():
             # The converter calibrates with tf.lite.Interpreter, which warns it is deprecated.
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
@@ -206,8 +210,8 @@ class TFLiteEncoder:
     """Runs an encoder written by `export_tflite` with LiteRT.
 
     Reads the `serving_default` signature, so inputs and outputs are found by
-    name (`images`, `codes`, `binary_codes`) rather than by tensor order; the
-    batch dimension is resized to each chunk of `batch_size` images.
+    name (`images` or `bow`, `codes`, `binary_codes`) rather than by tensor
+    order; the batch dimension is resized to each chunk of `batch_size` rows.
 
     Args:
         path: a .tflite file written by `export_tflite`.
@@ -216,7 +220,8 @@ class TFLiteEncoder:
 
     Attributes:
         bits: code length K.
-        image_shape: (height, width, channels) the encoder takes.
+        input_name, input_shape, input_dtype: the one input the file takes.
+        image_shape: (height, width, channels) for image encoders, else None.
 
     Examples:
     >>> export_tflite(model, "dhn.tflite", quantization="dynamic_int8")
@@ -241,35 +246,44 @@ class TFLiteEncoder:
         self._runner = self.interpreter.get_signature_runner(SIGNATURE)
         inputs = self._runner.get_input_details()
         if len(inputs) != 1:
-            raise ValueError(f"{path}: expected one image input. Received inputs: {sorted(inputs)}")
-        [(self._input, image)] = inputs.items()
-        if image["dtype"] != np.uint8 or len(image["shape_signature"]) != 4:
+            raise ValueError(f"{path}: expected one input. Received inputs: {sorted(inputs)}")
+        [(self.input_name, detail)] = inputs.items()
+        self.input_dtype = np.dtype(detail["dtype"])
+        self.input_shape = tuple(int(d) for d in detail["shape_signature"][1:])
+        is_images = self.input_dtype == np.uint8 and len(self.input_shape) == 3
+        is_rows = self.input_dtype == np.float32 and len(self.input_shape) == 1
+        if not (is_images or is_rows):
             raise ValueError(
-                f"{path}: expected a uint8 (batch, H, W, C) image input. Received: "
-                f"dtype={np.dtype(image['dtype'])}, shape={image['shape_signature'].tolist()}"
+                f"{path}: expected uint8 (batch, H, W, C) images or float32 (batch, features) rows. "
+                f"Received: dtype={self.input_dtype}, shape={detail['shape_signature'].tolist()}"
             )
-        self.image_shape = tuple(int(d) for d in image["shape_signature"][1:])
+        # Image encoders keep the attribute their callers know; others have None.
+        self.image_shape = self.input_shape if is_images else None
         outputs = self._runner.get_output_details()
         self._outputs = _output_names(outputs, path)
         self.bits = int(outputs[self._outputs["codes"]]["shape_signature"][-1])
 
-    def encode(self, images, batch_size=256):
-        """Packed uint8 codes (n, bits // 8) for raw uint8 images (n, H, W, C)."""
-        return self._run(images, batch_size, "binary_codes")
+    def encode(self, inputs, batch_size=256):
+        """Packed uint8 codes (n, bits // 8) for raw uint8 images (n, H, W, C)
+        (or, for a text encoder, float32 bag-of-words rows)."""
+        return self._run(inputs, batch_size, "binary_codes")
 
-    def encode_real(self, images, batch_size=256):
+    def encode_real(self, inputs, batch_size=256):
         """Relaxed codes (n, bits), float32 (dequantized for int8 files)."""
-        return self._run(images, batch_size, "codes")
+        return self._run(inputs, batch_size, "codes")
 
-    def _run(self, images, batch_size, output):
-        images = as_uint8_images(images, self.image_shape)
+    def _run(self, inputs, batch_size, output):
+        if self.image_shape is not None:
+            inputs = as_uint8_images(inputs, self.image_shape)
+        else:
+            inputs = check_bow(inputs, self.input_shape[0], self.input_name)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
         name = self._outputs[output]
         # The signature runner resizes the batch dimension when a chunk's size changes.
         chunks = [
-            self._runner(**{self._input: images[start : start + batch_size]})[name]
-            for start in range(0, len(images), batch_size)
+            self._runner(**{self.input_name: inputs[start : start + batch_size]})[name]
+            for start in range(0, len(inputs), batch_size)
         ]
         return np.concatenate(chunks)
 

@@ -83,7 +83,7 @@ def _export_tflite(args):
         # A seeded sample of the training split: all classes, and the same file every time.
         calibration = images[np.random.default_rng(args.seed).choice(len(images), n, replace=False)]
         note = f", calibrated on {n} {protocol} training images (seed {args.seed})"
-    export_tflite(model, output, args.quantization, representative_images=calibration, num_calibration=n)
+    export_tflite(model, output, args.quantization, representative_inputs=calibration, num_calibration=n)
     size = os.path.getsize(output) / 1024
     print(f"wrote {output} ({args.quantization}, {size:.0f} KiB{note}; signature serving_default: {_contract(model)})")
 

@@ -2,16 +2,29 @@
 
 from tfhash.data.digits import load_digits
 from tfhash.data.fashion_mnist import load_fashion_mnist
-from tfhash.data.pipelines import neighbour_batches, pair_similarity, pairwise_batches
-from tfhash.data.protocols import PROTOCOLS, RetrievalData, Split, draw_split, load_protocol
+from tfhash.data.open_clip_art import load_open_clip_art
+from tfhash.data.pipelines import cross_modal_batches, neighbour_batches, pair_similarity, pairwise_batches
+from tfhash.data.protocols import (
+    CROSS_MODAL_PROTOCOLS,
+    PROTOCOLS,
+    CrossModalData,
+    RetrievalData,
+    Split,
+    draw_split,
+    load_protocol,
+)
 
 __all__ = [
+    "CROSS_MODAL_PROTOCOLS",
     "PROTOCOLS",
+    "CrossModalData",
     "RetrievalData",
     "Split",
+    "cross_modal_batches",
     "draw_split",
     "load_digits",
     "load_fashion_mnist",
+    "load_open_clip_art",
     "load_protocol",
     "neighbour_batches",
     "pair_similarity",

@@ -94,3 +94,45 @@ def pair_similarity(labels_a, labels_b):
     if a.ndim == 1:
         return (a[:, None] == b[None, :]).astype(np.float32)
     return ((a.astype(np.float32) @ b.T.astype(np.float32)) > 0).astype(np.float32)
+
+
+def cross_modal_batches(images, texts, labels, batch_size, *, seed=0, shuffle=True):
+    """Batches of paired rows for cross-modal models (SSAH): a dict with
+    "images", "texts" (bag-of-words), "labels" (multi-hot) and "index" (the
+    row's position in the training arrays, which models use to address their
+    per-item memory), all float32 except the raw images.
+
+    Args:
+        images: (n, height, width, channels) raw images.
+        texts: (n, vocabulary_size) bag-of-words vectors of the same n items.
+        labels: (n, c) multi-hot labels (or (n,) class ids, turned one-hot).
+        batch_size, seed, shuffle: as `pairwise_batches`.
+    """
+    images, texts, labels = np.asarray(images), np.asarray(texts), np.asarray(labels)
+    counts = {"images": len(images), "texts": len(texts), "labels": len(labels)}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"images, texts and labels must describe the same items. Received counts: {counts}")
+    if texts.ndim != 2:
+        raise ValueError(f"texts must be bag-of-words vectors (n, vocabulary_size). Received: shape={texts.shape}")
+    if labels.ndim == 1:
+        labels = np.eye(int(labels.max()) + 1, dtype=np.float32)[labels]
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be multi-hot (n, classes) or class ids (n,). Received: shape={labels.shape}")
+    n = len(images)
+    if batch_size < 2 or batch_size > n:
+        raise ValueError(f"batch_size must be in [2, {n}] (pairs need two items). Received: batch_size={batch_size}")
+    ds = tf.data.Dataset.from_tensor_slices(
+        {
+            "images": images,
+            "texts": texts.astype(np.float32),
+            "labels": labels.astype(np.float32),
+            # Float32 (exact below 2**24) so ids can be gathered across replicas.
+            "index": np.arange(n, dtype=np.float32),
+        }
+    )
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)

@@ -109,22 +109,90 @@ def load_split(path):
     )
 
 
+def draw_random_split(labels, num_query, num_train, seed):
+    """Draws a random split: queries from everything, train from the rest.
+
+    For multi-label data, which has no classes to balance (the MIRFlickr-25K
+    convention of DCMH / SSAH). The database is every non-query item and the
+    training set is drawn from the database.
+
+    Args:
+        labels: one row per item (only its length and hash are used).
+        num_query, num_train: split sizes.
+        seed: NumPy `default_rng` seed.
+    """
+    n = len(labels)
+    if num_query < 1 or num_train < 1 or num_query + num_train > n:
+        raise ValueError(
+            f"num_query and num_train must be positive and sum to at most {n} items. "
+            f"Received: num_query={num_query}, num_train={num_train}"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    query = np.sort(order[:num_query])
+    return Split(
+        query=query,
+        train=np.sort(order[num_query : num_query + num_train]),
+        database=np.setdiff1d(np.arange(n), query),
+        seed=seed,
+        labels_sha256=labels_sha256(labels),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """How a dataset is split and scored."""
+    """How a dataset is split and scored.
+
+    A split is drawn one of two ways: class-balanced (`queries_per_class`,
+    `train_per_class`, for single-label data) or at random (`num_query`,
+    `num_train`, for multi-label data). Exactly one pair is set.
+    `modalities` is `("image",)` for protocols whose loader returns
+    `(images, labels)`, `("image", "text")` for cross-modal ones whose loader
+    returns `(images, texts, labels)`.
+    """
 
     name: str
-    loader: str  # "module:function" returning (images, labels)
-    queries_per_class: int
-    train_per_class: int
+    loader: str  # "module:function" returning (images, labels) or (images, texts, labels)
     seed: int
     description: str
+    queries_per_class: int | None = None
+    train_per_class: int | None = None
+    num_query: int | None = None
+    num_train: int | None = None
+    modalities: tuple = ("image",)
+
+    def __post_init__(self):
+        per_class = (self.queries_per_class, self.train_per_class)
+        random = (self.num_query, self.num_train)
+        if (None in per_class) == (None in random) or not (
+            all(v is None for v in per_class) or all(v is None for v in random)
+        ):
+            raise ValueError(
+                f"Protocol {self.name!r}: expected either queries_per_class and train_per_class "
+                "(class-balanced draw) or num_query and num_train (random draw). "
+                f"Received: queries_per_class={per_class[0]}, train_per_class={per_class[1]}, "
+                f"num_query={random[0]}, num_train={random[1]}"
+            )
+
+    @property
+    def cross_modal(self):
+        return "text" in self.modalities
+
+    @property
+    def class_balanced(self):
+        return self.queries_per_class is not None
+
+    def draw(self, labels):
+        """Draws this protocol's split of `labels` from its seed."""
+        if self.class_balanced:
+            return draw_split(labels, self.queries_per_class, self.train_per_class, self.seed)
+        return draw_random_split(labels, self.num_query, self.num_train, self.seed)
 
     @property
     def split_path(self):
         return os.path.join(SPLITS_DIR, f"{self.name}.npz")
 
 
+# Image protocols: load_protocol returns RetrievalData.
 PROTOCOLS = {
     "fashion_mnist": Protocol(
         name="fashion_mnist",
@@ -147,6 +215,23 @@ PROTOCOLS = {
     ),
 }
 
+# Image-text protocols: load_protocol returns CrossModalData.
+CROSS_MODAL_PROTOCOLS = {
+    "open_clip_art": Protocol(
+        name="open_clip_art",
+        loader="tfhash.data.open_clip_art:load_open_clip_art",
+        num_query=2000,
+        num_train=4000,
+        seed=20261122,
+        modalities=("image", "text"),
+        description="Open Clip Art (Debian openclipart-png / openclipart-svg), 6,886 image-text "
+        "items (8,121 files less symlinked duplicates and 13 without vocabulary words), "
+        "1,021-word binary bag of words, 71 labels (22 categories + 49 tags): 2,000 random "
+        "queries, 4,000 training items from the database, database = the 4,886 non-query "
+        "items; mAP@all, image->text and text->image.",
+    ),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalData:
@@ -163,41 +248,89 @@ class RetrievalData:
         return self.images[idx], self.labels[idx]
 
 
+@dataclasses.dataclass(frozen=True)
+class CrossModalData:
+    """An image-text dataset loaded with its committed split.
+
+    Attributes:
+        protocol, split: as in `RetrievalData`.
+        images: uint8 (n, H, W, 3).
+        texts: uint8 (n, V) binary bag of words.
+        labels: uint8 (n, C) multi-hot.
+        vocabulary: the V words, in `texts` column order.
+        label_names: the C label names, in `labels` column order.
+    """
+
+    protocol: Protocol
+    images: np.ndarray
+    texts: np.ndarray
+    labels: np.ndarray
+    split: Split
+    vocabulary: tuple = ()
+    label_names: tuple = ()
+
+    def subset(self, part):
+        """(images, texts, labels) of "query", "train" or "database"."""
+        idx = getattr(self.split, part)
+        return self.images[idx], self.texts[idx], self.labels[idx]
+
+
 def get_protocol(name):
-    if name not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol {name!r}. Expected one of {sorted(PROTOCOLS)}.")
-    return PROTOCOLS[name]
+    registry = {**PROTOCOLS, **CROSS_MODAL_PROTOCOLS}
+    if name not in registry:
+        raise ValueError(f"Unknown protocol {name!r}. Expected one of {sorted(registry)}.")
+    return registry[name]
 
 
-def load_protocol(name, data_dir=None):
+def load_protocol(name, data_dir=None, **loader_options):
     """Loads a dataset and its committed split, checking they belong together.
 
     Args:
-        name: a key of `PROTOCOLS`, e.g. "fashion_mnist" or "digits".
+        name: a key of `PROTOCOLS` ("fashion_mnist", "digits") or of
+            `CROSS_MODAL_PROTOCOLS` ("open_clip_art").
         data_dir: passed to loaders that read local files.
+        **loader_options: passed to the loader, e.g. `image_size=64` for
+            "open_clip_art".
 
     Returns:
-        `RetrievalData`.
+        `RetrievalData`, or `CrossModalData` for a cross-modal protocol.
     """
     protocol = get_protocol(name)
-    images, labels = _call_loader(protocol.loader, data_dir)
+    arrays = _call_loader(protocol.loader, data_dir, **loader_options)
     split = load_split(protocol.split_path)
-    split.check(labels)
-    return RetrievalData(protocol, images, labels, split)
+    split.check(arrays[-1])
+    if not protocol.cross_modal:
+        return RetrievalData(protocol, *arrays, split)
+    module = _loader_module(protocol.loader)
+    vocabulary = module.load_vocabulary()
+    return CrossModalData(
+        protocol, *arrays, split,
+        vocabulary=tuple(vocabulary["words"]),
+        label_names=tuple(vocabulary["label_names"]),
+    )
 
 
-def _call_loader(spec, data_dir):
+def _loader_module(spec):
     import importlib
 
-    module, function = spec.split(":")
-    loader = getattr(importlib.import_module(module), function)
-    return loader(data_dir) if data_dir is not None else loader()
+    return importlib.import_module(spec.split(":")[0])
+
+
+def _call_loader(spec, data_dir, **options):
+    loader = getattr(_loader_module(spec), spec.split(":")[1])
+    return loader(data_dir, **options) if data_dir is not None else loader(**options)
 
 
 def write_committed_split(name, data_dir=None):
     """Redraws a protocol's split from its seed and writes the committed file."""
     protocol = get_protocol(name)
-    _, labels = _call_loader(protocol.loader, data_dir)
-    split = draw_split(labels, protocol.queries_per_class, protocol.train_per_class, protocol.seed)
+    split = protocol.draw(_labels_only(protocol, data_dir))
     save_split(split, protocol.split_path)
     return split
+
+
+def _labels_only(protocol, data_dir=None):
+    """A protocol's labels; cross-modal loaders offer `load_labels`, which skips the images."""
+    if protocol.cross_modal:
+        return _loader_module(protocol.loader).load_labels(data_dir)
+    return _call_loader(protocol.loader, data_dir)[-1]

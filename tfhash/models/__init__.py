@@ -4,5 +4,17 @@ from tfhash.models.backbones import Backbone
 from tfhash.models.base import HashModel
 from tfhash.models.bgan import BGAN, BGANEncoder
 from tfhash.models.dhn import DHN
+from tfhash.models.ssah import SSAH, LabNet, SSAHImageEncoder, SSAHRounds, SSAHTextEncoder
 
-__all__ = ["BGAN", "BGANEncoder", "DHN", "Backbone", "HashModel"]
+__all__ = [
+    "BGAN",
+    "BGANEncoder",
+    "DHN",
+    "Backbone",
+    "HashModel",
+    "LabNet",
+    "SSAH",
+    "SSAHImageEncoder",
+    "SSAHRounds",
+    "SSAHTextEncoder",
+]

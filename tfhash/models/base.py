@@ -23,9 +23,9 @@ def gather_across_replicas(*tensors):
     return tuple(context.all_gather(t, axis=0) for t in tensors)
 
 
-def step_logs(model):
-    """A model's tracker results, as its `train_step`/`test_step` returns them."""
-    logs = {m.name: m.result() for m in model.metrics}
+def step_logs(model, metrics=None):
+    """Tracker results (default: all of `model.metrics`), as a `train_step` returns them."""
+    logs = {m.name: m.result() for m in (model.metrics if metrics is None else metrics)}
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Keras reduces step logs with reduce("MEAN", axis=0) across
         # workers, which fails on scalars: give them a length-1 axis.
@@ -34,15 +34,20 @@ def step_logs(model):
 
 
 def record_losses(model, **per_example):
-    """Updates `model.metrics` (trackers named like the keys) and returns the step logs.
+    """Updates the trackers of `model.metrics` named like the keys; returns their step logs.
 
     Each tracker gets the local mean weighted by the local batch size, so the
-    synced Mean is the global mean under any strategy.
+    synced Mean is the global mean under any strategy. Trackers not named
+    (another phase's, in a model that alternates) are left alone.
     """
     n = tf.cast(tf.shape(next(iter(per_example.values())))[0], "float32")
-    for tracker in model.metrics:
+    trackers = [tracker for tracker in model.metrics if tracker.name in per_example]
+    unknown = set(per_example) - {tracker.name for tracker in trackers}
+    if unknown:
+        raise ValueError(f"No loss tracker named {sorted(unknown)} in {[m.name for m in model.metrics]}")
+    for tracker in trackers:
         tracker.update_state(tf.reduce_mean(per_example[tracker.name]), sample_weight=n)
-    return step_logs(model)
+    return step_logs(model, trackers)
 
 
 def build_for_fit(model, optimizers):
@@ -90,9 +95,32 @@ def check_images(images, input_shape, name="images"):
     return array
 
 
+def check_bow(bow, vocabulary_size, name="bow"):
+    """Validates a batch of bag-of-words vectors; returns it as float32."""
+    array = np.asarray(bow)
+    if array.ndim != 2 or array.shape[1] != vocabulary_size:
+        raise ValueError(
+            f"{name} must have shape (None, {vocabulary_size}) (one bag-of-words vector per text). "
+            f"Received: shape={array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+            or array.dtype == bool):
+        raise ValueError(f"{name} must be numeric word counts or weights. Received: dtype={array.dtype}")
+    if len(array) == 0:
+        raise ValueError(f"{name} is empty: expected at least one row. Received: shape={array.shape}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        raise ValueError(f"{name} must be finite. Received NaN or inf in {len(bad)} row(s), first at index {bad[:5].tolist()}")
+    return array
+
+
 class HashModel(keras.Model):
-    """Base class of image hashing models: `call` gives relaxed codes z in
-    [-1, 1]^bits; `encode` gives packed binary codes, `np.packbits(z >= 0)`."""
+    """Base class of hashing encoders: `call` gives relaxed codes z in
+    [-1, 1]^bits; `encode` gives packed binary codes, `np.packbits(z >= 0)`.
+
+    Image encoders take raw images; encoders of other inputs (text) override
+    `serving_inputs` and `check_inputs`."""
 
     bits: int
     image_shape: tuple
@@ -113,13 +141,15 @@ class HashModel(keras.Model):
     def step_logs(self):
         return step_logs(self)
 
-    def encode(self, images, batch_size=256, verbose=0):
-        """Packed uint8 codes (n, bits // 8) for raw images (0-255 scale)."""
-        images = check_images(images, self.image_shape)
-        z = self.predict(images, batch_size=batch_size, verbose=verbose)
+    def check_inputs(self, inputs, name="images"):
+        """Validates a batch of the model's inputs (raw images here); returns an array."""
+        return check_images(inputs, self.image_shape, name)
+
+    def encode(self, inputs, batch_size=256, verbose=0):
+        """Packed uint8 codes (n, bits // 8) for a batch of inputs (raw images, 0-255 scale)."""
+        z = self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
         return SignPack()(z).numpy()
 
-    def encode_real(self, images, batch_size=256, verbose=0):
+    def encode_real(self, inputs, batch_size=256, verbose=0):
         """Relaxed codes z (n, bits), float32, before the sign."""
-        images = check_images(images, self.image_shape)
-        return self.predict(images, batch_size=batch_size, verbose=verbose)
+        return self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)

@@ -253,13 +253,14 @@ class Client:
                 parts[name].append(self._check_output(name, reply, outputs[name], rows_sent))
         return {name: np.concatenate(p) for name, p in parts.items()}
 
-    def encode(self, images):
-        """Packed binary codes, uint8 (n, bits // 8), for uint8 images (n, H, W, C)."""
-        return self.predict({"images": images}, ["binary_codes"])["binary_codes"]
+    def encode(self, inputs):
+        """Packed binary codes, uint8 (n, bits // 8), for the signature's one input:
+        uint8 images (n, H, W, C), or float32 bag-of-words rows for a text encoder."""
+        return self.predict(inputs, ["binary_codes"])["binary_codes"]
 
-    def encode_real(self, images):
-        """Relaxed codes, float32 (n, bits), for uint8 images (n, H, W, C)."""
-        return self.predict({"images": images}, ["codes"])["codes"]
+    def encode_real(self, inputs):
+        """Relaxed codes, float32 (n, bits), for the signature's one input."""
+        return self.predict(inputs, ["codes"])["codes"]
 
     def _check_input(self, name, value, spec):
         shape = spec["shape"]

@@ -1,0 +1,637 @@
+"""SSAH: Self-Supervised Adversarial Hashing (Li, Deng, Liu, Huang, Tao; CVPR 2018).
+
+Supervised cross-modal hashing. Three networks map labels, images and texts
+to a semantic feature F (512-d), a hash output H (tanh, K) and a label
+prediction (sigmoid, c):
+
+- `LabNet`: multi-hot labels -> 4096 -> F -> (H, labels). It learns first,
+  from label pairs alone, and then supervises the other two.
+- `SSAHImageEncoder` (ImgNet): image trunk -> F -> (H, labels).
+- `SSAHTextEncoder` (TxtNet): bag of words -> `MultiScaleFusion` -> 4096 -> F -> (H, labels).
+
+Two discriminators tell image features, and text features, from label
+features; ImgNet and TxtNet learn to fool them. Training alternates as the
+official TensorFlow code does: LabNet for `label_epochs`, then ImgNet with its
+discriminator for `image_epochs`, then TxtNet with its discriminator for
+`text_epochs` (one *round*), then B = sign(H_v + H_t + H_l) over the training
+set. `SSAH.fit` drives this with `SSAHRounds`, one phase per epoch.
+
+Only the two modality encoders are exported; LabNet and the discriminators
+are the training harness.
+
+Where we differ from the official code (github.com/lelan-li/SSAH), each to
+follow the paper's math:
+- J1/J2 are the negative log-likelihoods softplus(theta) - S * theta. The
+  code takes an L2 distance between S * theta and log(1 + e^theta) instead.
+- The adversarial loss back-propagates into ImgNet/TxtNet. The code feeds it
+  stored features, so the networks never received that gradient.
+- J3 pulls H towards the unified B = sign(H_v + H_t + H_l) from the second
+  round on; in the first round, before all three exist, towards sign(H) (what
+  the code does in every round).
+- Each term is the paper's sum for one item (J1/J2 over the whole training
+  set, J3 over bits, J4 over labels), averaged over the batch. The ratios
+  matter: J1/J2 outweigh J3 by about N/K, as in the paper and the code.
+  (Averaging J1/J2 over the training set instead let J3's pull towards the
+  codes' own signs win, and ImgNet/TxtNet learned nothing: digits mAP 0.10.)
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from tfhash.layers import check_bits
+from tfhash.models.backbones import SMALL_CNN, Backbone
+from tfhash.models.base import HashModel, build_for_fit, check_bow, gather_across_replicas, record_losses
+
+PHASES = ("label", "image", "text")
+# The official code's learning rates (Adam): 10^-2, 10^-4.5, 10^-3.5, 10^-3.
+LEARNING_RATES = {"label": 1e-2, "image": 10**-4.5, "text": 10**-3.5, "discriminator": 1e-3}
+
+
+def _semantic_head(bits, num_labels, feature_units, name):
+    """F (ReLU) -> H (tanh, K) and label prediction (sigmoid, c), shared by the three nets."""
+    return {
+        "feature": layers.Dense(feature_units, activation="relu", name=f"{name}_feature"),
+        "hash": layers.Dense(bits, activation="tanh", name=f"{name}_hash"),
+        "label": layers.Dense(num_labels, activation="sigmoid", name=f"{name}_label"),
+    }
+
+
+def _head_outputs(head, x):
+    features = head["feature"](x)
+    return features, head["hash"](features), head["label"](features)
+
+
+def _build_head(head, input_dim, feature_units):
+    head["feature"].build((None, input_dim))
+    head["hash"].build((None, feature_units))
+    head["label"].build((None, feature_units))
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class LabNet(keras.Model):
+    """SSAH's self-supervised semantic network: labels -> (F, H, predicted labels).
+
+    Args:
+        bits: code length K.
+        num_labels: c, the length of the multi-hot label vectors.
+        hidden_units: width of the first layer (paper: 4096).
+        feature_units: width of the semantic feature F (paper: 512).
+    """
+
+    def __init__(self, bits=32, num_labels=24, hidden_units=4096, feature_units=512, **kwargs):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits, self.num_labels = bits, int(num_labels)
+        self.hidden_units, self.feature_units = int(hidden_units), int(feature_units)
+        self.hidden = layers.Dense(self.hidden_units, activation="relu", name="hidden")
+        self.head = _semantic_head(bits, self.num_labels, self.feature_units, "lab")
+
+    def build(self, input_shape=None):
+        self.hidden.build((None, self.num_labels))
+        _build_head(self.head, self.hidden_units, self.feature_units)
+        self.built = True
+
+    def call(self, labels, training=False):
+        return _head_outputs(self.head, self.hidden(ops.cast(labels, "float32")))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "num_labels": self.num_labels,
+            "hidden_units": self.hidden_units,
+            "feature_units": self.feature_units,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class SSAHImageEncoder(HashModel):
+    """SSAH's ImgNet: raw images -> trunk -> F -> H. `call` gives H, the relaxed code.
+
+    Args:
+        bits: code length K (multiple of 8).
+        num_labels: c, for the label-prediction head used in training.
+        input_shape: raw image shape, pixels 0-255.
+        backbone: "small_cnn" or a `keras.applications` name (the paper: CNN-F or VGG19).
+        backbone_weights: None, a local weights file, or "imagenet".
+        feature_units: width of F.
+    """
+
+    def __init__(
+        self,
+        bits=32,
+        num_labels=24,
+        input_shape=(64, 64, 3),
+        backbone=SMALL_CNN,
+        backbone_weights=None,
+        feature_units=512,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits, self.num_labels, self.feature_units = bits, int(num_labels), int(feature_units)
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.backbone_name = backbone
+        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, name="backbone")
+        self.head = _semantic_head(bits, self.num_labels, self.feature_units, "img")
+
+    def build(self, input_shape=None):
+        shape = (None, *self.image_shape)
+        self.backbone.build(shape)
+        _build_head(self.head, self.backbone.compute_output_shape(shape)[-1], self.feature_units)
+        self.built = True
+
+    def semantics(self, images, training=False):
+        """(F, H, predicted labels) of a batch of raw images."""
+        return _head_outputs(self.head, self.backbone(images, training=training))
+
+    def call(self, images, training=False):
+        return self.semantics(images, training=training)[1]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "num_labels": self.num_labels,
+            "input_shape": self.image_shape,
+            "backbone": self.backbone_name,
+            "backbone_weights": None,
+            "feature_units": self.feature_units,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class MultiScaleFusion(keras.layers.Layer):
+    """SSAH's text block: a bag of words seen at several scales, fused by a 1x1 conv.
+
+    The BoW vector (V,) is average-pooled over windows of each size in
+    `scales` (stride = window), each pooled map passes a 1x1 conv and is
+    upsampled back to V (nearest; the official code resizes bilinearly); the
+    maps and the input are stacked as channels and a 1x1 conv fuses them into
+    one value per word. Output: (batch, V). The official code puts a ReLU
+    after each single-channel conv; here they are linear (a one-channel ReLU
+    that starts negative is dead for every word, and TxtNet then never
+    learns), and the next Dense layer has the ReLU.
+
+    Args:
+        scales: pooling window sizes (paper: 1, 2, 3, 5, 10).
+    """
+
+    def __init__(self, scales=(1, 2, 3, 5, 10), **kwargs):
+        super().__init__(**kwargs)
+        self.scales = tuple(int(s) for s in scales)
+        if not self.scales or min(self.scales) < 1:
+            raise ValueError(f"scales must be positive window sizes. Received: scales={scales}")
+        self.pools = [layers.AveragePooling1D(s, strides=s, padding="same") for s in self.scales]
+        # Linear 1x1 convs: with one output channel a ReLU dies for every word
+        # at once (as often as not at initialization) and TxtNet learns nothing.
+        self.convs = [layers.Conv1D(1, 1, name=f"scale_{s}") for s in self.scales]
+        self.fuse = layers.Conv1D(1, 1, name="fuse")
+
+    def build(self, input_shape):
+        length = input_shape[-1]
+        for scale, conv in zip(self.scales, self.convs):
+            conv.build((None, -(-length // scale) if length else None, 1))
+        self.fuse.build((None, length, len(self.scales) + 1))
+
+    def call(self, bow):
+        length = ops.shape(bow)[-1]
+        x = ops.expand_dims(bow, -1)  # (batch, V, 1): words as a 1-D signal
+        maps = [x]
+        for scale, pool, conv in zip(self.scales, self.pools, self.convs):
+            pooled = conv(pool(x))
+            maps.append(ops.repeat(pooled, scale, axis=1)[:, :length])
+        return ops.squeeze(self.fuse(ops.concatenate(maps, axis=-1)), -1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scales": self.scales}
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class SSAHTextEncoder(HashModel):
+    """SSAH's TxtNet: bag of words (V,) -> multi-scale fusion -> 4096 -> F -> H.
+
+    Its serving input is `bow`: float32 (None, V), a bag-of-words vector over
+    the vocabulary the model was trained with.
+
+    Args:
+        bits: code length K (multiple of 8).
+        num_labels: c, for the label-prediction head used in training.
+        vocabulary_size: V.
+        hidden_units: width after the fusion block (paper: 4096).
+        feature_units: width of F.
+        scales: `MultiScaleFusion` windows.
+    """
+
+    def __init__(
+        self,
+        bits=32,
+        num_labels=24,
+        vocabulary_size=1386,
+        hidden_units=4096,
+        feature_units=512,
+        scales=(1, 2, 3, 5, 10),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits, self.num_labels = bits, int(num_labels)
+        self.vocabulary_size = int(vocabulary_size)
+        self.hidden_units, self.feature_units = int(hidden_units), int(feature_units)
+        self.fusion = MultiScaleFusion(scales, name="multi_scale_fusion")
+        self.hidden = layers.Dense(self.hidden_units, activation="relu", name="hidden")
+        self.head = _semantic_head(bits, self.num_labels, self.feature_units, "txt")
+
+    def build(self, input_shape=None):
+        self.fusion.build((None, self.vocabulary_size))
+        self.hidden.build((None, self.vocabulary_size))
+        _build_head(self.head, self.hidden_units, self.feature_units)
+        self.built = True
+
+    def semantics(self, bow, training=False):
+        """(F, H, predicted labels) of a batch of bag-of-words vectors."""
+        return _head_outputs(self.head, self.hidden(self.fusion(ops.cast(bow, "float32"))))
+
+    def call(self, bow, training=False):
+        return self.semantics(bow, training=training)[1]
+
+    def serving_inputs(self):
+        return {"bow": tf.TensorSpec((None, self.vocabulary_size), tf.float32, name="bow")}
+
+    def check_inputs(self, bow, name="bow"):
+        return check_bow(bow, self.vocabulary_size, name)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "num_labels": self.num_labels,
+            "vocabulary_size": self.vocabulary_size,
+            "hidden_units": self.hidden_units,
+            "feature_units": self.feature_units,
+            "scales": self.fusion.scales,
+        }
+
+
+def _discriminator(feature_units, hidden_units, name):
+    """F -> hidden (ReLU) -> logit; "1" means the feature came from LabNet."""
+    return keras.Sequential(
+        [keras.Input((feature_units,)), layers.Dense(hidden_units, activation="relu"), layers.Dense(1)],
+        name=name,
+    )
+
+
+def _neg_log_likelihood(theta, s):
+    # -log p(S | theta) with p(S=1) = sigmoid(theta); softplus is stable for large |theta|.
+    return ops.softplus(theta) - s * theta
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class SSAH(keras.Model):
+    """The SSAH training harness: LabNet, ImgNet, TxtNet, two discriminators.
+
+    Each phase's step, for a batch of (image, text, labels, index) rows:
+
+        loss_i = alpha * J1 + gamma * J2 + eta * J3 + beta * J4 (+ delta * adversarial)
+
+    with J1 = sum_j nll(S_ij, <F^l_j, F_i> / 2) and J2 the same on H, j over
+    the whole training set (LabNet's features and codes for the training set
+    are kept in `memory`, refreshed as LabNet's batches pass), S_ij = 1 when
+    the items share a label; J3 = sum_k (B_ik - H_ik)^2; J4 = sum_c
+    (l_ic - predicted_ic)^2. The image and text phases first train their
+    discriminator (LabNet features -> 1, their own -> 0), then the network
+    with the adversarial loss -log D(F_i). Rows of the memory written in a
+    step are gathered from every replica, so MirroredStrategy takes the steps
+    one device takes.
+
+    Args:
+        bits: code length K.
+        num_labels: c.
+        vocabulary_size: V, the bag-of-words length.
+        num_train: N, training-set size (rows of the memory; `index` values
+            in the data must lie in [0, N)).
+        input_shape, backbone, backbone_weights: as `SSAHImageEncoder`.
+        hidden_units: width of LabNet's and TxtNet's first layer (paper: 4096).
+        feature_units: width of F (paper: 512).
+        discriminator_units: hidden width of the discriminators (code: 256).
+        label_epochs, image_epochs, text_epochs: epochs of each phase in a
+            round (code: 10, 15, 15).
+        alpha, gamma, eta, beta, delta: weights of J1, J2, J3, J4 and the
+            adversarial loss (code: all 1).
+        decay: learning rates are multiplied by this after each round (code: 10^-0.5).
+        balanced: weigh similar and dissimilar pairs equally in J1/J2 (the
+            paper does not). With few similar pairs (digits: 10%), ReLU
+            features F are pushed to 0 for every pair, and the codes computed
+            from them collapse; see the bench for what it does on real data.
+
+    Examples:
+    >>> model = SSAH(bits=32, num_labels=c, vocabulary_size=v, num_train=len(train_labels))
+    >>> model.compile()  # the paper's Adam learning rates
+    >>> model.fit(cross_modal_batches(images, texts, labels, 64), epochs=2 * model.round_epochs)
+    >>> model.image_encoder.encode(images), model.text_encoder.encode(texts)
+    """
+
+    def __init__(
+        self,
+        bits=32,
+        num_labels=24,
+        vocabulary_size=1386,
+        num_train=10000,
+        input_shape=(64, 64, 3),
+        backbone=SMALL_CNN,
+        backbone_weights=None,
+        hidden_units=4096,
+        feature_units=512,
+        discriminator_units=256,
+        label_epochs=10,
+        image_epochs=15,
+        text_epochs=15,
+        alpha=1.0,
+        gamma=1.0,
+        eta=1.0,
+        beta=1.0,
+        delta=1.0,
+        decay=10**-0.5,
+        balanced=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.balanced = bool(balanced)
+        for name, value in (("label_epochs", label_epochs), ("image_epochs", image_epochs), ("text_epochs", text_epochs), ("num_train", num_train)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
+        self.bits, self.num_labels, self.num_train = bits, int(num_labels), int(num_train)
+        self.feature_units, self.discriminator_units = int(feature_units), int(discriminator_units)
+        self.epochs_per_phase = {"label": label_epochs, "image": image_epochs, "text": text_epochs}
+        self.weights_ = dict(alpha=float(alpha), gamma=float(gamma), eta=float(eta), beta=float(beta), delta=float(delta))
+        self.decay = float(decay)
+        self.lab_net = LabNet(bits, num_labels, hidden_units, feature_units, name="lab_net")
+        self.image_encoder = SSAHImageEncoder(
+            bits, num_labels, input_shape, backbone, backbone_weights, feature_units, name="image_encoder"
+        )
+        self.text_encoder = SSAHTextEncoder(
+            bits, num_labels, vocabulary_size, hidden_units, feature_units, name="text_encoder"
+        )
+        self.discriminators = {
+            "image": _discriminator(self.feature_units, self.discriminator_units, "image_discriminator"),
+            "text": _discriminator(self.feature_units, self.discriminator_units, "text_discriminator"),
+        }
+        self.phase = "label"
+        self._phase_functions = {}
+        names = ["label_loss"] + [
+            f"{m}_{part}" for m in ("image", "text") for part in ("loss", "adversarial_loss", "d_loss")
+        ]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def round_epochs(self):
+        """Epochs in one round (label + image + text phases)."""
+        return sum(self.epochs_per_phase.values())
+
+    def phase_of_epoch(self, epoch):
+        """The phase an epoch trains, and whether it ends a round."""
+        position = epoch % self.round_epochs
+        for phase in PHASES:
+            if position < self.epochs_per_phase[phase]:
+                return phase, phase == "text" and position == self.epochs_per_phase[phase] - 1
+            position -= self.epochs_per_phase[phase]
+
+    def build(self, input_shape=None):
+        for net in (self.lab_net, self.image_encoder, self.text_encoder):
+            if not net.built:
+                net.build()
+        for d in self.discriminators.values():
+            d.build((None, self.feature_units))
+        n = self.num_train
+
+        def memory(name, width):
+            # Written from gathered rows, identical on every replica: keep replica 0's write.
+            return self.add_weight(
+                shape=(n, width), initializer="zeros", trainable=False, name=name,
+                aggregation="only_first_replica",
+            )
+
+        self.memory = {
+            "labels": memory("memory_labels", self.num_labels),
+            "filled": memory("memory_filled", 1),  # 1 once a row's labels are known
+            "label_features": memory("memory_label_features", self.feature_units),
+            "label_codes": memory("memory_label_codes", self.bits),
+            "image_codes": memory("memory_image_codes", self.bits),
+            "text_codes": memory("memory_text_codes", self.bits),
+            "unified_codes": memory("memory_unified_codes", self.bits),  # B; 0 until the first round ends
+        }
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return {
+            "image_codes": self.image_encoder(inputs["images"], training=training),
+            "text_codes": self.text_encoder(inputs["texts"], training=training),
+        }
+
+    def compile(self, label_optimizer=None, image_optimizer=None, text_optimizer=None, d_optimizer=None, **kwargs):
+        """One optimizer per network; defaults: Adam at the official code's learning rates."""
+
+        def get(optimizer, phase):
+            if optimizer is None:
+                return keras.optimizers.Adam(LEARNING_RATES[phase])
+            return keras.optimizers.get(optimizer)
+
+        super().compile(optimizer=get(label_optimizer, "label"), **kwargs)
+        self.optimizers = {
+            "label": self.optimizer,
+            "image": get(image_optimizer, "image"),
+            "text": get(text_optimizer, "text"),
+        }
+        d = get(d_optimizer, "discriminator")
+        # Each discriminator keeps its own Adam moments.
+        self.d_optimizers = {"image": d, "text": d.__class__.from_config(d.get_config())}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _phase_variables(self, phase):
+        return {"label": self.lab_net, "image": self.image_encoder, "text": self.text_encoder}[phase].trainable_variables
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        build_for_fit(
+            self,
+            lambda: [(self.optimizers[p], self._phase_variables(p)) for p in PHASES]
+            + [(self.d_optimizers[m], self.discriminators[m].trainable_variables) for m in ("image", "text")],
+        )
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with `SSAHRounds` added to drive the phases."""
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, SSAHRounds) for c in callbacks):
+            callbacks.insert(0, SSAHRounds())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def set_phase(self, phase):
+        """Switches the compiled train step to `phase` ("label", "image" or "text")."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}. Received: phase={phase!r}")
+        self.phase = phase
+        # One compiled step per phase, traced on first use: the phase is a
+        # Python value read at trace time, so each function holds one branch.
+        if phase not in self._phase_functions:
+            self.make_train_function(force=True)
+            self._phase_functions[phase] = self.train_function
+        self.train_function = self._phase_functions[phase]
+
+    def _write_memory(self, index, **rows):
+        """Writes the gathered batch rows into the memory (identically on every replica)."""
+        index = tf.cast(index, "int32")[:, None]
+        for name, value in rows.items():
+            variable = self.memory[name]
+            variable.assign(tf.tensor_scatter_nd_update(variable.value, index, tf.cast(value, "float32")))
+
+    def _pair_terms(self, features, codes, labels):
+        """J1 and J2 per row: the batch's (F, H) against LabNet's memory of the training set."""
+        memory_labels = self.memory["labels"].value
+        filled = tf.transpose(self.memory["filled"].value)  # (1, N); rows not seen yet weigh 0
+        s = tf.cast(tf.matmul(labels, memory_labels, transpose_b=True) > 0, "float32")
+        theta_f = 0.5 * tf.matmul(features, self.memory["label_features"].value, transpose_b=True)
+        theta_h = 0.5 * tf.matmul(codes, self.memory["label_codes"].value, transpose_b=True)
+        weights = filled
+        if self.balanced:
+            # Similar and dissimilar pairs weigh half each (over the known rows).
+            known = filled * tf.ones_like(s)
+            similar = tf.maximum(tf.reduce_sum(s * known), 1.0)
+            dissimilar = tf.maximum(tf.reduce_sum((1.0 - s) * known), 1.0)
+            total = similar + dissimilar
+            weights = known * 0.5 * total * (s / similar + (1.0 - s) / dissimilar)
+        j1 = tf.reduce_sum(_neg_log_likelihood(theta_f, s) * weights, axis=1)
+        j2 = tf.reduce_sum(_neg_log_likelihood(theta_h, s) * weights, axis=1)
+        return j1, j2
+
+    def _quantization_target(self, index, codes):
+        b = tf.gather(self.memory["unified_codes"].value, tf.cast(index, "int32"))
+        # Before the first round ends B is 0: use the codes' own signs (the official code).
+        return tf.where(tf.equal(b, 0.0), tf.sign(tf.stop_gradient(codes)), b)
+
+    def train_step(self, data):
+        images, texts = data["images"], data["texts"]
+        labels, index = tf.cast(data["labels"], "float32"), tf.cast(data["index"], "float32")
+        w = self.weights_
+        global_batch = tf.shape(gather_across_replicas(index)[0])[0]
+        squared = lambda a, b: tf.reduce_sum(tf.square(a - b), axis=-1)  # noqa: E731
+
+        if self.phase == "label":
+            with tf.GradientTape() as tape:
+                features, codes, predicted = self.lab_net(labels, training=True)
+                # The batch's current outputs join the memory before the loss, as in the code.
+                index_all, labels_all, f_all, h_all = gather_across_replicas(
+                    index, labels, tf.stop_gradient(features), tf.stop_gradient(codes)
+                )
+                self._write_memory(
+                    index_all, labels=labels_all, filled=tf.ones_like(index_all)[:, None],
+                    label_features=f_all, label_codes=h_all,
+                )
+                j1, j2 = self._pair_terms(features, codes, labels)
+                j3 = squared(self._quantization_target(index, codes), codes)
+                j4 = squared(labels, predicted)
+                per_example = w["alpha"] * j1 + w["gamma"] * j2 + w["eta"] * j3 + w["beta"] * j4
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            variables = self.lab_net.trainable_variables
+            self.optimizers["label"].apply(tape.gradient(loss, variables), variables)
+            return record_losses(self, label_loss=per_example)
+
+        modality = self.phase
+        net = self.image_encoder if modality == "image" else self.text_encoder
+        inputs = images if modality == "image" else texts
+        discriminator = self.discriminators[modality]
+        bce = keras.losses.binary_crossentropy
+        label_features = tf.stop_gradient(self.lab_net(labels, training=False)[0])
+
+        # Train the discriminator: LabNet features -> 1, this modality's -> 0.
+        with tf.GradientTape() as tape:
+            own = tf.stop_gradient(net.semantics(inputs, training=True)[0])
+            real_logit, fake_logit = discriminator(label_features, training=True), discriminator(own, training=True)
+            d_per_example = bce(tf.ones_like(real_logit), real_logit, from_logits=True) + bce(
+                tf.zeros_like(fake_logit), fake_logit, from_logits=True
+            )
+            d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
+        d_vars = discriminator.trainable_variables
+        self.d_optimizers[modality].apply(tape.gradient(d_loss, d_vars), d_vars)
+
+        # Train the network under LabNet's supervision, fooling the discriminator.
+        with tf.GradientTape() as tape:
+            features, codes, predicted = net.semantics(inputs, training=True)
+            j1, j2 = self._pair_terms(features, codes, labels)
+            j3 = squared(self._quantization_target(index, codes), codes)
+            j4 = squared(labels, predicted)
+            logit = discriminator(features, training=False)
+            adversarial = bce(tf.ones_like(logit), logit, from_logits=True)
+            per_example = (
+                w["alpha"] * j1 + w["gamma"] * j2 + w["eta"] * j3 + w["beta"] * j4 + w["delta"] * adversarial
+            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        variables = net.trainable_variables
+        self.optimizers[modality].apply(tape.gradient(loss, variables), variables)
+
+        index_all, codes_all = gather_across_replicas(index, tf.stop_gradient(codes))
+        self._write_memory(index_all, **{f"{modality}_codes": codes_all})
+        return record_losses(
+            self,
+            **{f"{modality}_loss": per_example, f"{modality}_adversarial_loss": adversarial,
+               f"{modality}_d_loss": d_per_example},
+        )
+
+    def update_unified_codes(self):
+        """B = sign(H_l + H_v + H_t) over the training set, from the memory (end of a round)."""
+        total = sum(self.memory[f"{m}_codes"].value for m in PHASES)
+        self.memory["unified_codes"].assign(tf.sign(total))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "num_labels": self.num_labels,
+            "vocabulary_size": self.text_encoder.vocabulary_size,
+            "num_train": self.num_train,
+            "input_shape": self.image_encoder.image_shape,
+            "backbone": self.image_encoder.backbone_name,
+            "backbone_weights": None,
+            "hidden_units": self.lab_net.hidden_units,
+            "feature_units": self.feature_units,
+            "discriminator_units": self.discriminator_units,
+            "label_epochs": self.epochs_per_phase["label"],
+            "image_epochs": self.epochs_per_phase["image"],
+            "text_epochs": self.epochs_per_phase["text"],
+            **self.weights_,
+            "decay": self.decay,
+            "balanced": self.balanced,
+        }
+
+
+class SSAHRounds(keras.callbacks.Callback):
+    """Runs SSAH's alternation inside `fit`: one phase per epoch, rounds of
+    `label_epochs` + `image_epochs` + `text_epochs`. At the end of a round it
+    sets B = sign(H_l + H_v + H_t) and decays the learning rates, and logs
+    "round" (the number of rounds completed) in that epoch's logs.
+    `SSAH.fit` adds it; pass your own only to change nothing (it has no options).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        phase, _ = self.model.phase_of_epoch(epoch)
+        self.model.set_phase(phase)
+
+    def on_epoch_end(self, epoch, logs=None):
+        _, ends_round = self.model.phase_of_epoch(epoch)
+        if not ends_round:
+            return
+        model = self.model
+        with model.distribute_strategy.scope():
+            model.update_unified_codes()
+            if model.decay != 1.0:
+                for optimizer in [*model.optimizers.values(), *model.d_optimizers.values()]:
+                    optimizer.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * model.decay
+        if logs is not None:
+            logs["round"] = (epoch + 1) // model.round_epochs
