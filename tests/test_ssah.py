@@ -8,7 +8,6 @@ one-hot labels. The learning test on real image-text pairs (Open Clip Art)
 is in tests/test_ssah_open_clip_art.py.
 """
 
-import os
 
 import keras
 import numpy as np
@@ -21,7 +20,7 @@ from tfhash.data import load_protocol
 from tfhash.data.pipelines import cross_modal_batches
 from tfhash.evaluation import evaluate_cross_modal
 from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_savedmodel, export_tflite
-from tfhash.models.ssah import SSAH, MultiScaleFusion, SSAHRounds, SSAHTextEncoder, _neg_log_likelihood
+from tfhash.models.ssah import SSAH, MultiScaleFusion, SSAHTextEncoder, _neg_log_likelihood
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ follow the paper's math:
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
@@ -616,7 +615,7 @@ class SSAHRounds(keras.callbacks.Callback):
     `label_epochs` + `image_epochs` + `text_epochs`. At the end of a round it
     sets B = sign(H_l + H_v + H_t) and decays the learning rates, and logs
     "round" (the number of rounds completed) in that epoch's logs.
-    `SSAH.fit` adds it; pass your own only to change nothing (it has no options).
+    `SSAH.fit` adds it when the callbacks passed hold none.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
