@@ -1,8 +1,11 @@
-"""Keras callbacks that drive training-time schedules."""
+"""Keras callbacks: training-time schedules, checkpoint selection, generator previews."""
 
 import bisect
+import os
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 
 class BetaSchedule(keras.callbacks.Callback):
@@ -122,3 +125,52 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._weights is not None:
             self.model.set_weights(self._weights)
+
+
+class GeneratedImageGrid(keras.callbacks.Callback):
+    """Saves a PNG grid of a conditional generator's images after each epoch.
+
+    Row c holds `per_class` images generated for class c, from the same noise
+    every epoch, so successive files show the generator learning. Works with
+    any model that has `num_classes`, `noise_dim`, `multi_label` and
+    `generate(labels, noise)` (`tfhash.models.DSHGAN`).
+
+    Args:
+        directory: where `epoch_001.png`, `epoch_002.png`, ... are written
+            (created if missing; each file is written whole or not at all).
+        per_class: images per class (grid columns).
+        every: write every this many epochs.
+        seed: seeds the fixed noise.
+
+    Attributes:
+        paths: the files written so far.
+    """
+
+    def __init__(self, directory, per_class=8, every=1, seed=0):
+        super().__init__()
+        if int(per_class) < 1 or int(every) < 1:
+            raise ValueError(f"per_class and every must be >= 1. Received: per_class={per_class}, every={every}")
+        self.directory, self.per_class, self.every, self.seed = directory, int(per_class), int(every), seed
+        self.paths = []
+
+    def grid(self):
+        """The current grid: uint8 (classes * height, per_class * width, channels)."""
+        model = self.model
+        classes = np.repeat(np.arange(model.num_classes), self.per_class)
+        labels = np.eye(model.num_classes, dtype=np.float32)[classes] if model.multi_label else classes
+        noise = np.random.default_rng(self.seed).standard_normal((len(classes), model.noise_dim))
+        images = model.generate(labels, noise=noise)
+        height, width, channels = images.shape[1:]
+        tiles = images.reshape(model.num_classes, self.per_class, height, width, channels)
+        return tiles.transpose(0, 2, 1, 3, 4).reshape(model.num_classes * height, self.per_class * width, channels)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(tf.io.encode_png(self.grid()).numpy())
+        os.replace(tmp, path)
+        self.paths.append(path)

@@ -3,7 +3,14 @@
 from tfhash.data.digits import load_digits
 from tfhash.data.fashion_mnist import load_fashion_mnist
 from tfhash.data.open_clip_art import load_open_clip_art
-from tfhash.data.pipelines import cross_modal_batches, neighbour_batches, pair_similarity, pairwise_batches
+from tfhash.data.pipelines import (
+    cross_modal_batches,
+    draw_labelled,
+    neighbour_batches,
+    pair_similarity,
+    pairwise_batches,
+    semi_supervised_batches,
+)
 from tfhash.data.protocols import (
     CROSS_MODAL_PROTOCOLS,
     PROTOCOLS,
@@ -21,6 +28,7 @@ __all__ = [
     "RetrievalData",
     "Split",
     "cross_modal_batches",
+    "draw_labelled",
     "draw_split",
     "load_digits",
     "load_fashion_mnist",
@@ -29,4 +37,5 @@ __all__ = [
     "neighbour_batches",
     "pair_similarity",
     "pairwise_batches",
+    "semi_supervised_batches",
 ]

@@ -52,11 +52,15 @@ def _finish(ds, n, batch_size, seed, shuffle, repeat):
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (tf.cast(x, "float32"), y))
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    # Each worker of a multi-worker strategy reads the same seeded stream and keeps its share.
+    return _shard_by_data(ds)
+
+
+def _shard_by_data(ds):
+    """Prefetches, and lets each worker of a multi-worker strategy read the same
+    seeded stream and keep its share of every batch."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def neighbour_batches(images, neighbours, batch_size, *, seed=0, shuffle=True):
@@ -132,7 +136,103 @@ def cross_modal_batches(images, texts, labels, batch_size, *, seed=0, shuffle=Tr
     )
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
+    return _shard_by_data(ds.batch(batch_size, drop_remainder=True))
+
+
+def draw_labelled(labels, fraction, seed=0):
+    """A seeded boolean mask of the rows whose labels a semi-supervised model keeps.
+
+    Class ids are drawn per class (round(fraction * class size) rows of each
+    class, at least one), so a small fraction still covers every class;
+    multi-hot rows are drawn uniformly (round(fraction * n), at least one).
+
+    Args:
+        labels: (n,) class ids or (n, c) multi-hot labels.
+        fraction: share of labelled rows, in (0, 1].
+        seed: the draw's seed; the same seed gives the same rows.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"labelled_fraction must be in (0, 1]. Received: {fraction}")
+    if labels.ndim not in (1, 2) or len(labels) == 0:
+        raise ValueError(f"labels must be class ids (n,) or multi-hot (n, classes), n > 0. Received: shape={labels.shape}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if labels.ndim == 1 else [np.arange(len(labels))]
+    for rows in groups:
+        mask[rng.choice(rows, max(1, round(fraction * len(rows))), replace=False)] = True
+    return mask
+
+
+def semi_supervised_batches(
+    images, labels, batch_size, *, labelled_fraction=1.0, labelled=None, labelled_per_batch=None, seed=0
+):
+    """Batches of `(images, (labels, labelled))` for semi-supervised models (DSH-GAN).
+
+    `labelled` is 1.0 for rows whose labels the model may use and 0.0 for the
+    rest, whose labels are replaced by zeros before they enter the pipeline:
+    an unlabelled row cannot leak its label into training.
+
+    With every row labelled this is `pairwise_batches` plus a column of ones.
+    Otherwise each batch holds `labelled_per_batch` labelled rows (cycled, as
+    there are few) and `batch_size - labelled_per_batch` unlabelled ones; an
+    epoch is one pass over the unlabelled rows.
+
+    Args:
+        images: (n, height, width, channels) raw images.
+        labels: (n,) class ids or (n, c) multi-hot labels of all n rows.
+        batch_size: global batch size.
+        labelled_fraction: share of rows that keep their labels
+            (`draw_labelled(labels, labelled_fraction, seed)`).
+        labelled: an explicit boolean mask instead of a fraction.
+        labelled_per_batch: labelled rows in each batch (default: half the batch).
+        seed: seeds the labelled draw and the shuffles.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if len(images) != len(labels):
+        raise ValueError(
+            f"images and labels must have the same length. Received: {len(images)} images, {len(labels)} labels"
+        )
+    if labelled is None:
+        labelled = draw_labelled(labels, labelled_fraction, seed)
+    labelled = np.asarray(labelled)
+    if labelled.shape != (len(images),) or labelled.dtype != bool:
+        raise ValueError(
+            f"labelled must be a boolean mask of shape ({len(images)},). "
+            f"Received: shape={labelled.shape}, dtype={labelled.dtype}"
+        )
+    if not labelled.any():
+        raise ValueError("labelled marks no row: a semi-supervised model needs at least one labelled image")
+    if labelled.all():
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).map(
+            lambda x, y: (x, (_label_type(y), tf.constant(1.0)))
+        )
+        return _finish(ds, len(images), batch_size, seed, shuffle=True, repeat=False)
+
+    labelled_per_batch = batch_size // 2 if labelled_per_batch is None else int(labelled_per_batch)
+    unlabelled_per_batch = batch_size - labelled_per_batch
+    n_unlabelled = int((~labelled).sum())
+    if not 1 <= labelled_per_batch < batch_size or unlabelled_per_batch > n_unlabelled:
+        raise ValueError(
+            f"labelled_per_batch must be in [1, batch_size - 1] and leave at most {n_unlabelled} "
+            f"unlabelled rows per batch. Received: batch_size={batch_size}, labelled_per_batch={labelled_per_batch}"
+        )
+
+    def stream(rows, flag, stream_seed):
+        kept = labels[rows] if flag else np.zeros_like(labels[rows])
+        ds = tf.data.Dataset.from_tensor_slices((images[rows], kept))
+        return ds.shuffle(len(rows), seed=stream_seed, reshuffle_each_iteration=True).map(
+            lambda x, y: (x, _label_type(y), tf.constant(flag, "float32"))
+        )
+
+    with_labels = stream(np.flatnonzero(labelled), 1.0, seed).repeat()
+    without = stream(np.flatnonzero(~labelled), 0.0, seed + 1)
+    ds = tf.data.Dataset.zip(
+        with_labels.batch(labelled_per_batch), without.batch(unlabelled_per_batch, drop_remainder=True)
+    )
+
+    def join(a, b):
+        x, y, flag = (tf.concat([p, q], axis=0) for p, q in zip(a, b))
+        return tf.cast(x, "float32"), (y, flag)
+
+    return _shard_by_data(ds.map(join))

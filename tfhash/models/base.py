@@ -36,17 +36,23 @@ def step_logs(model, metrics=None):
 def record_losses(model, **per_example):
     """Updates the trackers of `model.metrics` named like the keys; returns their step logs.
 
-    Each tracker gets the local mean weighted by the local batch size, so the
+    Each value is a vector of per-example losses, or a `(losses, weights)`
+    pair for a loss that only some rows have (weights 0 elsewhere). Each
+    tracker gets the local (weighted) mean with the local weight total, so the
     synced Mean is the global mean under any strategy. Trackers not named
     (another phase's, in a model that alternates) are left alone.
     """
-    n = tf.cast(tf.shape(next(iter(per_example.values())))[0], "float32")
     trackers = [tracker for tracker in model.metrics if tracker.name in per_example]
     unknown = set(per_example) - {tracker.name for tracker in trackers}
     if unknown:
         raise ValueError(f"No loss tracker named {sorted(unknown)} in {[m.name for m in model.metrics]}")
     for tracker in trackers:
-        tracker.update_state(tf.reduce_mean(per_example[tracker.name]), sample_weight=n)
+        value = per_example[tracker.name]
+        if isinstance(value, tuple):
+            tracker.update_state(value[0], sample_weight=value[1])
+        else:
+            n = tf.cast(tf.shape(value)[0], "float32")
+            tracker.update_state(tf.reduce_mean(value), sample_weight=n)
     return step_logs(model, trackers)
 
 

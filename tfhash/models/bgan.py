@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfhash.layers import AnnealedSign, check_bits
-from tfhash.models.backbones import SMALL_CNN, Backbone
+from tfhash.models.backbones import SMALL_CNN, Backbone, image_generator
 from tfhash.models.base import HashModel, build_for_fit, gather_across_replicas, record_losses
 from tfhash.neighbours import batch_similarity
 
@@ -59,23 +59,6 @@ class BGANEncoder(HashModel):
             "backbone": self.backbone_name,
             "beta": self.sign.initial_beta,
         }
-
-
-def _generator(bits, image_shape):
-    """Bits -> image in [0, 1]: a dense layer and two stride-2 transposed convolutions."""
-    height, width, channels = image_shape
-    if height % 4 or width % 4:
-        raise ValueError(f"BGAN's generator needs height and width divisible by 4. Received: {image_shape}")
-    return keras.Sequential(
-        [
-            keras.Input((bits,)),
-            layers.Dense((height // 4) * (width // 4) * 64, activation="relu"),
-            layers.Reshape((height // 4, width // 4, 64)),
-            layers.Conv2DTranspose(32, 4, strides=2, padding="same", activation="relu"),
-            layers.Conv2DTranspose(channels, 4, strides=2, padding="same", activation="sigmoid"),
-        ],
-        name="generator",
-    )
 
 
 def _discriminator(image_shape):
@@ -132,7 +115,7 @@ class BGAN(keras.Model):
         super().__init__(**kwargs)
         self.balanced = bool(balanced)
         self.encoder = BGANEncoder(bits, input_shape, backbone, beta, name="encoder")
-        self.generator = _generator(bits, self.encoder.image_shape)
+        self.generator = image_generator(bits, self.encoder.image_shape)
         self.discriminator = _discriminator(self.encoder.image_shape)
         self.neighbour_weight = float(neighbour_weight)
         self.content_weight = float(content_weight)
