@@ -138,19 +138,21 @@ def test_fit_learns_codes_that_retrieve_with_all_and_few_labels(digits):
         model.fit(semi_supervised_batches(images, labels, 50, labelled_fraction=fraction, seed=0),
                   epochs=20, verbose=0)
         results[fraction] = _map(model.encoder, digits)
-    # Measured (seed 0, 20 epochs): untrained 0.175; all labels 0.711, 20% labels 0.577.
-    # The codes start collapsed (triplet loss = margin) and separate after ~10 epochs.
+    # Measured (seed 0, 20 epochs): untrained 0.175; all labels 0.561, 20% labels 0.665.
+    # The codes start collapsed (triplet loss = margin, all H alike) and separate
+    # after ~10 epochs; which run gets further by epoch 20 varies with the defaults.
     assert results[1.0] > 2.5 * untrained, (untrained, results)
     assert results[0.2] > 2 * untrained, (untrained, results)
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_matches_one_device(digits, mirrored):
+@pytest.mark.parametrize("generator_batch_norm", [False, True])
+def test_mirrored_strategy_matches_one_device(digits, mirrored, generator_batch_norm):
     images, labels = digits.subset("train")
 
     def run(strategy):
         with strategy.scope():
-            model = _dsh_gan(seed=3)
+            model = _dsh_gan(seed=3, generator_batch_norm=generator_batch_norm)
             model.compile(optimizer=keras.optimizers.SGD(0.01), g_optimizer=keras.optimizers.SGD(0.01))
         data = semi_supervised_batches(images, labels, 50, labelled_fraction=0.2, labelled_per_batch=20, seed=1)
         # Four steps: a GAN amplifies float rounding (the all-reduce sums in another
@@ -161,7 +163,8 @@ def test_mirrored_strategy_matches_one_device(digits, mirrored):
     one, weights_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
     two, weights_two = run(mirrored)
     # Noise and drawn classes are made for the global batch and sliced per replica,
-    # counts are gathered, batch norm is synchronized: both take the same steps.
+    # counts are gathered, batch norm (trunk, and generator if asked) is synchronized:
+    # both take the same steps.
     for key in ("loss", "classification_loss", "triplet_loss", "d_loss", "g_loss"):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4)
     for a, b in zip(weights_two, weights_one):

@@ -111,20 +111,31 @@ def _small_cnn(input_shape, dropout):
     )
 
 
-def image_generator(input_dim, image_shape, filters=(64, 32), name="generator"):
+def image_generator(input_dim, image_shape, filters=(64, 32), batch_norm=False, name="generator"):
     """Vector -> image on a 0-1 scale: a dense layer and two stride-2 transposed
-    convolutions (the GAN models' generators; no batch norm, so replicas of a
-    distribution strategy compute what one device does)."""
+    convolutions (the GAN models' generators).
+
+    `batch_norm` puts DCGAN's batch norm after each hidden layer; it is
+    synchronized, so replicas of a distribution strategy compute what one
+    device does.
+    """
     layers = keras.layers
     height, width, channels = image_shape
     if height % 4 or width % 4:
         raise ValueError(f"The generator needs height and width divisible by 4. Received: {tuple(image_shape)}")
+
+    def hidden(layer):
+        if not batch_norm:
+            return [layer]
+        layer.activation = keras.activations.get("linear")
+        return [layer, layers.BatchNormalization(synchronized=True), layers.ReLU()]
+
     return keras.Sequential(
         [
             keras.Input((input_dim,)),
-            layers.Dense((height // 4) * (width // 4) * filters[0], activation="relu"),
+            *hidden(layers.Dense((height // 4) * (width // 4) * filters[0], activation="relu")),
             layers.Reshape((height // 4, width // 4, filters[0])),
-            layers.Conv2DTranspose(filters[1], 4, strides=2, padding="same", activation="relu"),
+            *hidden(layers.Conv2DTranspose(filters[1], 4, strides=2, padding="same", activation="relu")),
             layers.Conv2DTranspose(channels, 4, strides=2, padding="same", activation="sigmoid"),
         ],
         name=name,
