@@ -33,7 +33,12 @@ No public implementation exists; these are the choices the paper leaves open:
 - Loss weights default to 1 (the paper sums the three losses). From scratch
   on Fashion-MNIST the shared CNN wins the adversarial game at once with
   weight 1 (d_loss 0.004), and weight 0.1 learns codes faster; the bench
-  uses 0.1 (`bench/dsh_gan.py`).
+  uses 0.1 (`bench/dsh_gan.py`, which lists what was measured).
+- Generator: the paper gives none. Ours is DCGAN-like (dense, two transposed
+  convolutions, synchronized batch norm) trained by Adam(1e-3, beta_1=0.5).
+  A weaker one (no batch norm, lr 2e-4) made blurry, barely class-true
+  images, and the codes, which only ever meet synthetic images in the triplet
+  loss, were worse for it.
 - Generator loss: the non-saturating -log D(G(.)). Both steps run the shared
   CNN on real and synthetic images together, so its batch norm sees one mix.
 - Randomness (noise, drawn classes) is stateless, keyed by `seed` and the step,
@@ -311,11 +316,12 @@ class DSHGAN(keras.Model):
         def split(tensor):  # rows of [x; x+; x-]
             return tensor[:rows], tensor[rows : 2 * rows], tensor[2 * rows :]
 
+        # The step keys this step's draws. Read once: the first update advances
+        # it, and replicas may see that at different times.
+        step = tf.cast(tf.identity(self.optimizer.iterations), "int32")
+
         # Shared CNN (the discriminator): classification + triplet on labelled
         # triplets, real vs synthetic on every row.
-        # Read once: the first optimizer's update advances it, and replicas may
-        # see that at different times. Both updates use the same draws.
-        step = tf.cast(tf.identity(self.optimizer.iterations), "int32")
         fakes, conditions, has_negative = self._synthesize(targets, labelled, step, training=True)
         fakes = tf.stop_gradient(fakes)
         with tf.GradientTape() as tape:
