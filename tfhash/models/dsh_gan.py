@@ -38,8 +38,9 @@ No public implementation exists; these are the choices the paper leaves open:
   convolutions trained by DCGAN's Adam(2e-4, beta_1=0.5);
   `generator_batch_norm=True` adds DCGAN's (synchronized) batch norm. With
   batch norm and lr 1e-3 the images look better and the codes were ahead
-  after 9 epochs (mAP@all 0.798 vs 0.776), but behind after 30 (0.813 vs
-  0.826 with all labels; 0.722 vs 0.718 with 10%), so the default is the plain one.
+  after 9 epochs (mAP@all 0.798 vs 0.776), but after 30 they were behind
+  with all labels (0.813 vs 0.826) and level with 10% (0.722 vs 0.718), so
+  the default is the plain one.
 - Generator loss: the non-saturating -log D(G(.)). Both steps run the shared
   CNN on real and synthetic images together, so its batch norm sees one mix.
 - Randomness (noise, drawn classes) is stateless, keyed by `seed` and the step,
