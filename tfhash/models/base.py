@@ -159,3 +159,33 @@ class HashModel(keras.Model):
     def encode_real(self, inputs, batch_size=256, verbose=0):
         """Relaxed codes z (n, bits), float32, before the sign."""
         return self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
+
+
+class EncoderHarness(keras.Model):
+    """Base of the GAN training harnesses (BGAN, DSH-GAN): an exported `encoder`
+    (a `HashModel`) plus the networks and optimizers that train it.
+
+    `call`, `bits` and `image_shape` are the encoder's; `metrics` are one Mean
+    tracker per name in `loss_names`, which `record_losses` updates.
+    """
+
+    loss_names = ()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+
+    @property
+    def bits(self):
+        return self.encoder.bits
+
+    @property
+    def image_shape(self):
+        return self.encoder.image_shape
+
+    def call(self, images, training=False):
+        return self.encoder(images, training=training)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())

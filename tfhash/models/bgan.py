@@ -17,7 +17,7 @@ from keras import layers
 
 from tfhash.layers import AnnealedSign, check_bits
 from tfhash.models.backbones import SMALL_CNN, Backbone, image_generator
-from tfhash.models.base import HashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.models.base import EncoderHarness, HashModel, build_for_fit, gather_across_replicas, record_losses
 from tfhash.neighbours import batch_similarity
 
 
@@ -71,7 +71,7 @@ def _discriminator(image_shape):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class BGAN(keras.Model):
+class BGAN(EncoderHarness):
     """The BGAN training harness: encoder, generator, discriminator, two optimizers.
 
     Each step first trains the discriminator on real images vs reconstructions,
@@ -100,6 +100,8 @@ class BGAN(keras.Model):
     >>> codes = model.encoder.encode(images)
     """
 
+    loss_names = ("loss", "neighbour_loss", "content_loss", "adversarial_loss", "d_loss")
+
     def __init__(
         self,
         bits=32,
@@ -120,35 +122,16 @@ class BGAN(keras.Model):
         self.neighbour_weight = float(neighbour_weight)
         self.content_weight = float(content_weight)
         self.adversarial_weight = float(adversarial_weight)
-        self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss", "neighbour_loss", "content_loss", "adversarial_loss", "d_loss")
-        }
-
-    @property
-    def bits(self):
-        return self.encoder.bits
-
-    @property
-    def image_shape(self):
-        return self.encoder.image_shape
 
     def build(self, input_shape=None):
         if not self.encoder.built:  # encode() may have built it already
             self.encoder.build()
         self.built = True
 
-    def call(self, images, training=False):
-        return self.encoder(images, training=training)
-
     def compile(self, optimizer="adam", d_optimizer="adam", **kwargs):
         """`optimizer` trains encoder + generator, `d_optimizer` the discriminator."""
         super().compile(optimizer=optimizer, **kwargs)
         self.d_optimizer = keras.optimizers.get(d_optimizer)
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         build_for_fit(

@@ -57,7 +57,7 @@ from keras import layers
 
 from tfhash.layers import check_bits
 from tfhash.models.backbones import SMALL_CNN, Backbone, image_generator
-from tfhash.models.base import HashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.models.base import EncoderHarness, HashModel, build_for_fit, gather_across_replicas, record_losses
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
@@ -127,7 +127,7 @@ def negative_classes(targets, uniform):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class DSHGAN(keras.Model):
+class DSHGAN(EncoderHarness):
     """The DSH-GAN training harness: encoder, classification and adversary heads,
     conditional generator, two optimizers.
 
@@ -155,6 +155,8 @@ class DSHGAN(keras.Model):
     >>> model.fit(semi_supervised_batches(images, labels, 128, labelled_fraction=0.1), epochs=10)
     >>> codes = model.encoder.encode(images)
     """
+
+    loss_names = ("loss", "classification_loss", "triplet_loss", "d_loss", "g_loss")
 
     def __init__(
         self,
@@ -193,18 +195,6 @@ class DSHGAN(keras.Model):
             batch_norm=generator_batch_norm,
         )
         self.generator_batch_norm = bool(generator_batch_norm)
-        self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss", "classification_loss", "triplet_loss", "d_loss", "g_loss")
-        }
-
-    @property
-    def bits(self):
-        return self.encoder.bits
-
-    @property
-    def image_shape(self):
-        return self.encoder.image_shape
 
     def build(self, input_shape=None):
         if not self.encoder.built:
@@ -214,9 +204,6 @@ class DSHGAN(keras.Model):
         self.adversary.build(width)
         self.built = True
 
-    def call(self, images, training=False):
-        return self.encoder(images, training=training)
-
     def compile(self, optimizer="adam", g_optimizer=None, **kwargs):
         """`optimizer` trains the shared CNN and its heads; `g_optimizer` the
         generator (default Adam(2e-4, beta_1=0.5), DCGAN's)."""
@@ -224,10 +211,6 @@ class DSHGAN(keras.Model):
         self.g_optimizer = keras.optimizers.get(
             g_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
         )
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def _cnn_variables(self):
         return (
