@@ -70,9 +70,9 @@ def dsh_gan(data, bits, epochs, labelled, grid_dir=None):
 
 def dhn(data, bits, epochs):
     start = time.time()
-    model, history = training.train(**{**DHN_RECIPE, "epochs": epochs}, bits=bits, data=data, verbose=0)
+    model, _ = training.train(**{**DHN_RECIPE, "epochs": epochs}, bits=bits, data=data, verbose=0)
     steps = (len(data.split.train) // DHN_RECIPE["batch_size"]) * epochs
-    return model, time.time() - start, steps, history.history
+    return model, time.time() - start, steps
 
 
 def main():
@@ -103,9 +103,9 @@ def main():
         print(f"{name:28s} mAP@all {result['map']:.4f}  P@100 {result['precision@100']:.4f}  "
               f"{steps:5d} steps  {seconds:5.0f} s", flush=True)
 
-    report("dhn_all", *dhn(data, args.bits, DHN_RECIPE["epochs"])[:3])
-    report("dhn_fraction_same_epochs", *dhn(few, args.bits, DHN_RECIPE["epochs"])[:3])
-    report("dhn_fraction_same_steps", *dhn(few, args.bits, matched_epochs)[:3])
+    report("dhn_all", *dhn(data, args.bits, DHN_RECIPE["epochs"]))
+    report("dhn_fraction_same_epochs", *dhn(few, args.bits, DHN_RECIPE["epochs"]))
+    report("dhn_fraction_same_steps", *dhn(few, args.bits, matched_epochs))
     encoder, seconds, steps, history, _ = dsh_gan(data, args.bits, args.epochs, np.ones_like(labelled))
     report("dsh_gan_all", encoder, seconds, steps, final_logs={k: v[-1] for k, v in history.items()})
     encoder, seconds, steps, history, grids = dsh_gan(
