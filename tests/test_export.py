@@ -80,9 +80,28 @@ def tiny_dsh_gan_encoder(data):
     return model.encoder
 
 
+def tiny_ugach_image_encoder(data):
+    """UGACH's exported image network (PixelPCA features inside), after 6 epochs
+    on digits paired with their thresholded pixels as "text"; no labels."""
+    from tfhash.data import graph_batches
+    from tfhash.models import UGACH
+    from tfhash.neighbours import correlation_graph
+
+    keras.utils.set_random_seed(0)
+    images, _ = data.subset("train")
+    texts = (images.reshape(len(images), -1) >= 128).astype("float32")
+    model = UGACH(bits=16, input_shape=(8, 8, 1), vocabulary_size=64, feature_dims=32, hidden_units=64,
+                  pretrain_steps=30)
+    model.adapt(images)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
+    graph = correlation_graph(model.image_features(images), texts, k=3)
+    model.fit(graph_batches(images, texts, graph, 50), epochs=6, verbose=0)
+    return model.image_encoder
+
+
 # Every exportable image model, as a function of the digits data returning a
 # trained model on 8x8x1 images. A new method adds its factory here.
-FACTORIES = [tiny_dhn, tiny_bgan_encoder, tiny_ssah_image_encoder, tiny_dsh_gan_encoder]
+FACTORIES = [tiny_dhn, tiny_bgan_encoder, tiny_ssah_image_encoder, tiny_dsh_gan_encoder, tiny_ugach_image_encoder]
 
 # Fraction of code bits equal to the Keras model's, on the 1,797 query + database digits.
 MIN_BIT_AGREEMENT = {"float32": 0.999, "dynamic_int8": 0.98, "int8": 0.98}

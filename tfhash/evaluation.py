@@ -121,3 +121,27 @@ def validation_rows(split, size=500, seed=0):
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(held_out, size=min(size, len(held_out)), replace=False))
     return queries, np.asarray(split.train)
+
+
+def pair_retrieval_map(image_encoder, text_encoder, images, texts, *, batch_size=512):
+    """A label-free score for selecting checkpoints of unsupervised cross-modal models.
+
+    Each image's one relevant text is its own (and back): the mean of I->T and
+    T->I mAP@all over held-out pairs, which for a single relevant item is the
+    mean reciprocal rank of the partner. No labels are read, so UGACH can
+    select epochs without the supervision it must not have.
+
+    Args:
+        image_encoder, text_encoder: `HashModel`s of the two modalities.
+        images, texts: n paired rows, n >= 2, held out from training.
+    """
+    n = len(images)
+    if n < 2 or len(texts) != n:
+        raise ValueError(f"images and texts must be n >= 2 paired rows. Received: {len(images)} and {len(texts)} rows")
+    image_codes = image_encoder.encode(images, batch_size=batch_size)
+    text_codes = text_encoder.encode(texts, batch_size=batch_size)
+    identity = np.eye(n, dtype=np.uint8)  # item i's only "label" is i
+    return float(
+        (metrics.mean_average_precision(image_codes, text_codes, identity, identity)
+         + metrics.mean_average_precision(text_codes, image_codes, identity, identity)) / 2
+    )

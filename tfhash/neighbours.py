@@ -144,3 +144,35 @@ def batch_similarity(ids, neighbours_of_ids, column_ids=None, column_neighbours=
         ops.equal(ops.expand_dims(ops.cast(column_neighbours, "int64"), 0), ids[:, None, None]), axis=-1
     )
     return ops.where(ops.logical_or(j_in_i, i_in_j), 1.0, -1.0)
+
+
+def correlation_graph(image_features, text_features, k=5, batch_size=4096):
+    """UGACH's label-free correlation graph over n paired items.
+
+    Item i's related items are itself (its image and text describe one
+    thing), its k nearest neighbours by image features and its k nearest by
+    text features (Euclidean). The official code (K = 10: 5 image + 5 text
+    neighbours, each list led by the item itself at distance 0) does the
+    same; a cross-modal query i is related to the other modality's rows of
+    this list. Computed in batches with faiss: no n x n matrix.
+
+    Args:
+        image_features, text_features: float arrays (n, d_image), (n, d_text)
+            of the same n items, in a fixed label-free space (e.g.
+            `UGACH.image_features(images)` and the bags of words).
+        k: neighbours per modality.
+
+    Returns:
+        int64 array (n, 2 k + 1): [i, k image neighbours, k text neighbours],
+        nearest first within each modality.
+    """
+    image_features, text_features = np.asarray(image_features), np.asarray(text_features)
+    if len(image_features) != len(text_features):
+        raise ValueError(
+            "image_features and text_features must describe the same items. "
+            f"Received: {len(image_features)} and {len(text_features)} rows"
+        )
+    n = len(image_features)
+    return np.concatenate(
+        [np.arange(n)[:, None], knn(image_features, k, batch_size), knn(text_features, k, batch_size)], axis=1
+    )

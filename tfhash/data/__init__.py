@@ -6,6 +6,7 @@ from tfhash.data.open_clip_art import load_open_clip_art
 from tfhash.data.pipelines import (
     cross_modal_batches,
     draw_labelled,
+    graph_batches,
     neighbour_batches,
     pair_similarity,
     pairwise_batches,
@@ -30,6 +31,7 @@ __all__ = [
     "cross_modal_batches",
     "draw_labelled",
     "draw_split",
+    "graph_batches",
     "load_digits",
     "load_fashion_mnist",
     "load_open_clip_art",

@@ -139,6 +139,63 @@ def cross_modal_batches(images, texts, labels, batch_size, *, seed=0, shuffle=Tr
     return _shard_by_data(ds.batch(batch_size, drop_remainder=True))
 
 
+def graph_batches(images, texts, graph, batch_size, *, seed=0, shuffle=True):
+    """Batches for UGACH: paired rows, each with a related item of the other modality.
+
+    Each element is a dict of "images" (raw), "texts" (bags of words),
+    "positive_texts" (the text of a related item, for the image as query),
+    "positive_images" (the image of another related item, for the text as
+    query), "ids" and "neighbours" (the row's graph list), ids and lists as
+    float32 (exact below 2**24, gatherable across replicas). Related items are
+    drawn uniformly from the row's graph list, afresh each epoch (seeded). No
+    labels travel: UGACH is unsupervised.
+
+    Args:
+        images: (n, height, width, channels) raw images.
+        texts: (n, vocabulary_size) bags of words of the same n items.
+        graph: (n, m) int lists of related items, e.g.
+            `tfhash.neighbours.correlation_graph(...)`.
+        batch_size: global batch size; seed, shuffle: as `pairwise_batches`.
+    """
+    images, texts, graph = np.asarray(images), np.asarray(texts), np.asarray(graph)
+    n = len(images)
+    if texts.ndim != 2 or len(texts) != n:
+        raise ValueError(
+            f"texts must be bag-of-words vectors (n, vocabulary_size) for the {n} images. Received: shape={texts.shape}"
+        )
+    if graph.ndim != 2 or len(graph) != n or graph.shape[1] == 0 or graph.min() < 0 or graph.max() >= n:
+        raise ValueError(
+            f"graph must be (n, m) lists of item ids in [0, {n}) for the {n} items. "
+            f"Received: shape={graph.shape}" + (f", ids {graph.min()}..{graph.max()}" if graph.size else "")
+        )
+    if batch_size < 2 or batch_size > n:
+        raise ValueError(f"batch_size must be in [2, {n}] (candidates come from the batch). Received: batch_size={batch_size}")
+    all_images, all_texts = tf.constant(images), tf.constant(texts.astype(np.float32))
+    width = graph.shape[1]
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"ids": np.arange(n, dtype=np.float32), "neighbours": graph.astype(np.float32)}
+    )
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def add_rows(row, draw):
+        i = tf.cast(row["ids"], "int64")
+        related = tf.cast(row["neighbours"], "int64")
+        draw = tf.math.abs(draw)
+        for_image, for_text = related[draw % width], related[(draw // width) % width]
+        return {
+            "images": all_images[i],
+            "texts": all_texts[i],
+            "positive_texts": all_texts[for_image],
+            "positive_images": all_images[for_text],
+            **row,
+        }
+
+    ds = tf.data.Dataset.zip(ds, draws).map(add_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _shard_by_data(ds.batch(batch_size, drop_remainder=True))
+
+
 def draw_labelled(labels, fraction, seed=0):
     """A seeded boolean mask of the rows whose labels a semi-supervised model keeps.
 

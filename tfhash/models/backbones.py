@@ -7,6 +7,7 @@ own preprocessing, so exported encoders accept raw images.
 import inspect
 
 import keras
+import numpy as np
 from keras import ops
 
 SMALL_CNN = "small_cnn"
@@ -84,6 +85,71 @@ class Backbone(keras.layers.Layer):
             "dropout": self.dropout,
             "trunk_kwargs": self.trunk_kwargs,
         }
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class PixelPCA(keras.layers.Layer):
+    """Raw images -> their top principal components: a fixed, label-free feature space.
+
+    UGACH's networks read fixed image features (VGG19 fc7 in the paper). With
+    no pretrained weights offline, the principal components of the pixels
+    (0-1 scale) stand in, as for BGAN's neighbour graph. `adapt(images)` fits
+    them; the mean and components are non-trainable weights, so they are saved
+    and exported with the model, which then still takes raw images.
+
+    Args:
+        dims: number of components kept.
+        input_shape: (height, width, channels) of the raw images.
+        seed: seed of the randomized SVD.
+    """
+
+    def __init__(self, dims=512, input_shape=(28, 28, 1), seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.dims = int(dims)
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.seed = int(seed)
+        self.pixels = int(np.prod(self.image_shape))
+        if not 1 <= self.dims <= self.pixels:
+            raise ValueError(f"dims must be in [1, {self.pixels}] for images of shape {self.image_shape}. "
+                             f"Received: dims={dims}")
+
+    def build(self, input_shape=None):
+        self.mean = self.add_weight(shape=(self.pixels,), initializer="zeros", trainable=False, name="mean")
+        self.components = self.add_weight(
+            shape=(self.pixels, self.dims), initializer="zeros", trainable=False, name="components"
+        )
+
+    @property
+    def adapted(self):
+        """Whether `adapt` has run (or adapted weights were loaded): components are non-zero."""
+        return self.built and bool(np.any(keras.ops.convert_to_numpy(self.components)))
+
+    def adapt(self, images):
+        """Fits the components on raw images (n, height, width, channels), n >= dims."""
+        from sklearn.decomposition import PCA
+
+        flat = np.asarray(images).reshape(len(images), -1)
+        if flat.shape[1] != self.pixels or len(flat) < self.dims:
+            raise ValueError(
+                f"adapt needs at least {self.dims} images of shape {self.image_shape}. "
+                f"Received: shape={np.shape(images)}"
+            )
+        if not self.built:
+            self.build()
+        pca = PCA(self.dims, svd_solver="randomized", random_state=self.seed).fit(flat.astype(np.float32) / 255.0)
+        self.mean.assign(pca.mean_.astype(np.float32))
+        self.components.assign(pca.components_.T.astype(np.float32))
+        return self
+
+    def call(self, images):
+        x = ops.reshape(ops.cast(images, "float32") / 255.0, (-1, self.pixels))
+        return ops.matmul(x - self.mean, self.components)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dims)
+
+    def get_config(self):
+        return {**super().get_config(), "dims": self.dims, "input_shape": self.image_shape, "seed": self.seed}
 
 
 def _small_cnn(input_shape, dropout):

@@ -1,0 +1,443 @@
+"""UGACH: Unsupervised Generative Adversarial Cross-modal Hashing
+(Zhang, Peng, Yuan; AAAI 2018). Unsupervised, image-text.
+
+Generator and discriminator have the same two-layer form per modality on
+fixed features x: phi(x) = tanh(W_c x + b_c), h(x) = sigmoid(W_h phi(x) + b_h),
+bit = h > 0.5. No labels: a correlation graph (`tfhash.neighbours.correlation_graph`:
+each item, its k image and its k text nearest neighbours) says which
+image-text pairs are truly related.
+
+For a query q of one modality, with x^M a related item of the other modality
+(from the graph) and x^G one the generator picks:
+
+- the generator picks x^G among candidates with p(x | q) = softmax(-|h(q) - h(x)|^2)
+  (its own h); the pick is discrete, so it learns by REINFORCE with the
+  discriminator's reward sigmoid(f(x^G, q));
+- the discriminator scores f(x^G, q) = max(0, m + |h(q) - h(x^M)|^2 - |h(q) - h(x^G)|^2)
+  (its own h) and minimizes f: related pairs closer than picked ones by m.
+
+So the generator is an adversarial sampler of hard negatives, and the
+discriminator's codes are the ones used for retrieval (`image_encoder`,
+`text_encoder`, both exported).
+
+Choices, with the official code (github.com/PKU-ICST-MIPL/UGACH_AAAI2018) as
+the reference where the paper is silent:
+
+- Loss: the code's hinge f for the discriminator (its "svm" loss), reward
+  sigmoid(f) for the generator, margin m = bits / 8 (the code's BETA).
+- Candidates: the code draws 1/50 of the training set per query. Ours are the
+  other modality's rows of the (global) batch, a random draw of the training
+  set too, less the query's graph relatives (the code also re-draws picks
+  that are relatives). Steps alternate: discriminator, then generator with the
+  updated discriminator's reward on the same picks. The code alternates whole
+  epochs (1 D, 2 G); per-step alternation runs under `model.fit`.
+- Pre-training: the code starts the discriminator from one trained on the
+  graph alone, with uniformly drawn negatives. `pretrain_steps` does that in
+  the same run; `generator=False` trains that way throughout (the ablation).
+- Reward: the code's raw sigmoid(f), always in [0.5, 1), so every pick is
+  reinforced, the hard ones most. `reward_baseline=True` subtracts the
+  batch's mean reward (REINFORCE's usual variance reduction); on Open Clip
+  Art the generator then learned faster and mAP fell further, so it is off.
+- Image features: the paper's VGG19 fc7 needs ImageNet weights, so the image
+  networks read `PixelPCA` features, fitted with `UGACH.adapt(images)`
+  (label-free) and part of the exported encoder, which takes raw images.
+- Checkpoint selection: the code keeps the epoch with the best test-label
+  mAP. Ours must not see labels: `tfhash.evaluation.pair_retrieval_map`
+  scores held-out image-text pairs by whether each finds its own partner.
+- Randomness (picks) is stateless, keyed by `seed` and the step, and drawn for
+  the global batch, so N replicas take the steps one device takes.
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from tfhash.layers import check_bits
+from tfhash.models.backbones import PixelPCA
+from tfhash.models.base import HashModel, build_for_fit, check_bow, gather_across_replicas, record_losses
+from tfhash.neighbours import batch_similarity
+
+# Logit of a candidate that must not be picked (a relative of the query).
+_EXCLUDED = -1e9
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class TwoLayerHash(layers.Layer):
+    """UGACH's per-modality form: features -> tanh common layer -> hash logits a
+    (h = sigmoid(a))."""
+
+    def __init__(self, bits=32, hidden_units=1024, **kwargs):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits, self.hidden_units = bits, int(hidden_units)
+        self.common = layers.Dense(self.hidden_units, activation="tanh", name="common")
+        self.hash = layers.Dense(bits, name="hash")
+
+    def build(self, input_shape):
+        self.common.build(input_shape)
+        self.hash.build((None, self.hidden_units))
+
+    def call(self, features):
+        return self.hash(self.common(features))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bits)
+
+    def get_config(self):
+        return {**super().get_config(), "bits": self.bits, "hidden_units": self.hidden_units}
+
+
+class _UGACHEncoder(HashModel):
+    """Fixed features, then `TwoLayerHash`. `call` returns 2 h - 1 = tanh(a / 2),
+    so the code bit (z >= 0) is h >= 0.5."""
+
+    def features(self, inputs):
+        raise NotImplementedError
+
+    def hash_logits(self, features):
+        return self.head(features)
+
+    def call(self, inputs, training=False):
+        return tf.tanh(0.5 * self.head(self.features(inputs)))
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class UGACHImageEncoder(_UGACHEncoder):
+    """UGACH's image network: raw images -> `PixelPCA` features -> `TwoLayerHash`.
+
+    Args:
+        bits: code length K (multiple of 8).
+        input_shape: raw image shape, pixels 0-255.
+        feature_dims: principal components kept as features.
+        hidden_units: width of the common representation.
+    """
+
+    def __init__(self, bits=32, input_shape=(64, 64, 3), feature_dims=512, hidden_units=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.bits = bits
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.feature_dims, self.hidden_units = int(feature_dims), int(hidden_units)
+        self.pca = PixelPCA(self.feature_dims, self.image_shape, name="pixel_pca")
+        self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
+
+    def build(self, input_shape=None):
+        if not self.pca.built:
+            self.pca.build()
+        if not self.head.built:
+            self.head.build((None, self.feature_dims))
+        self.built = True
+
+    def features(self, images):
+        return self.pca(images)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "input_shape": self.image_shape,
+            "feature_dims": self.feature_dims,
+            "hidden_units": self.hidden_units,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class UGACHTextEncoder(_UGACHEncoder):
+    """UGACH's text network: bag of words (V,) -> `TwoLayerHash`.
+
+    Its serving input is `bow`: float32 (None, V).
+
+    Args:
+        bits: code length K (multiple of 8).
+        vocabulary_size: V.
+        hidden_units: width of the common representation.
+    """
+
+    def __init__(self, bits=32, vocabulary_size=1386, hidden_units=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.bits = bits
+        self.vocabulary_size, self.hidden_units = int(vocabulary_size), int(hidden_units)
+        self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
+
+    def build(self, input_shape=None):
+        if not self.head.built:
+            self.head.build((None, self.vocabulary_size))
+        self.built = True
+
+    def features(self, bow):
+        return tf.cast(bow, "float32")
+
+    def serving_inputs(self):
+        return {"bow": tf.TensorSpec((None, self.vocabulary_size), tf.float32, name="bow")}
+
+    def check_inputs(self, bow, name="bow"):
+        return check_bow(bow, self.vocabulary_size, name)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "vocabulary_size": self.vocabulary_size,
+            "hidden_units": self.hidden_units,
+        }
+
+
+def relevance_hinge(query, related, picked, margin):
+    """f = max(0, m + |q - x^M|^2 - |q - x^G|^2) per row, on sigmoid codes."""
+    near = tf.reduce_sum(tf.square(query - related), axis=-1)
+    far = tf.reduce_sum(tf.square(query - picked), axis=-1)
+    return tf.nn.relu(margin + near - far)
+
+
+def sample_candidates(logits, excluded, gumbel):
+    """One candidate per row drawn from softmax(logits) over the candidates not
+    excluded (Gumbel-max: argmax of logits plus Gumbel noise)."""
+    return tf.argmax(tf.where(excluded, _EXCLUDED, logits) + gumbel, axis=-1, output_type="int32")
+
+
+def _squared_distances(a, b):
+    """|a_i - b_j|^2, (n, m)."""
+    return (
+        tf.reduce_sum(tf.square(a), axis=-1, keepdims=True)
+        - 2.0 * tf.matmul(a, b, transpose_b=True)
+        + tf.reduce_sum(tf.square(b), axis=-1)[None, :]
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class UGACH(keras.Model):
+    """The UGACH training harness: the discriminator's two encoders (exported),
+    the generator's two networks and two optimizers.
+
+    Feed it `tfhash.data.graph_batches(images, texts, graph, batch_size)` with
+    `graph = correlation_graph(model.image_features(images), texts)`, after
+    `model.adapt(images)`.
+
+    Args:
+        bits: code length K (multiple of 8).
+        input_shape: raw image shape.
+        vocabulary_size: V of the bags of words.
+        feature_dims: `PixelPCA` components of the image features.
+        hidden_units: width of every common layer.
+        margin: m of the relevance hinge (default bits / 8, the code's).
+        generator: False trains the discriminator with uniformly drawn
+            negatives throughout (UGACH without its generator).
+        pretrain_steps: steps of that before the generator picks negatives.
+        reward_baseline: subtract the batch's mean reward (see the module docstring).
+        seed: seeds the picks (stateless, per step).
+
+    Examples:
+    >>> model = UGACH(bits=32, input_shape=(64, 64, 3), vocabulary_size=1021)
+    >>> model.adapt(images)
+    >>> graph = correlation_graph(model.image_features(images), texts, k=5)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-4), g_optimizer=keras.optimizers.Adam(1e-4))
+    >>> model.fit(graph_batches(images, texts, graph, 256), epochs=30)
+    >>> image_codes = model.image_encoder.encode(images)
+    """
+
+    loss_names = ("d_loss", "g_loss", "reward", "hard_fraction")
+
+    def __init__(
+        self,
+        bits=32,
+        input_shape=(64, 64, 3),
+        vocabulary_size=1386,
+        feature_dims=512,
+        hidden_units=1024,
+        margin=None,
+        generator=True,
+        pretrain_steps=0,
+        reward_baseline=False,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.margin = float(bits / 8 if margin is None else margin)
+        self.use_generator = bool(generator)
+        self.pretrain_steps = int(pretrain_steps)
+        self.reward_baseline = bool(reward_baseline)
+        self.seed = int(seed)
+        self.image_encoder = UGACHImageEncoder(bits, input_shape, feature_dims, hidden_units, name="image_encoder")
+        self.text_encoder = UGACHTextEncoder(bits, vocabulary_size, hidden_units, name="text_encoder")
+        self.generator_image = TwoLayerHash(bits, hidden_units, name="generator_image")
+        self.generator_text = TwoLayerHash(bits, hidden_units, name="generator_text")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+
+    @property
+    def bits(self):
+        return self.image_encoder.bits
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def build(self, input_shape=None):
+        self.image_encoder.build()
+        self.text_encoder.build()
+        self.generator_image.build((None, self.image_encoder.feature_dims))
+        self.generator_text.build((None, self.text_encoder.vocabulary_size))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        """{"images", "texts"} -> (relaxed image codes, relaxed text codes)."""
+        return self.image_encoder(inputs["images"]), self.text_encoder(inputs["texts"])
+
+    def adapt(self, images):
+        """Fits the image features (`PixelPCA`) on training images; no labels."""
+        if not self.built:
+            self.build()
+        self.image_encoder.pca.adapt(self.image_encoder.check_inputs(images))
+        return self
+
+    def image_features(self, images, batch_size=512):
+        """The fixed image features (NumPy), e.g. for `correlation_graph`."""
+        self._check_adapted()
+        images = self.image_encoder.check_inputs(images)
+        return tf.concat(
+            [self.image_encoder.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)], 0
+        ).numpy()
+
+    def _check_adapted(self):
+        if not self.built or not self.image_encoder.pca.adapted:
+            raise ValueError(
+                "The image features are not fitted: call model.adapt(train_images) before "
+                "image_features or fit (UGACH reads fixed PCA features of the pixels)."
+            )
+
+    def compile(self, optimizer="adam", g_optimizer=None, **kwargs):
+        """`optimizer` trains the discriminator (both encoders), `g_optimizer` the
+        generator (default Adam(1e-4): at 1e-3 it overpowered the discriminator)."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.g_optimizer = keras.optimizers.get(g_optimizer or keras.optimizers.Adam(1e-4))
+
+    def _d_variables(self):
+        return self.image_encoder.head.trainable_variables + self.text_encoder.head.trainable_variables
+
+    def _g_variables(self):
+        return self.generator_image.trainable_variables + self.generator_text.trainable_variables
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        build_for_fit(self, lambda: [(self.optimizer, self._d_variables()), (self.g_optimizer, self._g_variables())])
+
+    def fit(self, *args, **kwargs):
+        self._check_adapted()
+        return super().fit(*args, **kwargs)
+
+    # -- pieces of a step -------------------------------------------------
+
+    def _gumbel(self, rows, columns, step, stream):
+        """This replica's rows of Gumbel noise drawn for the global batch (stateless)."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        seed = tf.random.experimental.stateless_fold_in(tf.stack([self.seed, step]), stream)
+        uniform = tf.random.stateless_uniform([rows * replicas, columns], seed, minval=1e-20, maxval=1.0)
+        start = tf.cast(replica, "int32") * rows
+        return -tf.math.log(-tf.math.log(uniform[start : start + rows]))
+
+    def _generator_logits(self, queries, candidates, query_net, candidate_net, related):
+        """log p(x | q) up to a constant: -|h(q) - h(x)|^2, relatives excluded."""
+        distances = _squared_distances(tf.sigmoid(query_net(queries)), tf.sigmoid(candidate_net(candidates)))
+        return tf.where(related, _EXCLUDED, -distances)
+
+    def train_step(self, data):
+        images, texts = data["images"], tf.cast(data["texts"], "float32")
+        ids, neighbours = data["ids"], data["neighbours"]
+        rows = tf.shape(ids)[0]
+        # Read once: the discriminator's update advances it.
+        step = tf.cast(tf.identity(self.optimizer.iterations), "int32")
+        image_features = self.image_encoder.features(images)
+        related_images = self.image_encoder.features(data["positive_images"])
+        related_texts = tf.cast(data["positive_texts"], "float32")
+
+        # Candidates: the other modality's rows of the global batch, less the
+        # query's relatives (itself included: its list starts with it).
+        all_images, all_texts, all_ids, all_neighbours = gather_across_replicas(
+            image_features, texts, ids, neighbours
+        )
+        related = batch_similarity(ids, neighbours, all_ids, all_neighbours) > 0
+        has_candidate = tf.cast(tf.reduce_any(~related, axis=-1), "float32")
+        columns = tf.shape(all_ids)[0]
+        adversarial = tf.constant(self.use_generator) & (step >= self.pretrain_steps)
+
+        def pick(queries, candidates, query_net, candidate_net, stream):
+            logits = self._generator_logits(queries, candidates, query_net, candidate_net, related)
+            return sample_candidates(tf.where(adversarial, logits, 0.0), related, self._gumbel(rows, columns, step, stream))
+
+        pick_texts = pick(image_features, all_texts, self.generator_image, self.generator_text, 0)
+        pick_images = pick(texts, all_images, self.generator_text, self.generator_image, 1)
+        picked_texts, picked_images = tf.gather(all_texts, pick_texts), tf.gather(all_images, pick_images)
+
+        def hinges():
+            """(image-query f, text-query f) per row, on the discriminator's codes."""
+            image_net, text_net = self.image_encoder.hash_logits, self.text_encoder.hash_logits
+            h_image, h_text = tf.sigmoid(image_net(image_features)), tf.sigmoid(text_net(texts))
+            image_query = relevance_hinge(
+                h_image, tf.sigmoid(text_net(related_texts)), tf.sigmoid(text_net(picked_texts)), self.margin
+            )
+            text_query = relevance_hinge(
+                h_text, tf.sigmoid(image_net(related_images)), tf.sigmoid(image_net(picked_images)), self.margin
+            )
+            return image_query * has_candidate, text_query * has_candidate
+
+        # Discriminator: related pairs closer than picked ones by the margin.
+        with tf.GradientTape() as tape:
+            image_query, text_query = hinges()
+            d_rows = image_query + text_query
+            d_loss = tf.nn.compute_average_loss(d_rows)
+            if self.losses:
+                d_loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+        d_vars = self._d_variables()
+        self.optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
+
+        # Generator: REINFORCE with the updated discriminator's reward sigmoid(f).
+        image_query, text_query = hinges()
+        rewards = tf.stop_gradient(tf.stack([tf.sigmoid(image_query), tf.sigmoid(text_query)], axis=-1))
+        advantages = rewards
+        if self.reward_baseline:
+            (all_rewards, all_has) = gather_across_replicas(rewards, has_candidate)
+            baseline = tf.reduce_sum(all_rewards * all_has[:, None], axis=0) / tf.maximum(tf.reduce_sum(all_has), 1.0)
+            advantages = rewards - baseline
+        with tf.GradientTape() as tape:
+            log_p_text = tf.nn.log_softmax(
+                self._generator_logits(image_features, all_texts, self.generator_image, self.generator_text, related)
+            )
+            log_p_image = tf.nn.log_softmax(
+                self._generator_logits(texts, all_images, self.generator_text, self.generator_image, related)
+            )
+            log_p = tf.stack(
+                [
+                    tf.gather(log_p_text, pick_texts, batch_dims=1),
+                    tf.gather(log_p_image, pick_images, batch_dims=1),
+                ],
+                axis=-1,
+            )
+            g_rows = -tf.reduce_sum(log_p * advantages, axis=-1) * has_candidate
+            # Before the generator picks, it has nothing to learn from.
+            g_loss = tf.nn.compute_average_loss(g_rows) * tf.cast(adversarial, "float32")
+        g_vars = self._g_variables()
+        self.g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
+
+        return record_losses(
+            self,
+            d_loss=d_rows,
+            g_loss=g_rows * tf.cast(adversarial, "float32"),
+            reward=(tf.reduce_mean(rewards, axis=-1), has_candidate),
+            hard_fraction=(tf.reduce_mean(tf.cast(tf.stack([image_query, text_query], -1) > 0, "float32"), -1),
+                           has_candidate),
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "input_shape": self.image_encoder.image_shape,
+            "vocabulary_size": self.text_encoder.vocabulary_size,
+            "feature_dims": self.image_encoder.feature_dims,
+            "hidden_units": self.image_encoder.hidden_units,
+            "margin": self.margin,
+            "generator": self.use_generator,
+            "pretrain_steps": self.pretrain_steps,
+            "reward_baseline": self.reward_baseline,
+            "seed": self.seed,
+        }
