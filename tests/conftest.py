@@ -24,3 +24,23 @@ def mirrored():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     return strategy
+
+
+@pytest.fixture(scope="module")
+def digits_two_view():
+    """scikit-learn's digits as image-text pairs, for the cross-modal models:
+    the 8x8 image, and the "text" of its 64 pixels thresholded to words (pixel
+    on / off), with one-hot labels. {part: (images, texts, labels)} for the
+    query, train and database parts of the committed split."""
+    import numpy as np
+
+    from tfhash.data import load_protocol
+
+    data = load_protocol("digits")
+
+    def triple(part):
+        images, labels = data.subset(part)
+        texts = (images.reshape(len(images), -1) >= 128).astype(np.float32)
+        return images, texts, np.eye(10, dtype=np.float32)[labels]
+
+    return {part: triple(part) for part in ("query", "train", "database")}

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from tfhash import metrics
 from tfhash.callbacks import BestCheckpoint
-from tfhash.data import load_protocol
 from tfhash.data.pipelines import cross_modal_batches
 from tfhash.evaluation import evaluate_cross_modal
 from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_savedmodel, export_tflite
@@ -24,15 +23,8 @@ from tfhash.models.ssah import SSAH, MultiScaleFusion, SSAHTextEncoder, _neg_log
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = load_protocol("digits")
-
-    def triple(part):
-        images, labels = data.subset(part)
-        texts = (images.reshape(len(images), -1) >= 128).astype(np.float32)
-        return images, texts, np.eye(10, dtype=np.float32)[labels]
-
-    return {part: triple(part) for part in ("query", "train", "database")}
+def digits(digits_two_view):
+    return digits_two_view
 
 
 def tiny_ssah(num_train, seed=0, **kwargs):

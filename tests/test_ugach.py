@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfhash.data import graph_batches, load_protocol
+from tfhash.data import graph_batches
 from tfhash.evaluation import evaluate_cross_modal, pair_retrieval_map
 from tfhash.export import TFLiteEncoder, export_savedmodel, export_tflite
 from tfhash.models import UGACH, UGACHImageEncoder, UGACHTextEncoder
@@ -24,15 +24,8 @@ from tfhash.neighbours import correlation_graph
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = load_protocol("digits")
-
-    def triple(part):
-        images, labels = data.subset(part)
-        texts = (images.reshape(len(images), -1) >= 128).astype(np.float32)
-        return images, texts, np.eye(10, dtype=np.float32)[labels]
-
-    return {part: triple(part) for part in ("query", "train", "database")}
+def digits(digits_two_view):
+    return digits_two_view
 
 
 def tiny_ugach(images, seed=0, **kwargs):

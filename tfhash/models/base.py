@@ -161,6 +161,19 @@ class HashModel(keras.Model):
         return self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
 
 
+class BowEncoder(HashModel):
+    """Base of text encoders: their input is `bow`, float32 (None, V), a
+    bag-of-words vector over the `vocabulary_size` words they were trained with."""
+
+    vocabulary_size: int
+
+    def serving_inputs(self):
+        return {"bow": tf.TensorSpec((None, self.vocabulary_size), tf.float32, name="bow")}
+
+    def check_inputs(self, bow, name="bow"):
+        return check_bow(bow, self.vocabulary_size, name)
+
+
 class EncoderHarness(keras.Model):
     """Base of the GAN training harnesses (BGAN, DSH-GAN): an exported `encoder`
     (a `HashModel`) plus the networks and optimizers that train it.

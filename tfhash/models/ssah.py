@@ -41,7 +41,7 @@ from keras import layers, ops
 
 from tfhash.layers import check_bits
 from tfhash.models.backbones import SMALL_CNN, Backbone
-from tfhash.models.base import HashModel, build_for_fit, check_bow, gather_across_replicas, record_losses
+from tfhash.models.base import BowEncoder, HashModel, build_for_fit, gather_across_replicas, record_losses
 
 PHASES = ("label", "image", "text")
 # The official code's learning rates (Adam): 10^-2, 10^-4.5, 10^-3.5, 10^-3.
@@ -212,7 +212,7 @@ class MultiScaleFusion(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class SSAHTextEncoder(HashModel):
+class SSAHTextEncoder(BowEncoder):
     """SSAH's TxtNet: bag of words (V,) -> multi-scale fusion -> 4096 -> F -> H.
 
     Its serving input is `bow`: float32 (None, V), a bag-of-words vector over
@@ -258,12 +258,6 @@ class SSAHTextEncoder(HashModel):
 
     def call(self, bow, training=False):
         return self.semantics(bow, training=training)[1]
-
-    def serving_inputs(self):
-        return {"bow": tf.TensorSpec((None, self.vocabulary_size), tf.float32, name="bow")}
-
-    def check_inputs(self, bow, name="bow"):
-        return check_bow(bow, self.vocabulary_size, name)
 
     def get_config(self):
         return {

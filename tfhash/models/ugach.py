@@ -54,7 +54,7 @@ from keras import layers
 
 from tfhash.layers import check_bits
 from tfhash.models.backbones import PixelPCA
-from tfhash.models.base import HashModel, build_for_fit, check_bow, gather_across_replicas, record_losses
+from tfhash.models.base import BowEncoder, HashModel, build_for_fit, gather_across_replicas, record_losses
 from tfhash.neighbours import batch_similarity
 
 # Logit of a candidate that must not be picked (a relative of the query).
@@ -141,7 +141,7 @@ class UGACHImageEncoder(_UGACHEncoder):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class UGACHTextEncoder(_UGACHEncoder):
+class UGACHTextEncoder(_UGACHEncoder, BowEncoder):
     """UGACH's text network: bag of words (V,) -> `TwoLayerHash`.
 
     Its serving input is `bow`: float32 (None, V).
@@ -165,12 +165,6 @@ class UGACHTextEncoder(_UGACHEncoder):
 
     def features(self, bow):
         return tf.cast(bow, "float32")
-
-    def serving_inputs(self):
-        return {"bow": tf.TensorSpec((None, self.vocabulary_size), tf.float32, name="bow")}
-
-    def check_inputs(self, bow, name="bow"):
-        return check_bow(bow, self.vocabulary_size, name)
 
     def get_config(self):
         return {
