@@ -7,6 +7,7 @@
     tfhash export savedmodel runs/dhn32 --name dhn32
     tfhash export tflite runs/dhn32 --quantization int8
     tfhash serve --base-dir export/models
+    tfhash zoo list | download NAME | verify NAME
 """
 
 import argparse
@@ -232,14 +233,49 @@ def build_parser():
     from tfhash.export_cli import add_export_commands
 
     add_export_commands(sub)
+
+    p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify")
+    zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
+    zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list)
+    for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
+                            ("verify", _zoo_verify, "check an entry's cached file against its sha256")):
+        q = zoo_sub.add_parser(name, help=text)
+        q.add_argument("name", help="entry name (see `tfhash zoo list`)")
+        q.set_defaults(run=run)
     return parser
 
 
+def _zoo_list(args):
+    from tfhash import zoo
+
+    print(f"{'name':32s} {'class':18s} {'bits':>4s}  {'protocol':14s} {'metric':>16s}  size")
+    for item in zoo.list():
+        metric = f"{item['metric']['name']} {item['metric']['value']:.4f}"
+        print(f"{item['name']:32s} {item['class']:18s} {item['bits']:4d}  {item['protocol']:14s} {metric:>16s}  "
+              f"{item['size'] / 1e6:.1f} MB")
+
+
+def _zoo_download(args):
+    from tfhash import zoo
+
+    print(zoo.download(args.name))
+
+
+def _zoo_verify(args):
+    from tfhash import zoo
+
+    if not zoo.verify(args.name):
+        raise ValueError(f"{args.name}: not in the cache, or its sha256 does not match the manifest")
+    print(f"{args.name}: ok")
+
+
 def main(argv=None):
+    from tfhash.zoo import ZooError
+
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as error:  # OSError: missing files, a port in use
+    except (ValueError, OSError, ZooError) as error:  # OSError: missing files, a port in use
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

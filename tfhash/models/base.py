@@ -136,6 +136,19 @@ class HashModel(keras.Model):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         build_for_fit(self, lambda: [(self.optimizer, self.trainable_variables)])
 
+    @classmethod
+    def from_preset(cls, name):
+        """A pretrained encoder from the zoo (`tfhash.zoo.load`), checked to be a `cls`.
+
+        `HashModel.from_preset(name)` accepts any entry; `DHN.from_preset(name)` only DHN ones.
+        """
+        from tfhash import zoo
+
+        model = zoo.load(name)
+        if not isinstance(model, cls):
+            raise ValueError(f"Zoo entry {name!r} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
     def serving_inputs(self):
         """Named inputs of the exported encoder: raw uint8 images, batch free.
 

@@ -1,0 +1,198 @@
+"""The pretrained zoo: a zoo folder (manifest + one tiny trained encoder) served
+over HTTP on 127.0.0.1, and every way fetching it can go: first download,
+cache hit, corrupted cache, wrong hash, unknown name, a file name escaping the
+cache, no network, a missing file; `from_preset` and the `tfhash zoo` command."""
+
+import functools
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+from tfhash import cli, zoo
+from tfhash.data import load_protocol, pairwise_batches
+from tfhash.models import DHN, BGANEncoder, HashModel
+
+NAME = "dhn_digits_16"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_protocol("digits")
+
+
+@pytest.fixture(scope="module")
+def zoo_folder(digits, tmp_path_factory):
+    """A zoo folder as published: the encoder file and a manifest naming its sha256."""
+    folder = tmp_path_factory.mktemp("zoo")
+    keras.utils.set_random_seed(0)
+    model = DHN(bits=16, input_shape=(8, 8, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, labels = digits.subset("train")
+    model.fit(pairwise_batches(images, labels, 50), epochs=1, verbose=0)
+    model.save(str(folder / f"{NAME}.keras"))
+    data = (folder / f"{NAME}.keras").read_bytes()
+    entry = {
+        "class": "DHN", "file": f"{NAME}.keras", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+        "bits": 16, "protocol": "digits", "recipe": "recipes/dhn_digits_16.json",
+        "input": {"name": "images", "shape": [8, 8, 1], "dtype": "uint8", "preprocessing": "raw pixels 0-255"},
+        "metric": {"name": "map@all", "value": 0.5, "tolerance": 0.02},
+    }
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "entries": {NAME: entry}}))
+    return folder, model
+
+
+class _Server:
+    """Serves a folder on 127.0.0.1 and counts the requests."""
+
+    def __init__(self, folder):
+        self.requests = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                server.requests.append(self.path)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=folder))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def served(zoo_folder, tmp_path, monkeypatch):
+    """The zoo folder behind HTTP, its manifest in use, an empty cache."""
+    folder, model = zoo_folder
+    server = _Server(folder)
+    monkeypatch.setenv(zoo.URL_ENV, server.url)
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(folder / "manifest.json"))
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    yield server, model, tmp_path / "cache"
+    server.close()
+
+
+def _edit_manifest(tmp_path, monkeypatch, **changes):
+    manifest = json.loads(open(zoo.manifest_path()).read())
+    manifest["entries"][NAME].update(changes)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(manifest))
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(path))
+
+
+def test_list_describes_the_entries(served):
+    (item,) = zoo.list()
+    assert item["name"] == NAME and item["class"] == "DHN" and item["bits"] == 16
+    assert item["metric"] == {"name": "map@all", "value": 0.5, "tolerance": 0.02}
+
+
+def test_load_downloads_once_then_uses_the_verified_cache(served, digits):
+    server, model, cache = served
+    images, _ = digits.subset("query")
+    loaded = zoo.load(NAME)
+    assert isinstance(loaded, DHN)
+    np.testing.assert_array_equal(loaded.encode(images), model.encode(images))
+    assert server.requests == [f"/{NAME}.keras"]
+    assert zoo.verify(NAME) and sorted(p.name for p in cache.iterdir()) == [f"{NAME}.keras"]  # nothing partial
+    np.testing.assert_array_equal(zoo.load(NAME).encode(images), model.encode(images))
+    assert len(server.requests) == 1  # the second load read the cache
+
+
+def test_a_corrupted_cached_file_is_fetched_again(served):
+    server, _, cache = served
+    path = zoo.download(NAME)
+    with open(path, "r+b") as f:
+        f.write(b"garbage")
+    assert not zoo.verify(NAME)
+    assert zoo.download(NAME) == path and zoo.verify(NAME) and len(server.requests) == 2
+
+
+def test_wrong_hash_is_refused_and_leaves_the_cache_clean(served, tmp_path, monkeypatch):
+    _, _, cache = served
+    _edit_manifest(tmp_path, monkeypatch, sha256="0" * 64)
+    with pytest.raises(zoo.ZooError, match=r"sha256 mismatch .* expected 0{64}, received [0-9a-f]{64} .*removed"):
+        zoo.load(NAME)
+    assert list(cache.iterdir()) == []
+    assert not zoo.verify(NAME)
+
+
+def test_unknown_name_lists_the_available_ones(served):
+    with pytest.raises(zoo.ZooError, match=rf"Unknown zoo entry 'dhn_cifar_99'. Available: \['{NAME}'\]"):
+        zoo.download("dhn_cifar_99")
+
+
+@pytest.mark.parametrize("file", ["../outside.keras", "/etc/passwd", "sub/../../x.keras"])
+def test_a_file_name_escaping_the_cache_is_refused(served, tmp_path, monkeypatch, file):
+    server, _, _ = served
+    _edit_manifest(tmp_path, monkeypatch, file=file)
+    with pytest.raises(zoo.ZooError, match="escapes the cache .*: refused"):
+        zoo.download(NAME)
+    assert server.requests == [] and not (tmp_path / "outside.keras").exists()
+
+
+def test_no_network_is_a_clear_error(served, monkeypatch):
+    _, _, cache = served
+    monkeypatch.setenv(zoo.URL_ENV, "http://127.0.0.1:9/")  # the discard port: nothing listens
+    with pytest.raises(zoo.ZooError, match=rf"Could not download zoo entry '{NAME}' from http://127.0.0.1:9/{NAME}"
+                                           r".*set TFHASH_ZOO_URL to a mirror or an offline copy"):
+        zoo.download(NAME)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_file_missing_at_the_base_url_is_a_clear_error(served, tmp_path, monkeypatch):
+    _edit_manifest(tmp_path, monkeypatch, file="missing.keras")
+    with pytest.raises(zoo.ZooError, match="Could not download .*404"):
+        zoo.download(NAME)
+
+
+def test_an_offline_copy_works_through_a_file_url(zoo_folder, tmp_path, monkeypatch):
+    folder, model = zoo_folder
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    monkeypatch.setenv(zoo.URL_ENV, copy.as_uri())
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(copy / "manifest.json"))
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    assert zoo.verify(NAME) is False
+    zoo.download(NAME)
+    assert zoo.verify(NAME)
+
+
+def test_from_preset_checks_the_class(served, digits):
+    _, model, _ = served
+    images, _ = digits.subset("query")
+    np.testing.assert_array_equal(DHN.from_preset(NAME).encode(images), model.encode(images))
+    assert isinstance(HashModel.from_preset(NAME), DHN)
+    with pytest.raises(ValueError, match=f"Zoo entry '{NAME}' holds a DHN, not a BGANEncoder"):
+        BGANEncoder.from_preset(NAME)
+
+
+def test_malformed_manifests_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.json"
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(path))
+    with pytest.raises(zoo.ZooError, match="No zoo manifest at"):
+        zoo.list()
+    path.write_text(json.dumps({"format": 1, "entries": {"x": {"file": "x.keras"}}}))
+    with pytest.raises(zoo.ZooError, match=r"entry 'x' is malformed: missing \['sha256', 'size'"):
+        zoo.list()
+    path.write_text(json.dumps({"format": 2, "entries": {}}))
+    with pytest.raises(zoo.ZooError, match="format 2; expected 1"):
+        zoo.list()
+
+
+def test_cli_lists_downloads_and_verifies(served, capsys):
+    assert cli.main(["zoo", "list"]) == 0
+    assert NAME in capsys.readouterr().out
+    assert cli.main(["zoo", "verify", NAME]) == 2
+    assert "not in the cache" in capsys.readouterr().err
+    assert cli.main(["zoo", "download", NAME]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{NAME}.keras")
+    assert cli.main(["zoo", "verify", NAME]) == 0
+    assert cli.main(["zoo", "download", "nope"]) == 2
+    assert "Unknown zoo entry 'nope'" in capsys.readouterr().err

@@ -1,0 +1,189 @@
+"""The pretrained zoo: named encoders, downloaded, verified and cached.
+
+Each entry of the manifest (`zoo/manifest.json`) names a `.keras` file (the
+encoder only, ready for `encode` and export), its sha256 and size, the input
+contract, the code length and the mAP its recipe reached on the protocol it
+was measured on. Files come from a base URL (the manifest's `base_url`, or
+the `TFHASH_ZOO_URL` environment variable for a mirror or an offline copy,
+e.g. `file:///srv/tfhash-zoo/` or `http://127.0.0.1:8000/`) and are cached
+under `~/.keras/tfhash_zoo/` (or `TFHASH_ZOO_CACHE`).
+
+A download is written to a temporary name, checked against the manifest's
+sha256 and only then renamed into the cache, so the cache never holds a
+partial or corrupted file; a file in the cache is checked again before use.
+Nothing is unpickled: `.keras` files hold a JSON config and HDF5 weights,
+and are loaded with `safe_mode=True`.
+
+    >>> from tfhash import zoo
+    >>> [entry["name"] for entry in zoo.list()]
+    >>> encoder = zoo.load("dhn_fashion_mnist_32")
+    >>> codes = encoder.encode(images)
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import urllib.error
+from pathlib import Path
+
+URL_ENV = "TFHASH_ZOO_URL"
+CACHE_ENV = "TFHASH_ZOO_CACHE"
+MANIFEST_ENV = "TFHASH_ZOO_MANIFEST"
+MANIFEST_FORMAT = 1
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+_REQUIRED = ("file", "sha256", "size", "class", "bits", "input", "protocol", "metric", "recipe")
+
+
+class ZooError(Exception):
+    """A zoo entry could not be listed, fetched or verified."""
+
+
+def manifest_path():
+    """The manifest in use: `TFHASH_ZOO_MANIFEST`, else the repository's zoo/manifest.json."""
+    return Path(os.environ.get(MANIFEST_ENV) or Path(__file__).resolve().parents[1] / "zoo" / "manifest.json")
+
+
+def read_manifest(path=None):
+    """The manifest as a dict, checked for the fields every entry needs."""
+    path = Path(path or manifest_path())
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ZooError(f"No zoo manifest at {path}: set {MANIFEST_ENV} to a manifest.json") from None
+    except json.JSONDecodeError as e:
+        raise ZooError(f"The zoo manifest {path} is not valid JSON: {e}") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ZooError(f"The zoo manifest {path} has format {manifest.get('format')!r}; expected {MANIFEST_FORMAT}")
+    for name, entry in manifest.get("entries", {}).items():
+        missing = [key for key in _REQUIRED if key not in entry]
+        if missing or not _NAME.match(name):
+            raise ZooError(f"Zoo manifest entry {name!r} is malformed: missing {missing}")
+    return manifest
+
+
+def list(manifest=None):  # noqa: A001  (zoo.list(), as torch.hub.list)
+    """Every entry: name, method, bits, protocol, the mAP it reached, file size."""
+    manifest = manifest or read_manifest()
+    return [
+        {
+            "name": name,
+            "class": entry["class"],
+            "bits": entry["bits"],
+            "protocol": entry["protocol"],
+            "metric": entry["metric"],
+            "size": entry["size"],
+        }
+        for name, entry in sorted(manifest["entries"].items())
+    ]
+
+
+def entry(name, manifest=None):
+    """One entry of the manifest, with its name."""
+    manifest = manifest or read_manifest()
+    entries = manifest["entries"]
+    if name not in entries:
+        raise ZooError(f"Unknown zoo entry {name!r}. Available: {sorted(entries)}")
+    return {"name": name, **entries[name]}
+
+
+def cache_dir():
+    return Path(os.environ.get(CACHE_ENV) or Path(os.path.expanduser("~")) / ".keras" / "tfhash_zoo")
+
+
+def base_url(manifest):
+    url = os.environ.get(URL_ENV) or manifest.get("base_url")
+    if not url:
+        raise ZooError(f"No base URL for the zoo: set {URL_ENV} or the manifest's base_url")
+    return url if url.endswith("/") else url + "/"
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_path(item, cache):
+    """Where an entry's file lives in the cache; refuses names that leave it."""
+    cache = cache.resolve()
+    path = (cache / item["file"]).resolve()
+    if cache not in path.parents:
+        raise ZooError(
+            f"Zoo entry {item['name']!r} names the file {item['file']!r}, which escapes the cache {cache}: refused"
+        )
+    return path
+
+
+def download(name, *, manifest=None, force=False):
+    """The verified local path of an entry's file, downloading it if needed.
+
+    Raises:
+        ZooError: unknown name, a file name leaving the cache, no network (or a
+            missing file at the base URL), or a sha256 mismatch (the bad file
+            is removed; the cache keeps only verified files).
+    """
+    import keras
+
+    manifest = manifest or read_manifest()
+    item = entry(name, manifest)
+    cache = cache_dir()
+    path = _cached_path(item, cache)
+    if path.exists() and not force:
+        if sha256(path) == item["sha256"]:
+            return str(path)
+        path.unlink()  # corrupted or stale in the cache: fetch again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    origin = base_url(manifest) + item["file"]
+    # get_file writes where it is told: a temporary name in the cache folder, so
+    # the rename into place is atomic and nothing partial is ever at `path`.
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    os.unlink(partial)
+    try:
+        keras.utils.get_file(os.path.basename(partial), origin, cache_dir=str(path.parent), cache_subdir=".")
+        got = sha256(partial)
+        if got != item["sha256"]:
+            raise ZooError(
+                f"sha256 mismatch for zoo entry {name!r} from {origin}: expected {item['sha256']}, "
+                f"received {got} ({os.path.getsize(partial)} bytes; expected {item['size']}). "
+                "The file was removed."
+            )
+        os.replace(partial, path)
+    except ZooError:
+        raise
+    except Exception as e:  # get_file wraps URL errors in a bare Exception
+        cause = e.__cause__ or e
+        if isinstance(cause, (urllib.error.URLError, OSError)) or "URL fetch failure" in str(e):
+            raise ZooError(f"Could not download zoo entry {name!r} from {origin}: {e}. "
+                           f"Check the network, or set {URL_ENV} to a mirror or an offline copy.") from None
+        raise
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return str(path)
+
+
+def verify(name, *, manifest=None):
+    """Whether the cached file of an entry matches the manifest's sha256 (False if absent)."""
+    manifest = manifest or read_manifest()
+    path = _cached_path(entry(name, manifest), cache_dir())
+    return path.exists() and sha256(path) == entry(name, manifest)["sha256"]
+
+
+def load(name, *, manifest=None):
+    """The entry's encoder (a `tfhash.models.HashModel`), downloaded and verified as needed."""
+    import keras
+
+    import tfhash.models  # noqa: F401  (registers the classes for deserialization)
+
+    manifest = manifest or read_manifest()
+    item = entry(name, manifest)
+    model = keras.saving.load_model(download(name, manifest=manifest), safe_mode=True)
+    if type(model).__name__ != item["class"]:
+        raise ZooError(f"Zoo entry {name!r} should hold a {item['class']}; the file holds a {type(model).__name__}")
+    return model
+
