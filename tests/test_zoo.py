@@ -196,3 +196,58 @@ def test_cli_lists_downloads_and_verifies(served, capsys):
     assert cli.main(["zoo", "verify", NAME]) == 0
     assert cli.main(["zoo", "download", "nope"]) == 2
     assert "Unknown zoo entry 'nope'" in capsys.readouterr().err
+
+
+def test_publish_then_build_reproduces_the_manifest_map(tmp_path, monkeypatch, capsys):
+    """A maintainer publishes a recipe; `tfhash zoo build` re-runs it from the
+    manifest and gets the same mAP (one machine, seeded: exactly)."""
+    zoo_dir = tmp_path / "zoo"
+    (zoo_dir / "recipes").mkdir(parents=True)
+    recipe = {"name": "dhn_digits_16", "method": "dhn", "protocol": "digits", "bits": 16, "seed": 0,
+              "model": {"alpha": 0.25, "balanced": True}, "train": {"epochs": 2, "batch_size": 50}}
+    (zoo_dir / "recipes" / "dhn_digits_16.json").write_text(json.dumps(recipe))
+    assert cli.main(["zoo", "publish", str(zoo_dir / "recipes" / "dhn_digits_16.json"), "--zoo-dir", str(zoo_dir)]) == 0
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(zoo_dir / "manifest.json"))
+    (item,) = zoo.list()
+    published = zoo.entry("dhn_digits_16")
+    assert published["recipe"] == "recipes/dhn_digits_16.json" and published["class"] == "DHN"
+    assert published["input"] == {"name": "images", "shape": [8, 8, 1], "dtype": "uint8",
+                                  "preprocessing": "raw pixels on a 0-255 scale; the model does its own preprocessing"}
+    data = (zoo_dir / "files" / "dhn_digits_16.keras").read_bytes()
+    assert published["sha256"] == hashlib.sha256(data).hexdigest() and published["size"] == len(data)
+    assert 0.3 < item["metric"]["value"] <= 1 and item["metric"]["name"] == "map@all"
+    capsys.readouterr()
+    assert cli.main(["zoo", "build", "dhn_digits_16"]) == 0
+    out = capsys.readouterr().out
+    assert f"mAP {item['metric']['value']:.4f}, manifest {item['metric']['value']:.4f}" in out
+    # A manifest figure the recipe cannot reach fails the build.
+    manifest = json.loads((zoo_dir / "manifest.json").read_text())
+    manifest["entries"]["dhn_digits_16"]["metric"]["value"] = 0.99
+    (zoo_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert cli.main(["zoo", "build", "dhn_digits_16"]) == 2
+    assert "outside the manifest's tolerance" in capsys.readouterr().err
+
+
+def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits):
+    from tfhash.data import CrossModalData
+
+    # Digits as image-text pairs (the 64 pixels thresholded to words), to keep it fast.
+    images, labels = digits.images, digits.labels
+    texts = (images.reshape(len(images), -1) >= 128).astype(np.uint8)
+    pairs = CrossModalData(digits.protocol, images, texts, np.eye(10, dtype=np.uint8)[labels], digits.split)
+    zoo_dir = tmp_path / "zoo"
+    (zoo_dir / "recipes").mkdir(parents=True)
+    recipe = {"name": "ugach_digits_16", "method": "ugach", "protocol": "digits", "bits": 16, "seed": 0,
+              "model": {"feature_dims": 32, "hidden_units": 32},
+              "train": {"epochs": 2, "pretrain_epochs": 1, "batch_size": 50}}
+    path = zoo_dir / "recipes" / "ugach_digits_16.json"
+    path.write_text(json.dumps(recipe))
+    names = zoo.publish(path, zoo_dir=zoo_dir, data=pairs)
+    assert names == ["ugach_digits_16_image", "ugach_digits_16_text"]
+    manifest = zoo.read_manifest(zoo_dir / "manifest.json")
+    image, text = (manifest["entries"][n] for n in names)
+    assert (image["class"], text["class"]) == ("UGACHImageEncoder", "UGACHTextEncoder")
+    assert image["metric"]["name"] == "map@all image->text" and text["metric"]["name"] == "map@all text->image"
+    assert image["input"]["shape"] == [8, 8, 1] and text["input"] == {
+        "name": "bow", "shape": [64], "dtype": "float32",
+        "preprocessing": "bag-of-words vector over the training vocabulary (tfhash.data protocol order)"}

@@ -66,18 +66,15 @@ def _evaluate(args):
     model = training.load_model(args.model)
     data = load_protocol(args.protocol, args.data_dir)
     print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
+    # map_k and normalization default to the protocol's: the variant its papers report.
+    chosen = {key: value for key, value in (("map_k", args.map_k), ("normalization", args.normalization))
+              if value is not None}
+    options = {**data.protocol.metric_options, **chosen}
     result, query_codes, database_codes = evaluate_model(
-        model,
-        data,
-        verbose=1,
-        ks=tuple(args.k),
-        map_k=args.map_k,
-        radius=args.radius,
-        normalization=args.normalization,
-        no_relevant=args.no_relevant,
+        model, data, verbose=1, ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **options
     )
     print(f"\n{data.protocol.description}")
-    print(f"mAP@{result['map_k']} ({args.normalization}, no_relevant={args.no_relevant}): {result['map']:.4f}")
+    print(f"mAP@{result['map_k']} ({options['normalization']}, no_relevant={args.no_relevant}): {result['map']:.4f}")
     for k in args.k:
         print(f"P@{k}: {result[f'precision@{k}']:.4f}")
     print(
@@ -198,10 +195,11 @@ def build_parser():
     p = sub.add_parser("evaluate", help="score a model on a protocol's queries and database")
     p.add_argument("model", help="run directory or .keras file")
     _add_protocol_args(p)
-    p.add_argument("--map-k", type=int, default=None, help="mAP cut-off (default: all)")
+    p.add_argument("--map-k", type=int, default=None, help="mAP cut-off (default: the protocol's)")
     p.add_argument("-k", type=int, nargs="+", default=[100], help="precision@K cut-offs")
     p.add_argument("--radius", type=int, default=2)
-    p.add_argument("--normalization", choices=["retrieved", "min_k_relevant"], default="retrieved")
+    p.add_argument("--normalization", choices=["retrieved", "min_k_relevant"], default=None,
+                   help="AP denominator (default: the protocol's)")
     p.add_argument("--no-relevant", choices=["zero", "drop"], default="zero")
     p.add_argument("--sample-query", type=int, default=0, help="query whose neighbours are shown")
     p.add_argument("--plot", help="write the precision-recall curve to this PNG")
@@ -238,10 +236,16 @@ def build_parser():
     zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
     zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list)
     for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
-                            ("verify", _zoo_verify, "check an entry's cached file against its sha256")):
+                            ("verify", _zoo_verify, "check an entry's cached file against its sha256"),
+                            ("build", _zoo_build, "re-run an entry's recipe; check its mAP against the manifest")):
         q = zoo_sub.add_parser(name, help=text)
         q.add_argument("name", help="entry name (see `tfhash zoo list`)")
         q.set_defaults(run=run)
+    q = zoo_sub.add_parser("publish", help="run a recipe; write its encoders and manifest entries (maintainers)")
+    q.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
+    q.add_argument("--zoo-dir", default=None, help="folder with manifest.json and files/ (default: zoo/)")
+    q.add_argument("--tolerance", type=float, default=0.01, help="mAP tolerance `build` allows (default: 0.01)")
+    q.set_defaults(run=_zoo_publish)
     return parser
 
 
@@ -259,6 +263,22 @@ def _zoo_download(args):
     from tfhash import zoo
 
     print(zoo.download(args.name))
+
+
+def _zoo_build(args):
+    from tfhash import zoo
+
+    r = zoo.build(args.name)
+    print(f"{r['entry']}: mAP {r['measured']:.4f}, manifest {r['expected']:.4f} (tolerance {r['tolerance']})")
+    if not r["ok"]:
+        raise ValueError(f"{r['entry']}: the rebuilt mAP is outside the manifest's tolerance")
+
+
+def _zoo_publish(args):
+    from tfhash import zoo
+
+    for name in zoo.publish(args.recipe, zoo_dir=args.zoo_dir, tolerance=args.tolerance):
+        print(f"published {name}")
 
 
 def _zoo_verify(args):

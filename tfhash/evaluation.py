@@ -23,7 +23,8 @@ def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, **metr
         data: `tfhash.data.RetrievalData`.
         curve: also compute the precision-recall curve over radius 0..K.
         **metric_options: passed to `tfhash.metrics.evaluate` (ks, map_k,
-            radius, normalization, no_relevant, empty).
+            radius, normalization, no_relevant, empty); map_k and
+            normalization default to the protocol's (the papers' variant).
 
     Returns:
         `(result, query_codes, database_codes)`; `result` is the metrics dict
@@ -31,6 +32,7 @@ def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, **metr
     """
     query_codes, database_codes = encode_protocol(model, data, batch_size, verbose)
     query_labels, database_labels = data.labels[data.split.query], data.labels[data.split.database]
+    metric_options = {**data.protocol.metric_options, **metric_options}
     result = metrics.evaluate(query_codes, database_codes, query_labels, database_labels, **metric_options)
     result["protocol"]["name"] = data.protocol.name
     result["protocol"]["description"] = data.protocol.description

@@ -187,3 +187,80 @@ def load(name, *, manifest=None):
         raise ZooError(f"Zoo entry {name!r} should hold a {item['class']}; the file holds a {type(model).__name__}")
     return model
 
+
+
+def _entry_names(recipe, encoders):
+    """Single-modal recipes publish one entry, named like the recipe; cross-modal
+    ones an `_image` and a `_text` entry."""
+    if set(encoders) == {"image"}:
+        return {"image": recipe["name"]}
+    return {modality: f"{recipe['name']}_{modality}" for modality in encoders}
+
+
+def _input_contract(encoder):
+    (name, spec), = encoder.serving_inputs().items()
+    preprocessing = ("raw pixels on a 0-255 scale; the model does its own preprocessing" if name == "images"
+                     else "bag-of-words vector over the training vocabulary (tfhash.data protocol order)")
+    return {"name": name, "shape": [int(d) for d in spec.shape[1:]], "dtype": spec.dtype.name,
+            "preprocessing": preprocessing}
+
+
+def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
+    """Runs a recipe, writes its encoders to `zoo_dir/files/` and their entries
+    to `zoo_dir/manifest.json` (for maintainers: the files are the release assets).
+
+    Returns the names of the entries written.
+    """
+    from tfhash import recipes
+
+    zoo_dir = Path(zoo_dir or manifest_path().parent)
+    recipe_path = Path(recipe_path)
+    recipe = recipes.check(json.loads(recipe_path.read_text()))
+    result = recipes.run(recipe, data=data)
+    path = zoo_dir / "manifest.json"
+    manifest = read_manifest(path) if path.exists() else {"format": MANIFEST_FORMAT, "base_url": None, "entries": {}}
+    (zoo_dir / "files").mkdir(parents=True, exist_ok=True)
+    names = _entry_names(recipe, result.encoders)
+    for modality, name in names.items():
+        encoder = result.encoders[modality]
+        file = zoo_dir / "files" / f"{name}.keras"
+        encoder.save(str(file))
+        metric = "map@all" if modality == "image" and "text" not in result.encoders else (
+            "map@all image->text" if modality == "image" else "map@all text->image")
+        manifest["entries"][name] = {
+            "class": type(encoder).__name__,
+            "file": file.name,
+            "sha256": sha256(file),
+            "size": file.stat().st_size,
+            "bits": recipe["bits"],
+            "input": _input_contract(encoder),
+            "protocol": recipe["protocol"],
+            "metric": {"name": metric, "value": round(result.scores[modality]["map"], 4), "tolerance": tolerance},
+            "recipe": str(recipe_path.resolve().relative_to(zoo_dir.resolve())),
+            "config": encoder.get_config(),
+            "train_seconds": result.seconds,
+        }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return sorted(names.values())
+
+
+def build(name, *, manifest=None, data=None):
+    """Re-runs the recipe behind an entry and compares its mAP with the manifest's.
+
+    Returns `{"entry", "expected", "measured", "tolerance", "ok"}`: ok when
+    |measured - expected| <= tolerance.
+    """
+    from tfhash import recipes
+
+    manifest = manifest or read_manifest()
+    item = entry(name, manifest)
+    recipe_file = (manifest_path().parent / item["recipe"]).resolve()
+    recipe = recipes.check(json.loads(recipe_file.read_text()))
+    result = recipes.run(recipe, data=data)
+    modality = next(m for m, n in _entry_names(recipe, result.encoders).items() if n == name)
+    measured, expected = result.scores[modality]["map"], item["metric"]["value"]
+    tolerance = item["metric"]["tolerance"]
+    return {"entry": name, "expected": expected, "measured": round(measured, 4), "tolerance": tolerance,
+            "ok": abs(measured - expected) <= tolerance}

@@ -426,6 +426,26 @@ def read_cross_modal_mat(directory, dataset):
         return source.images(0, n), source.texts(0, n), source.labels(0, n)
 
 
+def _need_directory(data_dir, dataset):
+    if data_dir is None:
+        raise ValueError(
+            f"The {dataset} protocol reads DCMH's .mat files from a folder you fill by hand: "
+            "pass data_dir (see tfhash.data.mat_builders). Received: data_dir=None"
+        )
+    return data_dir
+
+
+def load_mirflickr25k(data_dir=None):
+    """MIRFlickr-25K image-text pairs (the `mirflickr25k` protocol): `(images, texts, labels)`."""
+    return read_cross_modal_mat(_need_directory(data_dir, "mirflickr25k"), "mirflickr25k")
+
+
+def load_nus_wide_21_images(data_dir=None):
+    """NUS-WIDE TC-21 images and labels (the `nus_wide_21` image protocol): `(images, labels)`."""
+    images, _, labels = read_cross_modal_mat(_need_directory(data_dir, "nus_wide_21"), "nus_wide_tc21")
+    return images, labels
+
+
 @dataclasses.dataclass(eq=False)
 class MatBuilderConfig(tfds.core.BuilderConfig):
     """Config of the `.mat` builders.

@@ -42,11 +42,28 @@ def labels_sha256(labels):
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
-def draw_split(labels, queries_per_class, train_per_class, seed):
+DATABASES = ("non_query", "rest", "train")
+
+
+def _database(n, query, train, database):
+    """The database under one of the conventions public code uses:
+    "non_query" (every non-query item, training items included), "rest" (the
+    items neither query nor train) or "train" (the training items)."""
+    if database == "non_query":
+        return np.setdiff1d(np.arange(n), query)
+    if database == "rest":
+        return np.setdiff1d(np.arange(n), np.concatenate([query, train]))
+    if database == "train":
+        return np.sort(train)
+    raise ValueError(f"database must be one of {DATABASES}. Received: database={database!r}")
+
+
+def draw_split(labels, queries_per_class, train_per_class, seed, database="non_query"):
     """Draws a class-balanced split: queries from everything, train from the rest.
 
-    The database is every non-query item (the CIFAR-10 "all" convention), and
-    the training set is drawn from the database.
+    By default the database is every non-query item (the CIFAR-10 "all"
+    convention) and the training set is drawn from it; `database` picks
+    another convention (see `_database`).
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -60,12 +77,11 @@ def draw_split(labels, queries_per_class, train_per_class, seed):
             )
         query.append(members[:queries_per_class])
         train.append(members[queries_per_class:need])
-    query = np.sort(np.concatenate(query))
-    database = np.setdiff1d(np.arange(len(labels)), query)
+    query, train = np.sort(np.concatenate(query)), np.sort(np.concatenate(train))
     return Split(
         query=query,
-        train=np.sort(np.concatenate(train)),
-        database=database,
+        train=train,
+        database=_database(len(labels), query, train, database),
         seed=seed,
         labels_sha256=labels_sha256(labels),
     )
@@ -109,7 +125,7 @@ def load_split(path):
     )
 
 
-def draw_random_split(labels, num_query, num_train, seed):
+def draw_random_split(labels, num_query, num_train, seed, database="non_query"):
     """Draws a random split: queries from everything, train from the rest.
 
     For multi-label data, which has no classes to balance (the MIRFlickr-25K
@@ -128,11 +144,11 @@ def draw_random_split(labels, num_query, num_train, seed):
             f"Received: num_query={num_query}, num_train={num_train}"
         )
     order = np.random.default_rng(seed).permutation(n)
-    query = np.sort(order[:num_query])
+    query, train = np.sort(order[:num_query]), np.sort(order[num_query : num_query + num_train])
     return Split(
         query=query,
-        train=np.sort(order[num_query : num_query + num_train]),
-        database=np.setdiff1d(np.arange(n), query),
+        train=train,
+        database=_database(n, query, train, database),
         seed=seed,
         labels_sha256=labels_sha256(labels),
     )
@@ -159,6 +175,13 @@ class Protocol:
     num_query: int | None = None
     num_train: int | None = None
     modalities: tuple = ("image",)
+    # Database convention (see `_database`) and the metric variant the papers report.
+    database: str = "non_query"
+    map_k: int | None = None
+    normalization: str = "retrieved"
+    # False for datasets this project cannot ship or read: the split is drawn
+    # from the seed on the user's first load and saved in their cache.
+    committed: bool = True
 
     def __post_init__(self):
         per_class = (self.queries_per_class, self.train_per_class)
@@ -173,6 +196,10 @@ class Protocol:
                 f"num_query={random[0]}, num_train={random[1]}"
             )
 
+        if self.database not in DATABASES:
+            raise ValueError(f"Protocol {self.name!r}: database must be one of {DATABASES}. "
+                             f"Received: database={self.database!r}")
+
     @property
     def cross_modal(self):
         return "text" in self.modalities
@@ -184,12 +211,20 @@ class Protocol:
     def draw(self, labels):
         """Draws this protocol's split of `labels` from its seed."""
         if self.class_balanced:
-            return draw_split(labels, self.queries_per_class, self.train_per_class, self.seed)
-        return draw_random_split(labels, self.num_query, self.num_train, self.seed)
+            return draw_split(labels, self.queries_per_class, self.train_per_class, self.seed, self.database)
+        return draw_random_split(labels, self.num_query, self.num_train, self.seed, self.database)
 
     @property
     def split_path(self):
-        return os.path.join(SPLITS_DIR, f"{self.name}.npz")
+        if self.committed:
+            return os.path.join(SPLITS_DIR, f"{self.name}.npz")
+        cache = os.environ.get("TFHASH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tfhash")
+        return os.path.join(cache, "splits", f"{self.name}.npz")
+
+    @property
+    def metric_options(self):
+        """`tfhash.metrics.evaluate` options giving the papers' metric variant."""
+        return {"map_k": self.map_k, "normalization": self.normalization}
 
 
 # Image protocols: load_protocol returns RetrievalData.
@@ -215,6 +250,42 @@ PROTOCOLS = {
     ),
 }
 
+# The standard benchmarks of the papers, for users with the data. Their
+# splits are drawn from the seed on first load (`committed=False`), so every
+# user with the same files gets the same split.
+_CIFAR10 = "tfhash.data.cifar10:load_cifar10"
+PROTOCOLS.update(
+    {
+        "cifar10_54000": Protocol(
+            name="cifar10_54000", loader=_CIFAR10, queries_per_class=100, train_per_class=500, seed=20261122,
+            database="rest", committed=False,
+            description="CIFAR-10, all 60,000 images (TFDS cifar10): 1,000 queries (100 per class), 5,000 "
+            "training images (500 per class), database = the other 54,000; mAP@all (= @54,000). "
+            "thulab/DeepHash, DPSH; DeepHash-pytorch's 'cifar10'.",
+        ),
+        "cifar10_59000": Protocol(
+            name="cifar10_59000", loader=_CIFAR10, queries_per_class=100, train_per_class=500, seed=20261122,
+            database="non_query", committed=False,
+            description="CIFAR-10, all 60,000 images: 1,000 queries (100 per class), 5,000 training images "
+            "(500 per class), database = the 59,000 non-query images, training images included; mAP@all. "
+            "DeepHash-pytorch's 'cifar10-1'.",
+        ),
+        "cifar10_50000": Protocol(
+            name="cifar10_50000", loader=_CIFAR10, queries_per_class=1000, train_per_class=5000, seed=20261122,
+            database="train", committed=False,
+            description="CIFAR-10, all 60,000 images: 10,000 queries (1,000 per class), 50,000 training "
+            "images, database = the training images; mAP@all (= @50,000). DeepHash-pytorch's 'cifar10-2'.",
+        ),
+        "nus_wide_21": Protocol(
+            name="nus_wide_21", loader="tfhash.data.mat_builders:load_nus_wide_21_images", num_query=2100,
+            num_train=10500, seed=20261122, map_k=5000, committed=False,
+            description="NUS-WIDE, the 21 most frequent concepts (DCMH's TC-21 .mat files): 2,100 random "
+            "queries, 10,500 training images from the database, database = every non-query image; "
+            "mAP@5000 over relevant items retrieved (thulab/DeepHash, DeepHash-pytorch).",
+        ),
+    }
+)
+
 # Image-text protocols: load_protocol returns CrossModalData.
 CROSS_MODAL_PROTOCOLS = {
     "open_clip_art": Protocol(
@@ -229,6 +300,18 @@ CROSS_MODAL_PROTOCOLS = {
         "1,021-word binary bag of words, 71 labels (22 categories + 49 tags): 2,000 random "
         "queries, 4,000 training items from the database, database = the 4,886 non-query "
         "items; mAP@all, image->text and text->image.",
+    ),
+    "mirflickr25k": Protocol(
+        name="mirflickr25k",
+        loader="tfhash.data.mat_builders:load_mirflickr25k",
+        num_query=2000,
+        num_train=10000,
+        seed=20261122,
+        modalities=("image", "text"),
+        committed=False,
+        description="MIRFlickr-25K, DCMH's 20,015 pairs (1,386-d BoW, 24 labels, .mat files): 2,000 random "
+        "queries, 10,000 training pairs from the retrieval set, database = the 18,015 non-query pairs; "
+        "mAP@all, image->text and text->image (DCMH, SSAH).",
     ),
 }
 
@@ -297,11 +380,17 @@ def load_protocol(name, data_dir=None, **loader_options):
     """
     protocol = get_protocol(name)
     arrays = _call_loader(protocol.loader, data_dir, **loader_options)
+    if not protocol.committed and not os.path.exists(protocol.split_path):
+        # First load of data we cannot ship: draw from the seed once and keep it.
+        os.makedirs(os.path.dirname(protocol.split_path), exist_ok=True)
+        save_split(protocol.draw(arrays[-1]), protocol.split_path)
     split = load_split(protocol.split_path)
     split.check(arrays[-1])
     if not protocol.cross_modal:
         return RetrievalData(protocol, *arrays, split)
     module = _loader_module(protocol.loader)
+    if not hasattr(module, "load_vocabulary"):  # .mat files carry no word list
+        return CrossModalData(protocol, *arrays, split)
     vocabulary = module.load_vocabulary()
     return CrossModalData(
         protocol, *arrays, split,
