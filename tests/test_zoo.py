@@ -251,3 +251,21 @@ def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits)
     assert image["input"]["shape"] == [8, 8, 1] and text["input"] == {
         "name": "bow", "shape": [64], "dtype": "float32",
         "preprocessing": "bag-of-words vector over the training vocabulary (tfhash.data protocol order)"}
+
+
+def test_reproduce_runs_a_recipe_on_another_protocol(tmp_path, capsys):
+    """`tfhash reproduce RECIPE --protocol P --bits B`: one command per table cell."""
+    recipe = {"name": "dhn_small", "method": "dhn", "protocol": "fashion_mnist", "bits": 32, "seed": 0,
+              "model": {"alpha": 0.25, "balanced": True}, "train": {"epochs": 2, "batch_size": 50}}
+    path = tmp_path / "dhn_small.json"
+    path.write_text(json.dumps(recipe))
+    out_dir = tmp_path / "out"
+    assert cli.main(["reproduce", str(path), "--protocol", "digits", "--bits", "16", "--output", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((out_dir / "scores.json").read_text())
+    assert saved["recipe"]["protocol"] == "digits" and saved["recipe"]["bits"] == 16
+    assert f"dhn_small (16 bits, image): mAP {saved['scores']['image']['map']:.4f}" in out
+    encoder = keras.saving.load_model(str(out_dir / "image_encoder.keras"))
+    assert encoder.bits == 16 and saved["scores"]["image"]["map"] > 0.3
+    assert cli.main(["reproduce", str(path), "--protocol", "nope"]) == 2
+    assert "Unknown protocol 'nope'" in capsys.readouterr().err

@@ -7,7 +7,8 @@
     tfhash export savedmodel runs/dhn32 --name dhn32
     tfhash export tflite runs/dhn32 --quantization int8
     tfhash serve --base-dir export/models
-    tfhash zoo list | download NAME | verify NAME
+    tfhash zoo list | download NAME | verify NAME | build NAME | publish RECIPE
+    tfhash reproduce zoo/recipes/dhn_fashion_mnist_32.json --protocol cifar10_54000
 """
 
 import argparse
@@ -241,12 +242,46 @@ def build_parser():
         q = zoo_sub.add_parser(name, help=text)
         q.add_argument("name", help="entry name (see `tfhash zoo list`)")
         q.set_defaults(run=run)
+    p = sub.add_parser("reproduce", help="run a recipe on its protocol and print the scores (one command per table cell)")
+    p.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
+    p.add_argument("--protocol", help="another protocol with the same modalities, e.g. cifar10_54000")
+    p.add_argument("--bits", type=int, help="another code length")
+    p.add_argument("--seed", type=int, help="another seed")
+    p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
+    p.add_argument("--output", help="save the encoders (.keras) and scores (scores.json) here")
+    p.set_defaults(run=_reproduce)
+
     q = zoo_sub.add_parser("publish", help="run a recipe; write its encoders and manifest entries (maintainers)")
     q.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
     q.add_argument("--zoo-dir", default=None, help="folder with manifest.json and files/ (default: zoo/)")
     q.add_argument("--tolerance", type=float, default=0.01, help="mAP tolerance `build` allows (default: 0.01)")
     q.set_defaults(run=_zoo_publish)
     return parser
+
+
+def _reproduce(args):
+    from tfhash import recipes
+    from tfhash.data import load_protocol
+
+    with open(args.recipe) as f:
+        recipe = json.load(f)
+    recipe.update({k: getattr(args, k) for k in ("protocol", "bits", "seed") if getattr(args, k) is not None})
+    recipes.check(recipe)
+    data = load_protocol(recipe["protocol"], args.data_dir, **recipe.get("data", {}))
+    result = recipes.run(recipe, data=data)
+    print(data.protocol.description)
+    for modality, score in result.scores.items():
+        what = {"image": "image->text" if "text" in result.scores else "image", "text": "text->image"}[modality]
+        print(f"{recipe['name']} ({recipe['bits']} bits, {what}): mAP {score['map']:.4f}, "
+              f"P@100 {score['precision@100']:.4f}")
+    print(f"trained in {result.seconds:.0f} s")
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        for modality, encoder in result.encoders.items():
+            encoder.save(os.path.join(args.output, f"{modality}_encoder.keras"))
+        _write_json({"recipe": recipe, "scores": result.scores, "train_seconds": result.seconds},
+                    os.path.join(args.output, "scores.json"))
+        print(f"wrote the encoders and scores.json to {args.output}")
 
 
 def _zoo_list(args):
