@@ -94,3 +94,20 @@ def test_evaluation_uses_the_protocols_metric_variant(monkeypatch):
     # An explicit option still wins.
     result, _, _ = evaluate_model(model, data, curve=False, map_k=None)
     assert result["map_k"] == "all"
+
+
+def test_coco_loader_keeps_labelled_images_as_multi_hot_rows():
+    import tensorflow_datasets as tfds
+
+    from tfhash.data.coco import load_coco
+
+    with tfds.testing.mock_data(num_examples=6):
+        images, labels = load_coco(image_size=16)
+    # Mock examples have random objects; every kept row has at least one of the 80 labels.
+    assert images.shape[1:] == (16, 16, 3) and images.dtype == np.uint8
+    assert labels.shape == (len(images), 80) and labels.dtype == np.uint8
+    assert 0 < len(images) <= 12 and labels.any(axis=1).all() and set(np.unique(labels)) <= {0, 1}
+    coco = protocols.get_protocol("coco")
+    assert (coco.num_query, coco.num_train, coco.map_k) == (5000, 10000, 5000)
+    split = coco.draw(np.zeros((122218, 80)))
+    assert (len(split.query), len(split.train), len(split.database)) == (5000, 10000, 117218)

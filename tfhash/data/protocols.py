@@ -276,6 +276,14 @@ PROTOCOLS.update(
             description="CIFAR-10, all 60,000 images: 10,000 queries (1,000 per class), 50,000 training "
             "images, database = the training images; mAP@all (= @50,000). DeepHash-pytorch's 'cifar10-2'.",
         ),
+        "coco": Protocol(
+            name="coco", loader="tfhash.data.coco:load_coco", num_query=5000, num_train=10000, seed=20261122,
+            map_k=5000, committed=False,
+            description="MS-COCO 2014 via TFDS, the 122,218 train2014 + val2014 images with an object, "
+            "80 multi-hot categories: 5,000 random queries, 10,000 training images from the database, "
+            "database = the 117,218 non-query images; mAP@5000 over relevant items retrieved "
+            "(HashNet, DeepHash-pytorch).",
+        ),
         "nus_wide_21": Protocol(
             name="nus_wide_21", loader="tfhash.data.mat_builders:load_nus_wide_21_images", num_query=2100,
             num_train=10500, seed=20261122, map_k=5000, committed=False,
