@@ -269,3 +269,28 @@ def test_reproduce_runs_a_recipe_on_another_protocol(tmp_path, capsys):
     assert encoder.bits == 16 and saved["scores"]["image"]["map"] > 0.3
     assert cli.main(["reproduce", str(path), "--protocol", "nope"]) == 2
     assert "Unknown protocol 'nope'" in capsys.readouterr().err
+
+
+def test_the_published_manifest_is_complete_and_consistent(monkeypatch):
+    """zoo/manifest.json: every entry names an existing recipe that produces it,
+    and the five methods each have 32- and 64-bit entries."""
+    from pathlib import Path
+
+    from tfhash import recipes
+
+    monkeypatch.delenv(zoo.MANIFEST_ENV, raising=False)
+    root = Path(zoo.__file__).resolve().parents[1] / "zoo"
+    manifest = zoo.read_manifest(root / "manifest.json")
+    published = set()
+    for name, item in manifest["entries"].items():
+        recipe = recipes.check(json.loads((root / item["recipe"]).read_text()))
+        assert name in (recipe["name"], f"{recipe['name']}_image", f"{recipe['name']}_text"), name
+        assert (item["bits"], item["protocol"]) == (recipe["bits"], recipe["protocol"])
+        assert item["file"] == f"{name}.keras" and len(item["sha256"]) == 64 and item["size"] > 0
+        published.add((recipe["method"], recipe["bits"]))
+    assert published == {(m, b) for m in recipes.METHODS for b in (32, 64)}
+    # Where the files were built on this machine, they are the ones the manifest names.
+    for name, item in manifest["entries"].items():
+        path = root / "files" / item["file"]
+        if path.exists():
+            assert zoo.sha256(path) == item["sha256"], name
