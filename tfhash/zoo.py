@@ -169,9 +169,9 @@ def download(name, *, manifest=None, force=False):
 
 def verify(name, *, manifest=None):
     """Whether the cached file of an entry matches the manifest's sha256 (False if absent)."""
-    manifest = manifest or read_manifest()
-    path = _cached_path(entry(name, manifest), cache_dir())
-    return path.exists() and sha256(path) == entry(name, manifest)["sha256"]
+    item = entry(name, manifest)
+    path = _cached_path(item, cache_dir())
+    return path.exists() and sha256(path) == item["sha256"]
 
 
 def load(name, *, manifest=None):
