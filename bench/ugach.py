@@ -3,6 +3,9 @@ without its generator, on the same features.
 
     .venv/bin/python bench/ugach.py [--bits 32 64] [--pretrain-epochs 10] [--epochs 30]
 
+The settings are the zoo's recipes (zoo/recipes/ugach_open_clip_art_BITS.json),
+run by `tfhash.recipes.run`, so the figures here are the published ones.
+
 Open Clip Art (Debian openclipart-png/-svg): 6,886 image-text pairs, 2,000
 queries, 4,000 training pairs, database = every non-query pair
 (`tfhash.data.load_protocol("open_clip_art")`). Scored both ways, mAP@all:
@@ -34,29 +37,25 @@ with their query, beside uniform picks' share.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfhash import metrics  # noqa: E402
+from tfhash import metrics, recipes  # noqa: E402
 from tfhash.baselines import CCAITQ  # noqa: E402
-from tfhash.callbacks import BestCheckpoint  # noqa: E402
-from tfhash.data import graph_batches, load_protocol  # noqa: E402
-from tfhash.evaluation import evaluate_cross_modal, pair_retrieval_map, validation_rows  # noqa: E402
-from tfhash.models import UGACH  # noqa: E402
+from tfhash.data import load_protocol  # noqa: E402
 from tfhash.neighbours import batch_similarity, correlation_graph  # noqa: E402
 
+RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
 SEED = 0
-BATCH = 256
-K = 5
-D_LEARNING_RATE, G_LEARNING_RATE = 1e-3, 1e-4
 
 
 def scores(result):
@@ -94,28 +93,20 @@ def pick_label_share(model, images, texts, labels, graph, rows=1000):
     return float((p * share).sum(1).mean()), float(share[~related].mean())
 
 
-def ugach(data, bits, epochs, pretrain_epochs, generator, validation):
-    images, texts, _ = data.subset("train")
-    keras.utils.set_random_seed(SEED)
-    steps = len(images) // BATCH
-    model = UGACH(bits=bits, input_shape=images.shape[1:], vocabulary_size=texts.shape[1], generator=generator,
-                  pretrain_steps=pretrain_epochs * steps, seed=SEED)
-    model.adapt(images)
-    graph = correlation_graph(model.image_features(images), texts.astype(np.float32), k=K)
-    model.compile(optimizer=keras.optimizers.Adam(D_LEARNING_RATE), g_optimizer=keras.optimizers.Adam(G_LEARNING_RATE))
-    best = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, *validation), name="val_pair_map")
-    start = time.time()
-    history = model.fit(graph_batches(images, texts, graph, BATCH, seed=SEED), epochs=epochs, callbacks=[best],
-                        verbose=0).history
-    seconds = time.time() - start
-    result = evaluate_cross_modal(model.image_encoder, model.text_encoder, data.subset("query"), data.subset("database"))
-    return model, graph, {
-        **scores(result),
-        "kept_epoch": best.best_epoch + 1,
-        "val_pair_map": [round(v, 4) for v in history["val_pair_map"]],
-        "final_logs": {k: float(v[-1]) for k, v in history.items()},
-        "train_seconds": round(seconds, 1),
+def ugach(recipe, data, epochs, pretrain_epochs, generator):
+    recipe = copy.deepcopy(recipe)
+    recipe["train"].update(epochs=epochs, pretrain_epochs=pretrain_epochs)
+    recipe["model"]["generator"] = generator
+    result = recipes.run(recipe, data=data)
+    val = result.history["val_pair_map"]
+    summary = {
+        "image_to_text": result.scores["image"], "text_to_image": result.scores["text"],
+        "kept_epoch": int(np.argmax(val)) + 1,
+        "val_pair_map": [round(v, 4) for v in val],
+        "final_logs": {k: float(v[-1]) for k, v in result.history.items()},
+        "train_seconds": result.seconds,
     }
+    return result.model, summary
 
 
 def main():
@@ -128,17 +119,17 @@ def main():
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
 
     data = load_protocol("open_clip_art", image_size=64)
-    held_out, _ = validation_rows(data.split, size=500, seed=SEED)
-    validation = (data.images[held_out], data.texts[held_out])
     results = {}
     for bits in args.bits:
-        alone_model, _, alone = ugach(data, bits, args.epochs, args.pretrain_epochs, False, validation)
-        model, graph, ours = ugach(data, bits, args.epochs, args.pretrain_epochs, True, validation)
+        recipe = json.loads((RECIPES / f"ugach_open_clip_art_{bits}.json").read_text())
+        _, alone = ugach(recipe, data, args.epochs, args.pretrain_epochs, False)
+        model, ours = ugach(recipe, data, args.epochs, args.pretrain_epochs, True)
         baseline, cca_seconds = cca_itq(model, data, bits)
         images, texts, labels = data.subset("train")
+        graph = correlation_graph(model.image_features(images), texts.astype(np.float32), k=recipe["train"]["k"])
         picked, uniform = pick_label_share(model, images, texts, labels, graph)
         results[bits] = {"ugach": ours, "without_generator": alone, "cca_itq": scores(baseline),
-                         "cca_itq_fit_seconds": round(cca_seconds, 1),
+                         "cca_itq_fit_seconds": round(cca_seconds, 1), "recipe": recipe,
                          "generator_pick_label_share": picked, "uniform_pick_label_share": uniform}
         print(f"\n{bits} bits: UGACH kept epoch {ours['kept_epoch']} ({ours['train_seconds']:.0f} s), "
               f"without generator epoch {alone['kept_epoch']} ({alone['train_seconds']:.0f} s)")
@@ -153,9 +144,8 @@ def main():
 
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"command": " ".join(sys.argv), "protocol": data.protocol.description, "batch": BATCH, "k": K,
-                   "learning_rates": {"discriminator": D_LEARNING_RATE, "generator": G_LEARNING_RATE},
-                   "results": results}, f, indent=2)
+        json.dump({"command": " ".join(sys.argv), "protocol": data.protocol.description, "results": results},
+                  f, indent=2)
     print(f"\nwrote {args.output}")
 
 

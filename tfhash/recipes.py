@@ -33,11 +33,15 @@ class Result:
             methods; for cross-modal ones "image" holds I->T (the image
             encoder's queries) and "text" T->I.
         seconds: training time.
+        model: the trained model (the whole harness for the GAN methods).
+        history: `fit`'s per-epoch logs.
     """
 
     encoders: dict
     scores: dict
     seconds: float
+    model: object = None
+    history: dict = dataclasses.field(default_factory=dict)
 
 
 def check(recipe):
@@ -58,9 +62,10 @@ def run(recipe, data=None):
     data = data or load_protocol(recipe["protocol"], **recipe.get("data", {}))
     keras.utils.set_random_seed(recipe["seed"])
     start = time.time()
-    encoders, score = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}))
+    net, encoders, history = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}))
     seconds = time.time() - start
-    return Result(encoders, score(encoders), round(seconds, 1))
+    score = _cross_modal_scores if "text" in encoders else _image_scores
+    return Result(encoders, score(data)(encoders), round(seconds, 1), net, history)
 
 
 def _image_scores(data):
@@ -89,12 +94,12 @@ def _cross_modal_scores(data):
 def _dhn(recipe, data, model, train):
     from tfhash import training
 
-    net, _ = training.train(
+    net, history = training.train(
         "dhn", data.protocol.name, bits=recipe["bits"], epochs=train.get("epochs", 30),
         batch_size=train.get("batch_size", 128), learning_rate=train.get("learning_rate", 1e-3),
         seed=recipe["seed"], data=data, model_kwargs=model, verbose=0,
     )
-    return {"image": net}, _image_scores(data)
+    return net, {"image": net}, history.history
 
 
 def _bgan(recipe, data, model, train):
@@ -109,9 +114,11 @@ def _bgan(recipe, data, model, train):
     net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
                 d_optimizer=keras.optimizers.Adam(train.get("d_learning_rate", 1e-4)))
     betas, epochs = train.get("betas", [2, 5, 10, 15, 20]), train.get("epochs", 10)
-    net.fit(neighbour_batches(images, neighbours, train.get("batch_size", 128), seed=recipe["seed"]),
-            epochs=epochs, verbose=0, callbacks=[BetaSchedule.steps(betas, every=max(1, epochs // len(betas)))])
-    return {"image": net.encoder}, _image_scores(data)
+    history = net.fit(
+        neighbour_batches(images, neighbours, train.get("batch_size", 128), seed=recipe["seed"]),
+        epochs=epochs, verbose=0, callbacks=[BetaSchedule.steps(betas, every=max(1, epochs // len(betas)))],
+    ).history
+    return net, {"image": net.encoder}, history
 
 
 def _dsh_gan(recipe, data, model, train):
@@ -127,8 +134,8 @@ def _dsh_gan(recipe, data, model, train):
                 g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 2e-4), beta_1=0.5))
     batches = semi_supervised_batches(images, labels, train.get("batch_size", 128), labelled=labelled,
                                       seed=recipe["seed"])
-    net.fit(batches, epochs=train.get("epochs", 30), verbose=0)
-    return {"image": net.encoder}, _image_scores(data)
+    history = net.fit(batches, epochs=train.get("epochs", 30), verbose=0).history
+    return net, {"image": net.encoder}, history
 
 
 def _held_out(data, size=500):
@@ -158,10 +165,12 @@ def _ssah(recipe, data, model, train):
         r = evaluate_cross_modal(m.image_encoder, m.text_encoder, rows(queries), rows(database))
         return (r["image_to_text"]["map"] + r["text_to_image"]["map"]) / 2
 
-    net.fit(cross_modal_batches(images, texts, labels, train.get("batch_size", 64), seed=recipe["seed"]),
-            epochs=train.get("rounds", 3) * net.round_epochs, verbose=0,
-            callbacks=[BestCheckpoint(validation, name="val_map", every="round")])
-    return {"image": net.image_encoder, "text": net.text_encoder}, _cross_modal_scores(data)
+    history = net.fit(
+        cross_modal_batches(images, texts, labels, train.get("batch_size", 64), seed=recipe["seed"]),
+        epochs=train.get("rounds", 3) * net.round_epochs, verbose=0,
+        callbacks=[BestCheckpoint(validation, name="val_map", every="round")],
+    ).history
+    return net, {"image": net.image_encoder, "text": net.text_encoder}, history
 
 
 def _ugach(recipe, data, model, train):
@@ -183,9 +192,9 @@ def _ugach(recipe, data, model, train):
     held_out, _ = _held_out(data)
     keep = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, data.images[held_out],
                                                        data.texts[held_out]), name="val_pair_map")
-    net.fit(graph_batches(images, texts, graph, batch_size, seed=recipe["seed"]), epochs=train.get("epochs", 30),
-            verbose=0, callbacks=[keep])
-    return {"image": net.image_encoder, "text": net.text_encoder}, _cross_modal_scores(data)
+    history = net.fit(graph_batches(images, texts, graph, batch_size, seed=recipe["seed"]),
+                      epochs=train.get("epochs", 30), verbose=0, callbacks=[keep]).history
+    return net, {"image": net.image_encoder, "text": net.text_encoder}, history
 
 
 _RUNNERS = {"dhn": _dhn, "bgan": _bgan, "dsh_gan": _dsh_gan, "ssah": _ssah, "ugach": _ugach}
