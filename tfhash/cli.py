@@ -287,10 +287,10 @@ def _reproduce(args):
 def _zoo_list(args):
     from tfhash import zoo
 
-    print(f"{'name':32s} {'class':18s} {'bits':>4s}  {'protocol':14s} {'metric':>16s}  size")
+    print(f"{'name':30s} {'class':18s} {'bits':>4s}  {'protocol':14s} {'metric':>28s}  size")
     for item in zoo.list():
         metric = f"{item['metric']['name']} {item['metric']['value']:.4f}"
-        print(f"{item['name']:32s} {item['class']:18s} {item['bits']:4d}  {item['protocol']:14s} {metric:>16s}  "
+        print(f"{item['name']:30s} {item['class']:18s} {item['bits']:4d}  {item['protocol']:14s} {metric:>28s}  "
               f"{item['size'] / 1e6:.1f} MB")
 
 
