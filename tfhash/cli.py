@@ -233,15 +233,6 @@ def build_parser():
 
     add_export_commands(sub)
 
-    p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify")
-    zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
-    zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list)
-    for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
-                            ("verify", _zoo_verify, "check an entry's cached file against its sha256"),
-                            ("build", _zoo_build, "re-run an entry's recipe; check its mAP against the manifest")):
-        q = zoo_sub.add_parser(name, help=text)
-        q.add_argument("name", help="entry name (see `tfhash zoo list`)")
-        q.set_defaults(run=run)
     p = sub.add_parser("reproduce", help="run a recipe on its protocol and print the scores (one command per table cell)")
     p.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
     p.add_argument("--protocol", help="another protocol with the same modalities, e.g. cifar10_54000")
@@ -251,6 +242,15 @@ def build_parser():
     p.add_argument("--output", help="save the encoders (.keras) and scores (scores.json) here")
     p.set_defaults(run=_reproduce)
 
+    p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify, build, publish")
+    zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
+    zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list)
+    for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
+                            ("verify", _zoo_verify, "check an entry's cached file against its sha256"),
+                            ("build", _zoo_build, "re-run an entry's recipe; check its mAP against the manifest")):
+        q = zoo_sub.add_parser(name, help=text)
+        q.add_argument("name", help="entry name (see `tfhash zoo list`)")
+        q.set_defaults(run=run)
     q = zoo_sub.add_parser("publish", help="run a recipe; write its encoders and manifest entries (maintainers)")
     q.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
     q.add_argument("--zoo-dir", default=None, help="folder with manifest.json and files/ (default: zoo/)")
