@@ -67,15 +67,15 @@ def _evaluate(args):
     model = training.load_model(args.model)
     data = load_protocol(args.protocol, args.data_dir)
     print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
-    # map_k and normalization default to the protocol's: the variant its papers report.
+    # Unset, map_k and normalization are the protocol's (evaluate_model's default).
     chosen = {key: value for key, value in (("map_k", args.map_k), ("normalization", args.normalization))
               if value is not None}
-    options = {**data.protocol.metric_options, **chosen}
     result, query_codes, database_codes = evaluate_model(
-        model, data, verbose=1, ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **options
+        model, data, verbose=1, ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **chosen
     )
     print(f"\n{data.protocol.description}")
-    print(f"mAP@{result['map_k']} ({options['normalization']}, no_relevant={args.no_relevant}): {result['map']:.4f}")
+    print(f"mAP@{result['map_k']} ({result['protocol']['normalization']}, no_relevant={args.no_relevant}): "
+          f"{result['map']:.4f}")
     for k in args.k:
         print(f"P@{k}: {result[f'precision@{k}']:.4f}")
     print(
@@ -271,8 +271,7 @@ def _reproduce(args):
     result = recipes.run(recipe, data=data)
     print(data.protocol.description)
     for modality, score in result.scores.items():
-        what = {"image": "image->text" if "text" in result.scores else "image", "text": "text->image"}[modality]
-        print(f"{recipe['name']} ({recipe['bits']} bits, {what}): mAP {score['map']:.4f}, "
+        print(f"{recipe['name']} ({recipe['bits']} bits, {result.direction(modality)}): mAP {score['map']:.4f}, "
               f"P@100 {score['precision@100']:.4f}")
     print(f"trained in {result.seconds:.0f} s")
     if args.output:

@@ -43,6 +43,12 @@ class Result:
     model: object = None
     history: dict = dataclasses.field(default_factory=dict)
 
+    def direction(self, modality):
+        """What an encoder's score measures: "image", or "image->text" / "text->image"."""
+        if "text" not in self.encoders:
+            return "image"
+        return {"image": "image->text", "text": "text->image"}[modality]
+
 
 def check(recipe):
     """Validates the keys every recipe needs; returns the recipe."""
@@ -64,31 +70,21 @@ def run(recipe, data=None):
     start = time.time()
     net, encoders, history = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}))
     seconds = time.time() - start
-    score = _cross_modal_scores if "text" in encoders else _image_scores
-    return Result(encoders, score(data)(encoders), round(seconds, 1), net, history)
+    return Result(encoders, _scores(encoders, data), round(seconds, 1), net, history)
 
 
-def _image_scores(data):
-    from tfhash.evaluation import evaluate_model
+def _scores(encoders, data):
+    """mAP@all and P@100 of each encoder as the query side, on the protocol's queries."""
+    from tfhash.evaluation import evaluate_cross_modal, evaluate_model
 
-    def score(encoders):
+    if "text" not in encoders:
         result, _, _ = evaluate_model(encoders["image"], data, curve=False)
         return {"image": {"map": result["map"], "precision@100": result["precision@100"]}}
-
-    return score
-
-
-def _cross_modal_scores(data):
-    from tfhash.evaluation import evaluate_cross_modal
-
-    def score(encoders):
-        result = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"), data.subset("database"))
-        return {
-            modality: {"map": result[direction]["map"], "precision@100": result[direction]["precision@100"]}
-            for modality, direction in (("image", "image_to_text"), ("text", "text_to_image"))
-        }
-
-    return score
+    result = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"), data.subset("database"))
+    return {
+        modality: {"map": result[direction]["map"], "precision@100": result[direction]["precision@100"]}
+        for modality, direction in (("image", "image_to_text"), ("text", "text_to_image"))
+    }
 
 
 def _dhn(recipe, data, model, train):
@@ -138,17 +134,10 @@ def _dsh_gan(recipe, data, model, train):
     return net, {"image": net.encoder}, history
 
 
-def _held_out(data, size=500):
-    from tfhash.evaluation import validation_rows
-
-    queries, database = validation_rows(data.split, size=size, seed=0)
-    return queries, database
-
-
 def _ssah(recipe, data, model, train):
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import cross_modal_batches
-    from tfhash.evaluation import evaluate_cross_modal
+    from tfhash.evaluation import evaluate_cross_modal, validation_rows
     from tfhash.models import SSAH
 
     images, texts, labels = data.subset("train")
@@ -156,7 +145,7 @@ def _ssah(recipe, data, model, train):
                num_train=len(labels), input_shape=images.shape[1:], **model)
     net.compile(image_optimizer=keras.optimizers.Adam(train.get("image_learning_rate", 1e-3)),
                 text_optimizer=keras.optimizers.Adam(train.get("text_learning_rate", 1e-3)))
-    queries, database = _held_out(data)
+    queries, database = validation_rows(data.split, size=500, seed=0)
 
     def rows(index):
         return data.images[index], data.texts[index], data.labels[index]
@@ -176,7 +165,7 @@ def _ssah(recipe, data, model, train):
 def _ugach(recipe, data, model, train):
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import graph_batches
-    from tfhash.evaluation import pair_retrieval_map
+    from tfhash.evaluation import pair_retrieval_map, validation_rows
     from tfhash.models import UGACH
     from tfhash.neighbours import correlation_graph
 
@@ -189,7 +178,7 @@ def _ugach(recipe, data, model, train):
     graph = correlation_graph(net.image_features(images), texts.astype(np.float32), k=train.get("k", 5))
     net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
                 g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 1e-4)))
-    held_out, _ = _held_out(data)
+    held_out, _ = validation_rows(data.split, size=500, seed=0)
     keep = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, data.images[held_out],
                                                        data.texts[held_out]), name="val_pair_map")
     history = net.fit(graph_batches(images, texts, graph, batch_size, seed=recipe["seed"]),

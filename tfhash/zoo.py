@@ -225,8 +225,8 @@ def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
         encoder = result.encoders[modality]
         file = zoo_dir / "files" / f"{name}.keras"
         encoder.save(str(file))
-        metric = "map@all" if modality == "image" and "text" not in result.encoders else (
-            "map@all image->text" if modality == "image" else "map@all text->image")
+        direction = result.direction(modality)
+        metric = "map@all" if direction == "image" else f"map@all {direction}"
         manifest["entries"][name] = {
             "class": type(encoder).__name__,
             "file": file.name,
