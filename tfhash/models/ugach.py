@@ -363,12 +363,19 @@ class UGACH(keras.Model):
         columns = tf.shape(all_ids)[0]
         adversarial = tf.constant(self.use_generator) & (step >= self.pretrain_steps)
 
-        def pick(queries, candidates, query_net, candidate_net, stream):
-            logits = self._generator_logits(queries, candidates, query_net, candidate_net, related)
+        # The generator's scores of every candidate. Its networks do not change
+        # before its own update, so this one forward pass serves the picks and,
+        # in the same tape, the generator's loss.
+        with tf.GradientTape() as g_tape:
+            logits_text = self._generator_logits(image_features, all_texts, self.generator_image,
+                                                 self.generator_text, related)
+            logits_image = self._generator_logits(texts, all_images, self.generator_text, self.generator_image,
+                                                  related)
+
+        def pick(logits, stream):
             return sample_candidates(tf.where(adversarial, logits, 0.0), related, self._gumbel(rows, columns, step, stream))
 
-        pick_texts = pick(image_features, all_texts, self.generator_image, self.generator_text, 0)
-        pick_images = pick(texts, all_images, self.generator_text, self.generator_image, 1)
+        pick_texts, pick_images = pick(logits_text, 0), pick(logits_image, 1)
         picked_texts, picked_images = tf.gather(all_texts, pick_texts), tf.gather(all_images, pick_images)
 
         def hinges():
@@ -401,17 +408,11 @@ class UGACH(keras.Model):
             (all_rewards, all_has) = gather_across_replicas(rewards, has_candidate)
             baseline = tf.reduce_sum(all_rewards * all_has[:, None], axis=0) / tf.maximum(tf.reduce_sum(all_has), 1.0)
             advantages = rewards - baseline
-        with tf.GradientTape() as tape:
-            log_p_text = tf.nn.log_softmax(
-                self._generator_logits(image_features, all_texts, self.generator_image, self.generator_text, related)
-            )
-            log_p_image = tf.nn.log_softmax(
-                self._generator_logits(texts, all_images, self.generator_text, self.generator_image, related)
-            )
+        with g_tape:  # resumes recording on the generator's scores
             log_p = tf.stack(
                 [
-                    tf.gather(log_p_text, pick_texts, batch_dims=1),
-                    tf.gather(log_p_image, pick_images, batch_dims=1),
+                    tf.gather(tf.nn.log_softmax(logits_text), pick_texts, batch_dims=1),
+                    tf.gather(tf.nn.log_softmax(logits_image), pick_images, batch_dims=1),
                 ],
                 axis=-1,
             )
@@ -419,7 +420,7 @@ class UGACH(keras.Model):
             # Before the generator picks, it has nothing to learn from.
             g_loss = tf.nn.compute_average_loss(g_rows) * tf.cast(adversarial, "float32")
         g_vars = self._g_variables()
-        self.g_optimizer.apply(tape.gradient(g_loss, g_vars), g_vars)
+        self.g_optimizer.apply(g_tape.gradient(g_loss, g_vars), g_vars)
 
         return record_losses(
             self,
