@@ -226,6 +226,10 @@ def test_publish_then_build_reproduces_the_manifest_map(tmp_path, monkeypatch, c
     (zoo_dir / "manifest.json").write_text(json.dumps(manifest))
     assert cli.main(["zoo", "build", "dhn_digits_16"]) == 2
     assert "outside the manifest's tolerance" in capsys.readouterr().err
+    # The API finds the recipe beside a manifest given by path, not the one in use.
+    monkeypatch.delenv(zoo.MANIFEST_ENV)
+    result = zoo.build("dhn_digits_16", manifest_file=zoo_dir / "manifest.json")
+    assert result["measured"] == item["metric"]["value"] and result["expected"] == 0.99 and not result["ok"]
 
 
 def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits):

@@ -246,17 +246,20 @@ def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
     return sorted(names.values())
 
 
-def build(name, *, manifest=None, data=None):
+def build(name, *, manifest_file=None, data=None):
     """Re-runs the recipe behind an entry and compares its mAP with the manifest's.
+
+    `manifest_file` defaults to the manifest in use; the entry's recipe path is
+    relative to its folder, as `publish` writes it.
 
     Returns `{"entry", "expected", "measured", "tolerance", "ok"}`: ok when
     |measured - expected| <= tolerance.
     """
     from tfhash import recipes
 
-    manifest = manifest or read_manifest()
-    item = entry(name, manifest)
-    recipe_file = (manifest_path().parent / item["recipe"]).resolve()
+    manifest_file = Path(manifest_file or manifest_path())
+    item = entry(name, read_manifest(manifest_file))
+    recipe_file = (manifest_file.parent / item["recipe"]).resolve()
     recipe = recipes.check(json.loads(recipe_file.read_text()))
     result = recipes.run(recipe, data=data)
     modality = next(m for m, n in _entry_names(recipe, result.encoders).items() if n == name)
