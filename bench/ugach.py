@@ -47,7 +47,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tfhash import metrics, recipes  # noqa: E402
 from tfhash.baselines import CCAITQ  # noqa: E402
@@ -82,13 +81,7 @@ def pick_label_share(model, images, texts, labels, graph, rows=1000):
     that share a label with the query, beside uniform picks' (labels: diagnosis only)."""
     idx = np.random.default_rng(SEED).choice(len(images), rows, replace=False)
     related = batch_similarity(idx.astype(np.float32), graph[idx].astype(np.float32)).numpy() > 0
-    features = model.image_features(images[idx])
-    h_image = tf.sigmoid(model.generator_image(features)).numpy()
-    h_text = tf.sigmoid(model.generator_text(tf.constant(texts[idx], tf.float32))).numpy()
-    logits = -((h_image[:, None, :] - h_text[None, :, :]) ** 2).sum(-1)
-    logits[related] = -np.inf
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = model.pick_probabilities(images[idx], texts[idx], related)
     share = (labels[idx].astype(np.float32) @ labels[idx].T.astype(np.float32)) > 0
     return float((p * share).sum(1).mean()), float(share[~related].mean())
 

@@ -144,6 +144,20 @@ def _changed(before, layers):
     return any(not np.array_equal(a, b) for a, b in zip(before, _weights(layers)))
 
 
+def test_pick_probabilities_are_the_generators_softmax_without_relatives(digits):
+    images, texts, _ = digits["train"]
+    images, texts = images[:5], texts[:5].astype(np.float32)
+    model = tiny_ugach(digits["train"][0])
+    related = np.eye(5, dtype=bool)  # each image's own text excluded
+    p = model.pick_probabilities(images, texts, related)
+    # p(t | i) = softmax over t of -|h_G(i) - h_G(t)|^2, written out with the generator's codes.
+    h_image = 1 / (1 + np.exp(-model.generator_image(model.image_features(images)).numpy()))
+    h_text = 1 / (1 + np.exp(-model.generator_text(texts).numpy()))
+    scores = np.exp(-((h_image[:, None] - h_text[None]) ** 2).sum(-1)) * ~related
+    np.testing.assert_allclose(p, scores / scores.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
+    assert np.all(p[related] == 0)
+
+
 def test_pretraining_then_the_generator_trains(digits):
     images, texts, _ = digits["train"]
     model = tiny_ugach(images, pretrain_steps=2)

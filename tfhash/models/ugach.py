@@ -338,6 +338,16 @@ class UGACH(keras.Model):
         start = tf.cast(replica, "int32") * rows
         return -tf.math.log(-tf.math.log(uniform[start : start + rows]))
 
+    def pick_probabilities(self, images, texts, related=None):
+        """The generator's p(text | image): row i is image i's distribution over
+        the n texts, with `related` (n, n) bool pairs excluded (for diagnosis)."""
+        features = self.image_encoder.features(tf.convert_to_tensor(images))
+        texts = tf.cast(texts, "float32")
+        if related is None:
+            related = tf.zeros([tf.shape(features)[0], tf.shape(texts)[0]], "bool")
+        logits = self._generator_logits(features, texts, self.generator_image, self.generator_text, related)
+        return tf.nn.softmax(logits).numpy()
+
     def _generator_logits(self, queries, candidates, query_net, candidate_net, related):
         """log p(x | q) up to a constant: -|h(q) - h(x)|^2, relatives excluded."""
         distances = _squared_distances(tf.sigmoid(query_net(queries)), tf.sigmoid(candidate_net(candidates)))
