@@ -1,7 +1,7 @@
 """tfhash models: one module per published method."""
 
 from tfhash.models.backbones import Backbone, PixelPCA
-from tfhash.models.base import HashModel
+from tfhash.models.base import HashModel, ImageHashModel
 from tfhash.models.bgan import BGAN, BGANEncoder
 from tfhash.models.dhn import DHN
 from tfhash.models.dsh_gan import DSHGAN, DSHGANEncoder
@@ -16,6 +16,7 @@ __all__ = [
     "DSHGANEncoder",
     "Backbone",
     "HashModel",
+    "ImageHashModel",
     "LabNet",
     "PixelPCA",
     "SSAH",

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfhash.layers import SignPack
+from tfhash.layers import SignPack, check_bits
+from tfhash.models.backbones import SMALL_CNN, Backbone
 
 
 def gather_across_replicas(*tensors):
@@ -172,6 +173,51 @@ class HashModel(keras.Model):
     def encode_real(self, inputs, batch_size=256, verbose=0):
         """Relaxed codes z (n, bits), float32, before the sign."""
         return self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
+
+
+class ImageHashModel(HashModel):
+    """Base of image encoders on a `Backbone` trunk: the code length, the raw
+    image shape and the trunk, built and configured once for every method.
+
+    Args:
+        bits: code length K (multiple of 8).
+        input_shape: raw image shape (height, width, channels), pixels 0-255.
+        backbone: "small_cnn" or a `keras.applications` model name.
+        backbone_weights: None, a local weights file, or "imagenet" (network).
+        dropout: dropout rate inside the small CNN.
+    """
+
+    def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, backbone_weights=None, dropout=0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        check_bits(bits)
+        self.bits = bits
+        self.image_shape = tuple(int(d) for d in input_shape)
+        self.backbone_name = backbone
+        self.dropout = float(dropout)
+        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, name="backbone")
+
+    def build(self, input_shape=None):
+        """Builds the trunk; subclasses then build their heads on `feature_shape`."""
+        if not self.backbone.built:
+            self.backbone.build((None, *self.image_shape))
+        self.built = True
+
+    @property
+    def feature_shape(self):
+        """The trunk's output shape, (None, width)."""
+        return self.backbone.compute_output_shape((None, *self.image_shape))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "input_shape": self.image_shape,
+            "backbone": self.backbone_name,
+            # Weights are restored from the saved model, not the source file.
+            "backbone_weights": None,
+            "dropout": self.dropout,
+        }
 
 
 class BowEncoder(HashModel):

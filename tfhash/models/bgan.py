@@ -15,14 +15,14 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from tfhash.layers import AnnealedSign, check_bits
-from tfhash.models.backbones import SMALL_CNN, Backbone, image_generator
-from tfhash.models.base import EncoderHarness, HashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.layers import AnnealedSign
+from tfhash.models.backbones import SMALL_CNN, image_generator
+from tfhash.models.base import EncoderHarness, ImageHashModel, build_for_fit, gather_across_replicas, record_losses
 from tfhash.neighbours import batch_similarity
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class BGANEncoder(HashModel):
+class BGANEncoder(ImageHashModel):
     """Image -> trunk -> K units -> AnnealedSign: the exported part of BGAN.
 
     Args:
@@ -30,23 +30,19 @@ class BGANEncoder(HashModel):
         input_shape: raw image shape, pixels 0-255.
         backbone: "small_cnn" or a `keras.applications` name.
         beta: initial beta of the annealed sign.
+        backbone_weights, dropout: as `DHN`.
     """
 
-    def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, beta=1.0, **kwargs):
-        super().__init__(**kwargs)
-        check_bits(bits)
-        self.bits = bits
-        self.image_shape = tuple(int(d) for d in input_shape)
-        self.backbone_name = backbone
-        self.backbone = Backbone(backbone, self.image_shape, name="backbone")
+    def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, beta=1.0, backbone_weights=None,
+                 dropout=0.0, **kwargs):
+        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
         self.projection = layers.Dense(bits, name="fch")
         self.sign = AnnealedSign(beta=beta, name="annealed_sign")
 
     def build(self, input_shape=None):
-        self.backbone.build((None, *self.image_shape))
-        self.projection.build(self.backbone.compute_output_shape((None, *self.image_shape)))
+        super().build()
+        self.projection.build(self.feature_shape)
         self.sign.build((None, self.bits))
-        self.built = True
 
     def call(self, images, training=False):
         return self.sign(self.projection(self.backbone(images, training=training)), training=training)
@@ -54,9 +50,6 @@ class BGANEncoder(HashModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "bits": self.bits,
-            "input_shape": self.image_shape,
-            "backbone": self.backbone_name,
             "beta": self.sign.initial_beta,
         }
 

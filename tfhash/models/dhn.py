@@ -3,14 +3,14 @@
 import keras
 import tensorflow as tf
 
-from tfhash.layers import HashLayer, check_bits
+from tfhash.layers import HashLayer
 from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss
-from tfhash.models.backbones import SMALL_CNN, Backbone
-from tfhash.models.base import HashModel, gather_across_replicas, record_losses
+from tfhash.models.backbones import SMALL_CNN
+from tfhash.models.base import ImageHashModel, gather_across_replicas, record_losses
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class DHN(HashModel):
+class DHN(ImageHashModel):
     """Supervised image hashing with a pairwise cross-entropy and a quantization loss.
 
     A trunk, then `fch`: K tanh units whose sign is the code. Each step pairs
@@ -54,14 +54,8 @@ class DHN(HashModel):
         quantization_weight=0.1,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        check_bits(bits)
-        self.bits = bits
-        self.image_shape = tuple(int(d) for d in input_shape)
-        self.backbone_name = backbone
-        self.dropout = float(dropout)
+        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
         self.quantization_weight = float(quantization_weight)
-        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, name="backbone")
         self.hash_layer = HashLayer(bits, name="hash")
         self.pairwise_loss = PairwiseCrossEntropy(alpha=alpha, balanced=balanced)
         self.quantization_loss = QuantizationLoss(quantization)
@@ -70,9 +64,8 @@ class DHN(HashModel):
         self.quantization_tracker = keras.metrics.Mean(name="quantization_loss")
 
     def build(self, input_shape=None):
-        self.backbone.build((None, *self.image_shape))
-        self.hash_layer.build(self.backbone.compute_output_shape((None, *self.image_shape)))
-        self.built = True
+        super().build()
+        self.hash_layer.build(self.feature_shape)
 
     def call(self, images, training=False):
         return self.hash_layer(self.backbone(images, training=training))
@@ -115,11 +108,6 @@ class DHN(HashModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "bits": self.bits,
-            "input_shape": self.image_shape,
-            "backbone": self.backbone_name,
-            "backbone_weights": None,
-            "dropout": self.dropout,
             "alpha": self.pairwise_loss.alpha,
             "balanced": self.pairwise_loss.balanced,
             "quantization": self.quantization_loss.variant,

@@ -55,13 +55,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from tfhash.layers import check_bits
-from tfhash.models.backbones import SMALL_CNN, Backbone, image_generator
-from tfhash.models.base import EncoderHarness, HashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.models.backbones import SMALL_CNN, image_generator
+from tfhash.models.base import EncoderHarness, ImageHashModel, build_for_fit, gather_across_replicas, record_losses
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class DSHGANEncoder(HashModel):
+class DSHGANEncoder(ImageHashModel):
     """The shared CNN and the hash head: the exported part of DSH-GAN.
 
     `call` returns 2 H - 1 = tanh(a / 2) for hash logits a, so the code bit
@@ -77,21 +76,13 @@ class DSHGANEncoder(HashModel):
 
     def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, backbone_weights=None,
                  dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        check_bits(bits)
-        self.bits = bits
-        self.image_shape = tuple(int(d) for d in input_shape)
-        self.backbone_name = backbone
-        self.dropout = float(dropout)
-        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, name="backbone")
+        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
         self.hash_head = layers.Dense(bits, name="hash")
 
     def build(self, input_shape=None):
-        if not self.backbone.built:
-            self.backbone.build((None, *self.image_shape))
+        super().build()
         if not self.hash_head.built:
-            self.hash_head.build(self.backbone.compute_output_shape((None, *self.image_shape)))
-        self.built = True
+            self.hash_head.build(self.feature_shape)
 
     def representation(self, images, training=False):
         """The shared CNN's representation, which all three heads read."""
@@ -100,15 +91,6 @@ class DSHGANEncoder(HashModel):
     def call(self, images, training=False):
         return tf.tanh(0.5 * self.hash_head(self.representation(images, training=training)))
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "bits": self.bits,
-            "input_shape": self.image_shape,
-            "backbone": self.backbone_name,
-            "backbone_weights": None,
-            "dropout": self.dropout,
-        }
 
 
 def triplet_ranking_loss(anchor, positive, negative, margin):
@@ -199,7 +181,7 @@ class DSHGAN(EncoderHarness):
     def build(self, input_shape=None):
         if not self.encoder.built:
             self.encoder.build()
-        width = self.encoder.backbone.compute_output_shape((None, *self.image_shape))
+        width = self.encoder.feature_shape
         self.classifier.build(width)
         self.adversary.build(width)
         self.built = True

@@ -40,8 +40,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tfhash.layers import check_bits
-from tfhash.models.backbones import SMALL_CNN, Backbone
-from tfhash.models.base import BowEncoder, HashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.models.backbones import SMALL_CNN
+from tfhash.models.base import BowEncoder, ImageHashModel, build_for_fit, gather_across_replicas, record_losses
 
 PHASES = ("label", "image", "text")
 # The official code's learning rates (Adam): 10^-2, 10^-4.5, 10^-3.5, 10^-3.
@@ -106,7 +106,7 @@ class LabNet(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class SSAHImageEncoder(HashModel):
+class SSAHImageEncoder(ImageHashModel):
     """SSAH's ImgNet: raw images -> trunk -> F -> H. `call` gives H, the relaxed code.
 
     Args:
@@ -116,6 +116,7 @@ class SSAHImageEncoder(HashModel):
         backbone: "small_cnn" or a `keras.applications` name (the paper: CNN-F or VGG19).
         backbone_weights: None, a local weights file, or "imagenet".
         feature_units: width of F.
+        dropout: dropout rate inside the small CNN.
     """
 
     def __init__(
@@ -126,21 +127,16 @@ class SSAHImageEncoder(HashModel):
         backbone=SMALL_CNN,
         backbone_weights=None,
         feature_units=512,
+        dropout=0.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        check_bits(bits)
-        self.bits, self.num_labels, self.feature_units = bits, int(num_labels), int(feature_units)
-        self.image_shape = tuple(int(d) for d in input_shape)
-        self.backbone_name = backbone
-        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, name="backbone")
+        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
+        self.num_labels, self.feature_units = int(num_labels), int(feature_units)
         self.head = _semantic_head(bits, self.num_labels, self.feature_units, "img")
 
     def build(self, input_shape=None):
-        shape = (None, *self.image_shape)
-        self.backbone.build(shape)
-        _build_head(self.head, self.backbone.compute_output_shape(shape)[-1], self.feature_units)
-        self.built = True
+        super().build()
+        _build_head(self.head, self.feature_shape[-1], self.feature_units)
 
     def semantics(self, images, training=False):
         """(F, H, predicted labels) of a batch of raw images."""
@@ -152,11 +148,7 @@ class SSAHImageEncoder(HashModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "bits": self.bits,
             "num_labels": self.num_labels,
-            "input_shape": self.image_shape,
-            "backbone": self.backbone_name,
-            "backbone_weights": None,
             "feature_units": self.feature_units,
         }
 
