@@ -298,3 +298,18 @@ def test_the_published_manifest_is_complete_and_consistent(monkeypatch):
         path = root / "files" / item["file"]
         if path.exists():
             assert zoo.sha256(path) == item["sha256"], name
+
+
+@pytest.mark.parametrize("method, train", [("dhn", {"epochs": 2, "batch_size": 50}),
+                                           ("dsh_gan", {"epochs": 2, "batch_size": 50, "labelled_fraction": 0.5})])
+def test_recipes_run_calls_the_callers_callbacks_each_epoch(method, train, digits):
+    """Bench scripts add their own per-epoch figures to a recipe's run."""
+    from tfhash import recipes
+
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, sorted(logs))))
+    recipe = {"name": f"{method}_digits_16", "method": method, "protocol": "digits", "bits": 16, "seed": 0,
+              "train": train}
+    result = recipes.run(recipe, data=digits, callbacks=[record])
+    assert [epoch for epoch, _ in seen] == [0, 1] and "loss" in seen[0][1]
+    assert result.history["loss"] and 0 < result.scores["image"]["map"] <= 1

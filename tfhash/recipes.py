@@ -60,15 +60,20 @@ def check(recipe):
     return recipe
 
 
-def run(recipe, data=None):
-    """Trains and scores a recipe (see the module docstring); returns a `Result`."""
+def run(recipe, data=None, callbacks=()):
+    """Trains and scores a recipe (see the module docstring); returns a `Result`.
+
+    `callbacks` are extra Keras callbacks for `fit` (the bench scripts' per-epoch
+    figures and image grids); they run after the recipe's own.
+    """
     from tfhash.data import load_protocol
 
     check(recipe)
     data = data or load_protocol(recipe["protocol"], **recipe.get("data", {}))
     keras.utils.set_random_seed(recipe["seed"])
     start = time.time()
-    net, encoders, history = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}))
+    net, encoders, history = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}),
+                                                      list(callbacks))
     seconds = time.time() - start
     return Result(encoders, _scores(encoders, data), round(seconds, 1), net, history)
 
@@ -87,18 +92,18 @@ def _scores(encoders, data):
     }
 
 
-def _dhn(recipe, data, model, train):
+def _dhn(recipe, data, model, train, callbacks):
     from tfhash import training
 
     net, history = training.train(
         "dhn", data.protocol.name, bits=recipe["bits"], epochs=train.get("epochs", 30),
         batch_size=train.get("batch_size", 128), learning_rate=train.get("learning_rate", 1e-3),
-        seed=recipe["seed"], data=data, model_kwargs=model, verbose=0,
+        seed=recipe["seed"], data=data, model_kwargs=model, callbacks=callbacks, verbose=0,
     )
     return net, {"image": net}, history.history
 
 
-def _bgan(recipe, data, model, train):
+def _bgan(recipe, data, model, train, callbacks):
     from tfhash.callbacks import BetaSchedule
     from tfhash.data import neighbour_batches
     from tfhash.models import BGAN
@@ -112,12 +117,12 @@ def _bgan(recipe, data, model, train):
     betas, epochs = train.get("betas", [2, 5, 10, 15, 20]), train.get("epochs", 10)
     history = net.fit(
         neighbour_batches(images, neighbours, train.get("batch_size", 128), seed=recipe["seed"]),
-        epochs=epochs, verbose=0, callbacks=[BetaSchedule.steps(betas, every=max(1, epochs // len(betas)))],
+        epochs=epochs, verbose=0, callbacks=[BetaSchedule.steps(betas, every=max(1, epochs // len(betas))), *callbacks],
     ).history
     return net, {"image": net.encoder}, history
 
 
-def _dsh_gan(recipe, data, model, train):
+def _dsh_gan(recipe, data, model, train, callbacks):
     from tfhash.data import draw_labelled, semi_supervised_batches
     from tfhash.models import DSHGAN
 
@@ -130,11 +135,11 @@ def _dsh_gan(recipe, data, model, train):
                 g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 2e-4), beta_1=0.5))
     batches = semi_supervised_batches(images, labels, train.get("batch_size", 128), labelled=labelled,
                                       seed=recipe["seed"])
-    history = net.fit(batches, epochs=train.get("epochs", 30), verbose=0).history
+    history = net.fit(batches, epochs=train.get("epochs", 30), verbose=0, callbacks=callbacks).history
     return net, {"image": net.encoder}, history
 
 
-def _ssah(recipe, data, model, train):
+def _ssah(recipe, data, model, train, callbacks):
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import cross_modal_batches
     from tfhash.evaluation import evaluate_cross_modal, validation_rows
@@ -157,12 +162,12 @@ def _ssah(recipe, data, model, train):
     history = net.fit(
         cross_modal_batches(images, texts, labels, train.get("batch_size", 64), seed=recipe["seed"]),
         epochs=train.get("rounds", 3) * net.round_epochs, verbose=0,
-        callbacks=[BestCheckpoint(validation, name="val_map", every="round")],
+        callbacks=[BestCheckpoint(validation, name="val_map", every="round"), *callbacks],
     ).history
     return net, {"image": net.image_encoder, "text": net.text_encoder}, history
 
 
-def _ugach(recipe, data, model, train):
+def _ugach(recipe, data, model, train, callbacks):
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import graph_batches
     from tfhash.evaluation import pair_retrieval_map, validation_rows
@@ -182,7 +187,7 @@ def _ugach(recipe, data, model, train):
     keep = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, data.images[held_out],
                                                        data.texts[held_out]), name="val_pair_map")
     history = net.fit(graph_batches(images, texts, graph, batch_size, seed=recipe["seed"]),
-                      epochs=train.get("epochs", 30), verbose=0, callbacks=[keep]).history
+                      epochs=train.get("epochs", 30), verbose=0, callbacks=[keep, *callbacks]).history
     return net, {"image": net.image_encoder, "text": net.text_encoder}, history
 
 

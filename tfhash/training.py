@@ -54,6 +54,7 @@ def train(
     data=None,
     data_dir=None,
     model_kwargs=None,
+    callbacks=None,
     verbose="auto",
 ):
     """Trains a model on a protocol's training split.
@@ -68,6 +69,7 @@ def train(
         output_dir: where the chief writes `model.keras` and `run.json`.
         data: an already loaded `RetrievalData` (else the protocol is loaded).
         model_kwargs: extra constructor arguments of the model.
+        callbacks: Keras callbacks for `fit`.
 
     Returns:
         `(model, history)`.
@@ -94,7 +96,7 @@ def train(
         net.compile(optimizer=keras.optimizers.Adam(learning_rate))
     dataset = pairwise_batches(images, labels, batch_size, seed=seed)
     start = time.time()
-    history = net.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False)  # shuffled already
+    history = net.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False, callbacks=callbacks)  # shuffled already
     settings["train_seconds"] = round(time.time() - start, 1)
     if output_dir and is_chief():
         save_run(net, settings, history.history, output_dir)
