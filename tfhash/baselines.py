@@ -27,6 +27,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 
 from tfhash.layers import check_bits
+from tfhash.models.base import check_matrix
 
 # Rows projected per block when encoding: bounds the float64 copy of the
 # centred features (8192 x 12288 x 8 B = 0.8 GB at worst, 50 MB for 784-d).
@@ -42,40 +43,7 @@ __all__ = ["LSH", "ITQ", "CCAITQ"]
 
 def _check_features(name, x, num_features=None):
     """Returns `x` as a 2-D real ndarray; ValueError naming what was wrong."""
-    if scipy.sparse.issparse(x):
-        x = x.toarray()
-    x = np.asarray(x)
-    expected = "(n, d)" if num_features is None else f"(n, {num_features})"
-    if x.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array of features of shape {expected}, one "
-            f"row per item (flatten images first); received shape={x.shape}"
-        )
-    if x.dtype == np.bool_:
-        x = x.astype(np.float32)
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ValueError(
-            f"{name} must hold real numbers; received dtype={x.dtype}, "
-            f"shape={x.shape}"
-        )
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(
-            f"{name} must hold at least one row and one feature; received "
-            f"shape={x.shape}"
-        )
-    if num_features is not None and x.shape[1] != num_features:
-        raise ValueError(
-            f"{name} must have {num_features} features per row, as the data "
-            f"passed to fit; received shape={x.shape}"
-        )
-    if np.issubdtype(x.dtype, np.floating):
-        bad = x.size - np.count_nonzero(np.isfinite(x))
-        if bad:
-            raise ValueError(
-                f"{name} must be finite: received {bad} NaN or infinite "
-                f"value(s) in an array of shape {x.shape}"
-            )
-    return x
+    return check_matrix(x, name, num_features, why=", as the data passed to fit")
 
 
 def _check_samples(name, x, bits):

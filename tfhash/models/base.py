@@ -3,6 +3,7 @@ and the cross-replica gather that makes pairwise losses strategy-independent."""
 
 import keras
 import numpy as np
+import scipy.sparse
 import tensorflow as tf
 
 from tfhash.layers import SignPack, check_bits
@@ -102,24 +103,40 @@ def check_images(images, input_shape, name="images"):
     return array
 
 
+def check_matrix(x, name, columns=None, row="item", unit="features", why=""):
+    """Validates a 2-D array of real numbers, one `row` per row: features for the
+    baselines, bags of words for text encoders. Sparse matrices are densified
+    and booleans become float32; returns the array.
+
+    Args:
+        columns: the required number of columns, or None for any.
+        unit: what a column holds, for the messages ("features", "words").
+        why: where `columns` comes from, appended to its message.
+    """
+    if scipy.sparse.issparse(x):
+        x = x.toarray()
+    x = np.asarray(x)
+    expected = f"(n, {columns if columns is not None else 'd'})"
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape {expected}, one {row} per row. Received: shape={x.shape}")
+    if x.dtype == np.bool_:
+        x = x.astype(np.float32)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"{name} must hold real numbers. Received: dtype={x.dtype}, shape={x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must hold at least one row and one column. Received: shape={x.shape}")
+    if columns is not None and x.shape[1] != columns:
+        raise ValueError(f"{name} must have {columns} {unit} per row{why}. Received: shape={x.shape}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise ValueError(f"{name} must be finite. Received NaN or inf in {len(bad)} row(s), first at index {bad[:5].tolist()}")
+    return x
+
+
 def check_bow(bow, vocabulary_size, name="bow"):
     """Validates a batch of bag-of-words vectors; returns it as float32."""
-    array = np.asarray(bow)
-    if array.ndim != 2 or array.shape[1] != vocabulary_size:
-        raise ValueError(
-            f"{name} must have shape (None, {vocabulary_size}) (one bag-of-words vector per text). "
-            f"Received: shape={array.shape}"
-        )
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-            or array.dtype == bool):
-        raise ValueError(f"{name} must be numeric word counts or weights. Received: dtype={array.dtype}")
-    if len(array) == 0:
-        raise ValueError(f"{name} is empty: expected at least one row. Received: shape={array.shape}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
-        raise ValueError(f"{name} must be finite. Received NaN or inf in {len(bad)} row(s), first at index {bad[:5].tolist()}")
-    return array
+    array = check_matrix(bow, name, vocabulary_size, row="text", unit="words", why=" (the model's vocabulary)")
+    return array.astype(np.float32)
 
 
 class HashModel(keras.Model):
