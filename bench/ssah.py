@@ -1,6 +1,9 @@
 """SSAH on the Open Clip Art cross-modal protocol, beside CCA-ITQ on the same features.
 
-    .venv/bin/python bench/ssah.py [--bits 32 64] [--rounds 3] [--phase-epochs 5 5 5]
+    .venv/bin/python bench/ssah.py [--bits 32 64] [--rounds 3]
+
+The settings are the zoo's recipes (zoo/recipes/ssah_open_clip_art_BITS.json),
+run by `tfhash.recipes.run`.
 
 Open Clip Art (Debian openclipart-png/-svg): image-text pairs with multi-hot
 labels; 2,000 queries, 4,000 training pairs, database = every non-query pair
@@ -21,23 +24,31 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfhash import metrics, recipes  # noqa: E402
 from tfhash.baselines import CCAITQ  # noqa: E402
-from tfhash.callbacks import BestCheckpoint  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
-from tfhash.data.pipelines import cross_modal_batches  # noqa: E402
-from tfhash.evaluation import evaluate_cross_modal, validation_rows  # noqa: E402
-from tfhash.models import SSAH  # noqa: E402
-from tfhash import metrics  # noqa: E402
+from tfhash.evaluation import evaluate_cross_modal  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
 
 
-def rows(data, index):
-    return data.images[index], data.texts[index], data.labels[index]
+class ScoreUntrained(keras.callbacks.Callback):
+    """Both directions' scores of the freshly initialized encoders."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data, self.result = data, None
+
+    def on_train_begin(self, logs=None):
+        self.result = evaluate_cross_modal(self.model.image_encoder, self.model.text_encoder,
+                                           self.data.subset("query"), self.data.subset("database"))
 
 
 def cca_itq(data, bits, seed=0):
@@ -67,64 +78,32 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--phase-epochs", type=int, nargs=3, default=[5, 5, 5], metavar=("LABEL", "IMAGE", "TEXT"))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--output", default="bench/results/ssah.json")
     args = parser.parse_args()
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
 
-    start = time.time()
-    data = load_protocol("open_clip_art", image_size=args.image_size)
-    print(f"{data.protocol.description} Loaded in {time.time() - start:.1f} s.", flush=True)
-    train = data.subset("train")
-    val_query, val_database = validation_rows(data.split, size=500, seed=0)
-    val_query, val_database = rows(data, val_query), rows(data, val_database)
-
     results = {}
     for bits in args.bits:
+        recipe = json.loads((RECIPES / f"ssah_open_clip_art_{bits}.json").read_text())
+        recipe["train"]["rounds"] = args.rounds
+        if bits == args.bits[0]:
+            start = time.time()
+            data = load_protocol("open_clip_art", **recipe["data"])
+            print(f"{data.protocol.description} Loaded in {time.time() - start:.1f} s.", flush=True)
         baseline = cca_itq(data, bits)
-        keras.utils.set_random_seed(0)
-        model = SSAH(
-            bits=bits,
-            num_labels=data.labels.shape[1],
-            vocabulary_size=data.texts.shape[1],
-            num_train=len(train[0]),
-            input_shape=data.images.shape[1:],
-            label_epochs=args.phase_epochs[0],
-            image_epochs=args.phase_epochs[1],
-            text_epochs=args.phase_epochs[2],
-            balanced=args.balanced,
-        )
-        # From-scratch trunks need more than the paper's rates for a pretrained
-        # CNN-F (10^-4.5 image, 10^-3.5 text); LabNet and the discriminators keep theirs.
-        model.compile(image_optimizer=keras.optimizers.Adam(1e-3), text_optimizer=keras.optimizers.Adam(1e-3))
-        untrained = evaluate_cross_modal(model.image_encoder, model.text_encoder, data.subset("query"), data.subset("database"))
-
-        def validation(m):
-            r = evaluate_cross_modal(m.image_encoder, m.text_encoder, val_query, val_database)
-            return (r["image_to_text"]["map"] + r["text_to_image"]["map"]) / 2
-
-        best = BestCheckpoint(validation, name="val_map", every="round")
-        start = time.time()
-        history = model.fit(
-            cross_modal_batches(*train, args.batch_size, seed=0),
-            epochs=args.rounds * model.round_epochs,
-            callbacks=[best],
-            verbose=0,
-        ).history
-        seconds = time.time() - start
-        ours = evaluate_cross_modal(model.image_encoder, model.text_encoder, data.subset("query"), data.subset("database"))
+        untrained = ScoreUntrained(data)
+        result = recipes.run(recipe, data=data, callbacks=[untrained])
+        seconds, val = result.seconds, result.history.get("val_map")
         results[bits] = {
-            "ssah": summary(ours),
+            "ssah": {d: result.scores[m] for m, d in (("image", "image_to_text"), ("text", "text_to_image"))},
             "cca_itq": summary(baseline),
-            "untrained": summary(untrained),
-            "val_map_per_round": history.get("val_map"),
-            "best_round": best.best_epoch // model.round_epochs + 1,
+            "untrained": summary(untrained.result),
+            "val_map_per_round": val,
+            "best_round": int(np.argmax(val)) + 1,  # the round BestCheckpoint keeps
             "train_seconds": seconds,
+            "recipe": recipe,
         }
-        print(f"\n{bits} bits: trained {seconds:.0f} s, validation mAP per round {history.get('val_map')}, "
+        print(f"\n{bits} bits: trained {seconds:.0f} s, validation mAP per round {val}, "
               f"kept round {results[bits]['best_round']}")
         print("| direction | SSAH mAP@all | CCA-ITQ | untrained SSAH | SSAH P@100 | CCA-ITQ P@100 |")
         print("|---|---|---|---|---|---|")
