@@ -38,7 +38,6 @@ from tfhash.callbacks import GeneratedImageGrid  # noqa: E402
 from tfhash.data import draw_labelled, load_protocol  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
-SEED = 0
 
 
 def recipe(method, bits, **train):
@@ -66,7 +65,8 @@ def main():
 
     data = load_protocol("fashion_mnist")
     _, train_labels = data.subset("train")
-    labelled = draw_labelled(train_labels, args.fraction, seed=SEED)
+    # The labelled rows DSH-GAN's recipe draws (`recipes.run` uses its seed), so DHN gets the same 500.
+    labelled = draw_labelled(train_labels, args.fraction, seed=recipe("dsh_gan", args.bits)["seed"])
     few = dataclasses.replace(data, split=dataclasses.replace(data.split, train=data.split.train[labelled]))
     dhn_train = recipe("dhn", args.bits)["train"]
     full_steps = (len(data.split.train) // dhn_train["batch_size"]) * dhn_train["epochs"]
