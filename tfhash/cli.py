@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from tfhash.io import write_json
+
 # Quiet TF's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -87,7 +89,7 @@ def _evaluate(args):
         plot_precision_recall({f"{model.name}, {result['bits']} bits": result["pr_curve"]}, args.plot)
         print(f"wrote precision-recall plot to {args.plot}")
     if args.json:
-        _write_json(result, args.json)
+        write_json(result, args.json)
         print(f"wrote metrics to {args.json}")
 
 
@@ -157,13 +159,6 @@ def _search(args):
     else:
         for q in range(len(ids)):
             print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
-
-
-def _write_json(obj, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def build_parser():
@@ -278,7 +273,7 @@ def _reproduce(args):
         os.makedirs(args.output, exist_ok=True)
         for modality, encoder in result.encoders.items():
             encoder.save(os.path.join(args.output, f"{modality}_encoder.keras"))
-        _write_json({"recipe": recipe, "scores": result.scores, "train_seconds": result.seconds},
+        write_json({"recipe": recipe, "scores": result.scores, "train_seconds": result.seconds},
                     os.path.join(args.output, "scores.json"))
         print(f"wrote the encoders and scores.json to {args.output}")
 

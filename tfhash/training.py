@@ -1,7 +1,6 @@
 """Training runs: build a model under a strategy, fit it on a protocol's
 training split, and write the run (model + settings) to a directory."""
 
-import json
 import os
 import platform
 import time
@@ -11,6 +10,7 @@ import tensorflow as tf
 
 from tfhash.data import load_protocol, pairwise_batches
 from tfhash.distribute import get_strategy, is_chief
+from tfhash.io import write_json
 from tfhash.models import DHN
 
 MODELS = {"dhn": DHN}
@@ -116,10 +116,7 @@ def save_run(model, settings, history, output_dir):
             "python": platform.python_version(),
         },
     }
-    tmp = os.path.join(output_dir, RUN_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, os.path.join(output_dir, RUN_FILE))
+    write_json(record, os.path.join(output_dir, RUN_FILE))
 
 
 def load_model(path):

@@ -28,6 +28,8 @@ import tempfile
 import urllib.error
 from pathlib import Path
 
+from tfhash.io import write_json
+
 URL_ENV = "TFHASH_ZOO_URL"
 CACHE_ENV = "TFHASH_ZOO_CACHE"
 MANIFEST_ENV = "TFHASH_ZOO_MANIFEST"
@@ -188,7 +190,6 @@ def load(name, *, manifest=None):
     return model
 
 
-
 def _entry_names(recipe, encoders):
     """Single-modal recipes publish one entry, named like the recipe; cross-modal
     ones an `_image` and a `_text` entry."""
@@ -240,9 +241,7 @@ def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
             "config": encoder.get_config(),
             "train_seconds": result.seconds,
         }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(manifest, path, sort_keys=True)
     return sorted(names.values())
 
 

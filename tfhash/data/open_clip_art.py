@@ -62,6 +62,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from tfhash.io import write_json
+
 DEBIAN_DIR = "/usr/share/openclipart"
 ENV_VAR = "TFHASH_OPEN_CLIP_ART_DIR"
 CACHE_ENV_VAR = "TFHASH_CACHE_DIR"
@@ -341,11 +343,7 @@ def build_vocabulary(data_dir=None):
 def write_vocabulary(data_dir=None, path=VOCABULARY_PATH):
     """Rebuilds the vocabulary from the data and writes the committed JSON file."""
     vocabulary = build_vocabulary(data_dir)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(vocabulary, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(vocabulary, path, indent=1, ensure_ascii=False)
     load_vocabulary.cache_clear()
     return vocabulary
 

@@ -30,7 +30,7 @@ class BGANEncoder(ImageHashModel):
         input_shape: raw image shape, pixels 0-255.
         backbone: "small_cnn" or a `keras.applications` name.
         beta: initial beta of the annealed sign.
-        backbone_weights, dropout: as `DHN`.
+        backbone_weights, dropout: as `ImageHashModel`.
     """
 
     def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, beta=1.0, backbone_weights=None,
