@@ -1,8 +1,16 @@
-"""Atomic writes of the small JSON records the library persists (run records,
-scores, the zoo manifest, the vocabulary): a reader never sees half a file."""
+"""Where the library keeps its own files, and how it writes JSON records (run
+records, scores, the zoo manifest, the vocabulary): atomically, so a reader
+never sees half a file."""
 
 import json
 import os
+
+CACHE_ENV = "TFHASH_CACHE_DIR"
+
+
+def cache_dir():
+    """The data cache (decoded datasets, drawn splits): `$TFHASH_CACHE_DIR`, else ~/.cache/tfhash."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tfhash")
 
 
 def write_json(obj, path, **options):

@@ -62,11 +62,10 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from tfhash.io import write_json
+from tfhash.io import cache_dir as default_cache_dir, write_json
 
 DEBIAN_DIR = "/usr/share/openclipart"
 ENV_VAR = "TFHASH_OPEN_CLIP_ART_DIR"
-CACHE_ENV_VAR = "TFHASH_CACHE_DIR"
 INSTALL_HINT = "sudo apt-get install openclipart-png openclipart-svg"
 VOCABULARY_PATH = os.path.join(os.path.dirname(__file__), "splits", "open_clip_art_vocabulary.json")
 VOCABULARY_VERSION = 1
@@ -481,7 +480,7 @@ def _decode_all(directory, items, image_size):
 
 
 def _cache_path(cache_dir, image_size, key):
-    cache_dir = cache_dir or os.environ.get(CACHE_ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "tfhash")
+    cache_dir = cache_dir or default_cache_dir()
     return os.path.join(cache_dir, f"open_clip_art_{image_size}px_{key[:16]}.npz")
 
 

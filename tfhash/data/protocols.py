@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from tfhash.io import cache_dir
+
 SPLITS_DIR = os.path.join(os.path.dirname(__file__), "splits")
 FORMAT_VERSION = 1
 
@@ -218,8 +220,7 @@ class Protocol:
     def split_path(self):
         if self.committed:
             return os.path.join(SPLITS_DIR, f"{self.name}.npz")
-        cache = os.environ.get("TFHASH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tfhash")
-        return os.path.join(cache, "splits", f"{self.name}.npz")
+        return os.path.join(cache_dir(), "splits", f"{self.name}.npz")
 
     @property
     def metric_options(self):
