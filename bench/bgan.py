@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,8 +25,6 @@ import keras  # noqa: E402
 from tfhash import metrics, recipes  # noqa: E402
 from tfhash.baselines import LSH  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
-
-RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
 
 
 class ScoreEachEpoch(keras.callbacks.Callback):
@@ -71,7 +68,7 @@ def main():
     data = load_protocol("fashion_mnist")
     results = {}
     for bits in args.bits:
-        recipe = json.loads((RECIPES / f"bgan_fashion_mnist_{bits}.json").read_text())
+        recipe = recipes.published(f"bgan_fashion_mnist_{bits}")
         recipe["train"]["epochs"] = args.epochs
         score = ScoreEachEpoch(data)
         result = recipes.run(recipe, data=data, callbacks=[score])

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,12 +36,10 @@ from tfhash import recipes  # noqa: E402
 from tfhash.callbacks import GeneratedImageGrid  # noqa: E402
 from tfhash.data import draw_labelled, load_protocol  # noqa: E402
 
-RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
-
 
 def recipe(method, bits, **train):
     """The zoo's recipe for `method` at `bits`, with `train` settings replaced."""
-    settings = json.loads((RECIPES / f"{method}_fashion_mnist_{bits}.json").read_text())
+    settings = recipes.published(f"{method}_fashion_mnist_{bits}")
     settings["train"].update(train)
     return settings
 

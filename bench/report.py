@@ -19,7 +19,6 @@ Writes `OUTPUT/README.md` with:
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -41,8 +40,7 @@ def rows_from_manifest(manifest, rerun):
 
     rows, fresh = [], {}
     for name, entry in sorted(manifest["entries"].items()):
-        recipe_file = ROOT / "zoo" / entry["recipe"]
-        recipe = json.loads(recipe_file.read_text())
+        recipe = recipes.read(ROOT / "zoo" / entry["recipe"])
         measured = None
         if rerun:
             if recipe["name"] not in fresh:

@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,8 +34,6 @@ from tfhash import metrics, recipes  # noqa: E402
 from tfhash.baselines import CCAITQ  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.evaluation import evaluate_cross_modal  # noqa: E402
-
-RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
 
 
 class ScoreUntrained(keras.callbacks.Callback):
@@ -84,7 +81,7 @@ def main():
 
     results = {}
     for bits in args.bits:
-        recipe = json.loads((RECIPES / f"ssah_open_clip_art_{bits}.json").read_text())
+        recipe = recipes.published(f"ssah_open_clip_art_{bits}")
         recipe["train"]["rounds"] = args.rounds
         if bits == args.bits[0]:
             start = time.time()

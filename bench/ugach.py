@@ -42,7 +42,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -53,7 +52,6 @@ from tfhash.baselines import CCAITQ  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.neighbours import batch_similarity, correlation_graph  # noqa: E402
 
-RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
 SEED = 0
 
 
@@ -114,7 +112,7 @@ def main():
     data = load_protocol("open_clip_art", image_size=64)
     results = {}
     for bits in args.bits:
-        recipe = json.loads((RECIPES / f"ugach_open_clip_art_{bits}.json").read_text())
+        recipe = recipes.published(f"ugach_open_clip_art_{bits}")
         _, alone = ugach(recipe, data, args.epochs, args.pretrain_epochs, False)
         model, ours = ugach(recipe, data, args.epochs, args.pretrain_epochs, True)
         baseline, cca_seconds = cca_itq(model, data, bits)

@@ -313,3 +313,22 @@ def test_recipes_run_calls_the_callers_callbacks_each_epoch(method, train, digit
     result = recipes.run(recipe, data=digits, callbacks=[record])
     assert [epoch for epoch, _ in seen] == [0, 1] and "loss" in seen[0][1]
     assert result.history["loss"] and 0 < result.scores["image"]["map"] <= 1
+
+
+def test_recipes_are_read_checked_and_found_by_name(tmp_path):
+    from tfhash import recipes
+
+    recipe = recipes.published("dhn_fashion_mnist_32")
+    assert (recipe["method"], recipe["bits"], recipe["protocol"]) == ("dhn", 32, "fashion_mnist")
+    with pytest.raises(ValueError, match=r"No published recipe 'dhn_cifar_7'. Expected one of \[.*'dhn_fashion_mnist_32'"):
+        recipes.published("dhn_cifar_7")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x",')
+    with pytest.raises(ValueError, match=r"bad.json is not valid JSON"):
+        recipes.read(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"must hold a JSON object. Received: list"):
+        recipes.read(bad)
+    bad.write_text('{"name": "x", "method": "dhn"}')
+    with pytest.raises(ValueError, match=r"A recipe needs \['protocol', 'bits', 'seed'\]"):
+        recipes.read(bad)

@@ -12,7 +12,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -258,8 +257,7 @@ def _reproduce(args):
     from tfhash import recipes
     from tfhash.data import load_protocol
 
-    with open(args.recipe) as f:
-        recipe = json.load(f)
+    recipe = recipes.read(args.recipe)
     recipe.update({k: getattr(args, k) for k in ("protocol", "bits", "seed") if getattr(args, k) is not None})
     recipes.check(recipe)
     data = load_protocol(recipe["protocol"], args.data_dir, **recipe.get("data", {}))

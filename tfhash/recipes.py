@@ -15,12 +15,16 @@ cross-modal ones.
 """
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 
 METHODS = ("dhn", "bgan", "dsh_gan", "ssah", "ugach")
+# The published recipes, one per zoo entry (or pair of cross-modal entries).
+ZOO_RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
 
 
 @dataclasses.dataclass
@@ -58,6 +62,27 @@ def check(recipe):
     if recipe["method"] not in METHODS:
         raise ValueError(f"Unknown method {recipe['method']!r} in recipe {recipe['name']!r}. Expected one of {METHODS}")
     return recipe
+
+
+def read(path):
+    """A recipe from its JSON file, checked by `check`."""
+    path = Path(path)
+    try:
+        recipe = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"The recipe {path} is not valid JSON: {e}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"The recipe {path} must hold a JSON object. Received: {type(recipe).__name__}")
+    return check(recipe)
+
+
+def published(name):
+    """The zoo's recipe `name`, e.g. "dhn_fashion_mnist_32" (zoo/recipes/NAME.json)."""
+    path = ZOO_RECIPES / f"{name}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in ZOO_RECIPES.glob("*.json"))
+        raise ValueError(f"No published recipe {name!r}. Expected one of {names}")
+    return read(path)
 
 
 def run(recipe, data=None, callbacks=()):

@@ -216,7 +216,7 @@ def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
 
     zoo_dir = Path(zoo_dir or manifest_path().parent)
     recipe_path = Path(recipe_path)
-    recipe = recipes.check(json.loads(recipe_path.read_text()))
+    recipe = recipes.read(recipe_path)
     result = recipes.run(recipe, data=data)
     path = zoo_dir / "manifest.json"
     manifest = read_manifest(path) if path.exists() else {"format": MANIFEST_FORMAT, "base_url": None, "entries": {}}
@@ -258,8 +258,7 @@ def build(name, *, manifest_file=None, data=None):
 
     manifest_file = Path(manifest_file or manifest_path())
     item = entry(name, read_manifest(manifest_file))
-    recipe_file = (manifest_file.parent / item["recipe"]).resolve()
-    recipe = recipes.check(json.loads(recipe_file.read_text()))
+    recipe = recipes.read((manifest_file.parent / item["recipe"]).resolve())
     result = recipes.run(recipe, data=data)
     modality = next(m for m, n in _entry_names(recipe, result.encoders).items() if n == name)
     measured, expected = result.scores[modality]["map"], item["metric"]["value"]
