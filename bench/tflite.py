@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/tflite.py [RUN_DIR] [--bits 32]
 
-Loads a trained run (default: trains the `dhn_fashion_mnist` recipe at --bits),
+Loads a trained run (default: trains the zoo's `dhn_fashion_mnist_BITS` recipe),
 exports float32, dynamic-range int8 and full int8 (calibrated on 200 seeded
 training images) TFLite files and prints, for each, the fraction of code bits
 equal to the Keras codes over the 1,000 queries + 69,000 database images and
@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfhash import metrics, training  # noqa: E402
+from tfhash import metrics, recipes, training  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_tflite  # noqa: E402
 
@@ -27,14 +27,15 @@ from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_tflite  # noqa: E
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", help="run directory or .keras file (default: train one)")
-    parser.add_argument("--bits", type=int, default=32)
+    parser.add_argument("--bits", type=int, choices=[32, 64], default=32, help="the zoo recipe's code length")
     args = parser.parse_args()
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
     data = load_protocol("fashion_mnist")
     if args.run:
         model = training.load_model(args.run)
     else:
-        model, _ = training.train(**training.RECIPES["dhn_fashion_mnist"], bits=args.bits, data=data, verbose=0)
+        settings = training.recipe_settings(recipes.published(f"dhn_fashion_mnist_{args.bits}"))
+        model, _ = training.train(**settings, data=data, verbose=0)
     (xq, yq), (xd, yd) = data.subset("query"), data.subset("database")
     train, _ = data.subset("train")
     calibration = train[np.random.default_rng(0).choice(len(train), 200, replace=False)]

@@ -18,7 +18,7 @@ TINY = ["--protocol", "digits", "--bits", "16", "--epochs", "3", "--batch-size",
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    assert main(["train", "--recipe", "dhn_fashion_mnist", *TINY, "--output", out]) == 0
+    assert main(["train", "--recipe", "dhn_fashion_mnist_32", *TINY, "--output", out]) == 0
     return out
 
 
@@ -74,7 +74,10 @@ def test_encode_then_search_matches_brute_force(run_dir, tmp_path, capsys):
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["train", "--recipe", "nope", "--output", str(tmp_path / "r")]) == 2
-    assert "Unknown recipe 'nope'. Expected one of ['dhn_fashion_mnist']" in capsys.readouterr().err
+    assert "No published recipe 'nope'. Expected one of ['bgan_fashion_mnist_32'," in capsys.readouterr().err
+    # A recipe of another method: `train` trains DHN and says what runs the rest.
+    assert main(["train", "--recipe", "ugach_open_clip_art_32", "--output", str(tmp_path / "r")]) == 2
+    assert "recipe 'ugach_open_clip_art_32' is 'ugach'. Run it with `tfhash.recipes.run`" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing"), "--protocol", "digits"]) == 2
     assert "No model at" in capsys.readouterr().err
     bad = str(tmp_path / "q.npy")

@@ -38,9 +38,7 @@ MODEL_ARGS = ("alpha", "balanced", "quantization", "quantization_weight", "backb
 def _train(args):
     from tfhash import training
 
-    if args.recipe and args.recipe not in training.RECIPES:
-        raise ValueError(f"Unknown recipe {args.recipe!r}. Expected one of {sorted(training.RECIPES)}.")
-    recipe = dict(training.RECIPES.get(args.recipe, {}))
+    recipe = training.recipe_settings(_recipe(args.recipe)) if args.recipe else {}
     recipe.update(recipe.pop("model_kwargs", {}))
     # Command line first, then the recipe, then the papers' defaults.
     settings = {
@@ -57,6 +55,15 @@ def _train(args):
         verbose=2 if args.quiet else "auto",
     )
     print(f"saved model to {os.path.join(args.output, training.MODEL_FILE)}")
+
+
+def _recipe(name_or_path):
+    """A recipe from a JSON file, or the zoo's recipe of that name."""
+    from tfhash import recipes
+
+    if name_or_path.endswith(".json") or os.path.sep in name_or_path:
+        return recipes.read(name_or_path)
+    return recipes.published(name_or_path)
 
 
 def _evaluate(args):
@@ -167,7 +174,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a protocol's training split")
-    p.add_argument("--recipe", help="named settings, e.g. dhn_fashion_mnist (flags given override it)")
+    p.add_argument("--recipe", help="a zoo recipe name, e.g. dhn_fashion_mnist_32, or a recipe JSON file "
+                   "(flags given override it)")
     p.add_argument("--model", choices=["dhn"])
     p.add_argument("--protocol", help="dataset + committed split (default: fashion_mnist)")
     p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
@@ -228,7 +236,7 @@ def build_parser():
     add_export_commands(sub)
 
     p = sub.add_parser("reproduce", help="run a recipe on its protocol and print the scores (one command per table cell)")
-    p.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
+    p.add_argument("recipe", help="a zoo recipe name, e.g. dhn_fashion_mnist_32, or a recipe JSON file")
     p.add_argument("--protocol", help="another protocol with the same modalities, e.g. cifar10_54000")
     p.add_argument("--bits", type=int, help="another code length")
     p.add_argument("--seed", type=int, help="another seed")
@@ -257,7 +265,7 @@ def _reproduce(args):
     from tfhash import recipes
     from tfhash.data import load_protocol
 
-    recipe = recipes.read(args.recipe)
+    recipe = _recipe(args.recipe)
     recipe.update({k: getattr(args, k) for k in ("protocol", "bits", "seed") if getattr(args, k) is not None})
     recipes.check(recipe)
     data = load_protocol(recipe["protocol"], args.data_dir, **recipe.get("data", {}))

@@ -120,11 +120,8 @@ def _scores(encoders, data):
 def _dhn(recipe, data, model, train, callbacks):
     from tfhash import training
 
-    net, history = training.train(
-        "dhn", data.protocol.name, bits=recipe["bits"], epochs=train.get("epochs", 30),
-        batch_size=train.get("batch_size", 128), learning_rate=train.get("learning_rate", 1e-3),
-        seed=recipe["seed"], data=data, model_kwargs=model, callbacks=callbacks, verbose=0,
-    )
+    settings = {**training.recipe_settings(recipe), "protocol": data.protocol.name}
+    net, history = training.train(**settings, data=data, callbacks=callbacks, verbose=0)
     return net, {"image": net}, history.history
 
 

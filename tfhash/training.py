@@ -15,23 +15,23 @@ from tfhash.models import DHN
 
 MODELS = {"dhn": DHN}
 
-# Named training recipes: the settings behind the numbers we publish. Model
-# defaults follow the papers; a recipe records what we changed and why.
-RECIPES = {
-    "dhn_fashion_mnist": {
-        "model": "dhn",
-        "protocol": "fashion_mnist",
-        "epochs": 30,
-        "batch_size": 128,
-        "learning_rate": 1e-3,
-        "seed": 0,
-        # alpha 0.25 and balanced pairs (thulab's weighting) beat the paper's
-        # alpha 1 / unweighted (0.817) at 32 bits: 0.841, and 0.846 at 64 bits.
-        "model_kwargs": {"alpha": 0.25, "balanced": True, "quantization_weight": 0.1},
-    },
-}
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
+
+
+def recipe_settings(recipe):
+    """`train`'s keyword arguments from a recipe (`tfhash.recipes`), e.g. the
+    zoo's "dhn_fashion_mnist_32": its protocol, bits, seed, model and train settings."""
+    if recipe["method"] not in MODELS:
+        raise ValueError(
+            f"`train` trains {sorted(MODELS)}; recipe {recipe['name']!r} is {recipe['method']!r}. "
+            "Run it with `tfhash.recipes.run` (`tfhash reproduce`)."
+        )
+    unknown = sorted(set(recipe.get("train", {})) - {"epochs", "batch_size", "learning_rate"})
+    if unknown:
+        raise ValueError(f"Recipe {recipe['name']!r} has train settings `train` does not take: {unknown}")
+    return {"model": recipe["method"], "protocol": recipe["protocol"], "bits": recipe["bits"], "seed": recipe["seed"],
+            **recipe.get("train", {}), "model_kwargs": dict(recipe.get("model", {}))}
 
 
 def build_model(name, **kwargs):
