@@ -31,6 +31,13 @@ the reference where the paper is silent:
   that are relatives). Steps alternate: discriminator, then generator with the
   updated discriminator's reward on the same picks. The code alternates whole
   epochs (1 D, 2 G); per-step alternation runs under `model.fit`.
+- Generator's log-probability: the paper's p(x | q) is a softmax over the
+  candidates, and ours is. The code's generator loss takes the softmax over
+  only the two picks it feeds back (gen_model_nn.py's `gen_prob` over
+  `input_neg` in train_*.py's `train_generator`), so each update only shifts
+  probability between those two picks and the policy drifts slowly from its
+  start. Our closest measured setting is generator lr 1e-5 (near-uniform
+  picks; below).
 - Pre-training: the code starts the discriminator from one trained on the
   graph alone, with uniformly drawn negatives. `pretrain_steps` does that in
   the same run; `generator=False` trains that way throughout (the ablation).
