@@ -332,3 +332,19 @@ def test_recipes_are_read_checked_and_found_by_name(tmp_path):
     bad.write_text('{"name": "x", "method": "dhn"}')
     with pytest.raises(ValueError, match=r"A recipe needs \['protocol', 'bits', 'seed'\]"):
         recipes.read(bad)
+
+
+def test_a_dhn_recipe_becomes_train_settings_and_other_methods_are_refused():
+    from tfhash import recipes, training
+
+    # The zoo's 64-bit DHN recipe, field by field: what `tfhash train --recipe` and bench/dhn.py run.
+    assert training.recipe_settings(recipes.published("dhn_fashion_mnist_64")) == {
+        "model": "dhn", "protocol": "fashion_mnist", "bits": 64, "seed": 0,
+        "epochs": 30, "batch_size": 128, "learning_rate": 0.001,
+        "model_kwargs": {"alpha": 0.25, "balanced": True, "quantization_weight": 0.1},
+    }
+    with pytest.raises(ValueError, match=r"recipe 'ssah_open_clip_art_32' is 'ssah'. Run it with `tfhash.recipes.run`"):
+        training.recipe_settings(recipes.published("ssah_open_clip_art_32"))
+    rounds = {**recipes.published("dhn_fashion_mnist_32"), "train": {"epochs": 1, "rounds": 3}}
+    with pytest.raises(ValueError, match=r"train settings `train` does not take: \['rounds'\]"):
+        training.recipe_settings(rounds)
