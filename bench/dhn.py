@@ -21,7 +21,6 @@ from tfhash.data import load_protocol  # noqa: E402
 from tfhash.evaluation import evaluate_model  # noqa: E402
 
 
-
 def recipe(bits):
     """`training.train`'s settings of the zoo recipe at `bits` (the 32-bit one's at other lengths)."""
     name = f"dhn_fashion_mnist_{bits}" if bits in (32, 64) else "dhn_fashion_mnist_32"

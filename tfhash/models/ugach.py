@@ -34,10 +34,10 @@ the reference where the paper is silent:
 - Generator's log-probability: the paper's p(x | q) is a softmax over the
   candidates, and ours is. The code's generator loss takes the softmax over
   only the two picks it feeds back (gen_model_nn.py's `gen_prob` over
-  `input_neg` in train_*.py's `train_generator`), so each update only shifts
-  probability between those two picks and the policy drifts slowly from its
-  start. Our closest measured setting is generator lr 1e-5 (near-uniform
-  picks; below).
+  `input_neg` in train_*.py's `train_generator`), so each update weighs a
+  pick only against the other one, not against all candidates as REINFORCE's
+  log p(x | q) does. Our closest measured setting is generator lr 1e-5
+  (near-uniform picks; below).
 - Pre-training: the code starts the discriminator from one trained on the
   graph alone, with uniformly drawn negatives. `pretrain_steps` does that in
   the same run; `generator=False` trains that way throughout (the ablation).
