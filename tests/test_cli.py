@@ -78,6 +78,15 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     # A recipe of another method: `train` trains DHN and says what runs the rest.
     assert main(["train", "--recipe", "ugach_open_clip_art_32", "--output", str(tmp_path / "r")]) == 2
     assert "recipe 'ugach_open_clip_art_32' is 'ugach'. Run it with `tfhash.recipes.run`" in capsys.readouterr().err
+    # A recipe file's model options reach the model, so a misspelt one is an error, not ignored.
+    from tfhash import recipes
+
+    recipe = recipes.published("dhn_fashion_mnist_32")
+    recipe["model"]["alpah"] = 0.5
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(recipe))
+    assert main(["train", "--recipe", str(path), *TINY, "--output", str(tmp_path / "r")]) == 2
+    assert "Unrecognized keyword arguments passed to DHN: {'alpah': 0.5}" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing"), "--protocol", "digits"]) == 2
     assert "No model at" in capsys.readouterr().err
     bad = str(tmp_path / "q.npy")

@@ -39,13 +39,15 @@ def _train(args):
     from tfhash import training
 
     recipe = training.recipe_settings(_recipe(args.recipe)) if args.recipe else {}
-    recipe.update(recipe.pop("model_kwargs", {}))
+    recipe_model = recipe.pop("model_kwargs", {})
+    recipe.update(recipe_model)
     # Command line first, then the recipe, then the papers' defaults.
     settings = {
         key: getattr(args, key) if getattr(args, key) is not None else recipe.get(key, default)
         for key, default in TRAIN_DEFAULTS.items()
     }
-    model_kwargs = {key: settings.pop(key) for key in MODEL_ARGS}
+    # Recipe model options without a flag (e.g. backbone_weights) reach the model as given.
+    model_kwargs = {**recipe_model, **{key: settings.pop(key) for key in MODEL_ARGS}}
     training.train(
         **settings,
         strategy=args.strategy,
