@@ -244,6 +244,7 @@ def build_parser():
     p.add_argument("--seed", type=int, help="another seed")
     p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
     p.add_argument("--output", help="save the encoders (.keras) and scores (scores.json) here")
+    p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
     p.set_defaults(run=_reproduce)
 
     p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify, build, publish")
@@ -271,13 +272,15 @@ def _reproduce(args):
     recipe.update({k: getattr(args, k) for k in ("protocol", "bits", "seed") if getattr(args, k) is not None})
     recipes.check(recipe)
     data = load_protocol(recipe["protocol"], args.data_dir, **recipe.get("data", {}))
-    result = recipes.run(recipe, data=data)
+    result = recipes.run(recipe, data=data, strategy=args.strategy)
     print(data.protocol.description)
     for modality, score in result.scores.items():
         print(f"{recipe['name']} ({recipe['bits']} bits, {result.direction(modality)}): mAP {score['map']:.4f}, "
               f"P@100 {score['precision@100']:.4f}")
     print(f"trained in {result.seconds:.0f} s")
-    if args.output:
+    from tfhash.distribute import is_chief
+
+    if args.output and is_chief():  # one writer across workers
         os.makedirs(args.output, exist_ok=True)
         for modality, encoder in result.encoders.items():
             encoder.save(os.path.join(args.output, f"{modality}_encoder.keras"))

@@ -85,20 +85,30 @@ def published(name):
     return read(path)
 
 
-def run(recipe, data=None, callbacks=()):
+def run(recipe, data=None, callbacks=(), strategy="one_device"):
     """Trains and scores a recipe (see the module docstring); returns a `Result`.
 
-    `callbacks` are extra Keras callbacks for `fit` (the bench scripts' per-epoch
-    figures and image grids); they run after the recipe's own.
+    Args:
+        recipe: a recipe dict (`read`, `published`).
+        data: an already loaded `RetrievalData` (else the recipe's protocol is loaded).
+        callbacks: extra Keras callbacks for `fit` (the bench scripts' per-epoch
+            figures and image grids); they run after the recipe's own.
+        strategy: a name of `tfhash.distribute` ("one_device", the default;
+            "mirrored"; "multi_worker") or a `tf.distribute.Strategy`.
+            The recipe's batch sizes are global, and every method draws its
+            randomness for the global batch, so N replicas take the steps one
+            device takes (up to the order of the gradient all-reduce's sums).
     """
     from tfhash.data import load_protocol
+    from tfhash.distribute import get_strategy
 
     check(recipe)
     data = data or load_protocol(recipe["protocol"], **recipe.get("data", {}))
     keras.utils.set_random_seed(recipe["seed"])
+    dist = get_strategy(strategy) if isinstance(strategy, str) else strategy
     start = time.time()
     net, encoders, history = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}),
-                                                      list(callbacks))
+                                                      list(callbacks), dist)
     seconds = time.time() - start
     return Result(encoders, _scores(encoders, data), round(seconds, 1), net, history)
 
@@ -117,15 +127,15 @@ def _scores(encoders, data):
     }
 
 
-def _dhn(recipe, data, model, train, callbacks):
+def _dhn(recipe, data, model, train, callbacks, dist):
     from tfhash import training
 
     settings = {**training.recipe_settings(recipe), "protocol": data.protocol.name}
-    net, history = training.train(**settings, data=data, callbacks=callbacks, verbose=0)
+    net, history = training.train(**settings, data=data, callbacks=callbacks, strategy=dist, verbose=0)
     return net, {"image": net}, history.history
 
 
-def _bgan(recipe, data, model, train, callbacks):
+def _bgan(recipe, data, model, train, callbacks, dist):
     from tfhash.callbacks import BetaSchedule
     from tfhash.data import neighbour_batches
     from tfhash.models import BGAN
@@ -133,9 +143,10 @@ def _bgan(recipe, data, model, train, callbacks):
 
     images, _ = data.subset("train")  # the labels are dropped here
     neighbours = neighbour_structure(pixel_features(images), k1=train.get("k1", 20), k2=train.get("k2", 30))
-    net = BGAN(bits=recipe["bits"], input_shape=images.shape[1:], **model)
-    net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
-                d_optimizer=keras.optimizers.Adam(train.get("d_learning_rate", 1e-4)))
+    with dist.scope():
+        net = BGAN(bits=recipe["bits"], input_shape=images.shape[1:], **model)
+        net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
+                    d_optimizer=keras.optimizers.Adam(train.get("d_learning_rate", 1e-4)))
     betas, epochs = train.get("betas", [2, 5, 10, 15, 20]), train.get("epochs", 10)
     history = net.fit(
         neighbour_batches(images, neighbours, train.get("batch_size", 128), seed=recipe["seed"]),
@@ -144,34 +155,36 @@ def _bgan(recipe, data, model, train, callbacks):
     return net, {"image": net.encoder}, history
 
 
-def _dsh_gan(recipe, data, model, train, callbacks):
+def _dsh_gan(recipe, data, model, train, callbacks, dist):
     from tfhash.data import draw_labelled, semi_supervised_batches
     from tfhash.models import DSHGAN
 
     images, labels = data.subset("train")
     fraction = train.get("labelled_fraction", 1.0)
     labelled = np.ones(len(labels), bool) if fraction >= 1 else draw_labelled(labels, fraction, seed=recipe["seed"])
-    net = DSHGAN(bits=recipe["bits"], input_shape=images.shape[1:], num_classes=int(labels.max()) + 1,
-                 seed=recipe["seed"], **model)
-    net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
-                g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 2e-4), beta_1=0.5))
+    with dist.scope():
+        net = DSHGAN(bits=recipe["bits"], input_shape=images.shape[1:], num_classes=int(labels.max()) + 1,
+                     seed=recipe["seed"], **model)
+        net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
+                    g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 2e-4), beta_1=0.5))
     batches = semi_supervised_batches(images, labels, train.get("batch_size", 128), labelled=labelled,
                                       seed=recipe["seed"])
     history = net.fit(batches, epochs=train.get("epochs", 30), verbose=0, callbacks=callbacks).history
     return net, {"image": net.encoder}, history
 
 
-def _ssah(recipe, data, model, train, callbacks):
+def _ssah(recipe, data, model, train, callbacks, dist):
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import cross_modal_batches
     from tfhash.evaluation import evaluate_cross_modal, validation_rows
     from tfhash.models import SSAH
 
     images, texts, labels = data.subset("train")
-    net = SSAH(bits=recipe["bits"], num_labels=labels.shape[1], vocabulary_size=texts.shape[1],
-               num_train=len(labels), input_shape=images.shape[1:], **model)
-    net.compile(image_optimizer=keras.optimizers.Adam(train.get("image_learning_rate", 1e-3)),
-                text_optimizer=keras.optimizers.Adam(train.get("text_learning_rate", 1e-3)))
+    with dist.scope():
+        net = SSAH(bits=recipe["bits"], num_labels=labels.shape[1], vocabulary_size=texts.shape[1],
+                   num_train=len(labels), input_shape=images.shape[1:], **model)
+        net.compile(image_optimizer=keras.optimizers.Adam(train.get("image_learning_rate", 1e-3)),
+                    text_optimizer=keras.optimizers.Adam(train.get("text_learning_rate", 1e-3)))
     queries, database = validation_rows(data.split, size=500, seed=0)
 
     def rows(index):
@@ -189,7 +202,7 @@ def _ssah(recipe, data, model, train, callbacks):
     return net, {"image": net.image_encoder, "text": net.text_encoder}, history
 
 
-def _ugach(recipe, data, model, train, callbacks):
+def _ugach(recipe, data, model, train, callbacks, dist):
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import graph_batches
     from tfhash.evaluation import pair_retrieval_map, validation_rows
@@ -198,13 +211,14 @@ def _ugach(recipe, data, model, train, callbacks):
 
     images, texts, _ = data.subset("train")  # the labels are dropped here
     batch_size = train.get("batch_size", 256)
-    net = UGACH(bits=recipe["bits"], input_shape=images.shape[1:], vocabulary_size=texts.shape[1],
-                pretrain_steps=train.get("pretrain_epochs", 10) * (len(images) // batch_size), seed=recipe["seed"],
-                **model)
-    net.adapt(images)
+    with dist.scope():
+        net = UGACH(bits=recipe["bits"], input_shape=images.shape[1:], vocabulary_size=texts.shape[1],
+                    pretrain_steps=train.get("pretrain_epochs", 10) * (len(images) // batch_size), seed=recipe["seed"],
+                    **model)
+        net.adapt(images)
+        net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
+                    g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 1e-4)))
     graph = correlation_graph(net.image_features(images), texts.astype(np.float32), k=train.get("k", 5))
-    net.compile(optimizer=keras.optimizers.Adam(train.get("learning_rate", 1e-3)),
-                g_optimizer=keras.optimizers.Adam(train.get("g_learning_rate", 1e-4)))
     held_out, _ = validation_rows(data.split, size=500, seed=0)
     keep = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, data.images[held_out],
                                                        data.texts[held_out]), name="val_pair_map")
