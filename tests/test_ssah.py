@@ -83,7 +83,17 @@ def test_fit_alternates_phases_and_sets_unified_codes(digits):
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images))
     model.compile()
-    history = model.fit(cross_modal_batches(images, texts, labels, 50), epochs=3, verbose=0).history
+    seen = []
+    options = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(tf.config.optimizer.get_experimental_options()))
+    before = tf.config.optimizer.get_experimental_options()
+    history = model.fit(cross_modal_batches(images, texts, labels, 50), epochs=3, verbose=0,
+                        callbacks=[options]).history
+    # Every step runs with constant folding off (runs repeat; bench/ssah_repeat.py),
+    # and fit gives the process its Grappler options back (default: folding on).
+    assert len(seen) == 30 and all(o.get("constant_folding") is False for o in seen)
+    assert tf.config.optimizer.get_experimental_options().get("constant_folding", True) is before.get(
+        "constant_folding", True)
     # One phase per epoch: each logs its own losses, and the round's last epoch logs "round".
     assert len(history["label_loss"]) == 1 and len(history["image_loss"]) == 1 and len(history["text_loss"]) == 1
     assert history["round"] == [1]

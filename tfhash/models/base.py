@@ -1,6 +1,8 @@
 """What every tfhash model shares: encoding to packed codes, input checks,
 and the cross-replica gather that makes pairwise losses strategy-independent."""
 
+import contextlib
+
 import keras
 import numpy as np
 import scipy.sparse
@@ -23,6 +25,23 @@ def gather_across_replicas(*tensors):
     # ("destinations can not be empty"). Class ids below 2**24 are exact in float32.
     tensors = [t if t.dtype.is_floating else tf.cast(t, "float32") for t in tensors]
     return tuple(context.all_gather(t, axis=0) for t in tensors)
+
+
+@contextlib.contextmanager
+def with_grappler_options(options):
+    """Grappler's graph-rewrite switches (`tf.config.optimizer.set_experimental_options`)
+    for the block's `tf.function` calls, then the previous ones back.
+
+    TensorFlow reads them at each call, so a function traced before the block
+    runs with them inside it. They are process-wide: the block is not thread-safe.
+    """
+    before = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options(options)
+    try:
+        yield
+    finally:
+        # An option not set before reverts to Grappler's default, on (set_experimental_options cannot unset).
+        tf.config.optimizer.set_experimental_options({key: before.get(key, True) for key in options})
 
 
 def step_logs(model, metrics=None):

@@ -19,6 +19,17 @@ set. `SSAH.fit` drives this with `SSAHRounds`, one phase per epoch.
 Only the two modality encoders are exported; LabNet and the discriminators
 are the training harness.
 
+Runs repeat bit for bit from one process to the next because `fit` turns
+Grappler's constant folding off for its steps (`SSAH.grappler_options`). With
+it on, two runs of the same recipe parted after tens to hundreds of image
+steps, in one discriminator backward pass from identical weights, optimizer
+slots and batches, even with op determinism, oneDNN off and one thread; the
+optimized graphs themselves were identical in both processes, so the
+difference is in how a kernel of the folded graph runs. `bench/ssah_repeat.py`
+measures it: folding on, 2 runs of a shortened recipe parted at step 160 of
+248; off, they repeat, at 0.98x the time (0.95x for the full 32-bit recipe). The other four methods repeat with folding on (DHN pairs
+bit for bit; the GAN benches' re-runs to 4 digits), so only SSAH changes it.
+
 Where we differ from the official code (github.com/lelan-li/SSAH), each to
 follow the paper's math:
 - J1/J2 are the negative log-likelihoods softplus(theta) - S * theta. The
@@ -41,7 +52,14 @@ from keras import layers, ops
 
 from tfhash.layers import check_bits
 from tfhash.models.backbones import SMALL_CNN
-from tfhash.models.base import BowEncoder, ImageHashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.models.base import (
+    BowEncoder,
+    ImageHashModel,
+    build_for_fit,
+    gather_across_replicas,
+    record_losses,
+    with_grappler_options,
+)
 
 PHASES = ("label", "image", "text")
 # The official code's learning rates (Adam): 10^-2, 10^-4.5, 10^-3.5, 10^-3.
@@ -451,12 +469,18 @@ class SSAH(keras.Model):
             + [(self.d_optimizers[m], self.discriminators[m].trainable_variables) for m in ("image", "text")],
         )
 
+    # Constant folding off makes runs repeat (see the module docstring); set {}
+    # for TensorFlow's defaults.
+    grappler_options = {"constant_folding": False}
+
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, with `SSAHRounds` added to drive the phases."""
+        """`keras.Model.fit`, with `SSAHRounds` added to drive the phases, and
+        `SSAH.grappler_options` (constant folding off, so runs repeat) for its steps."""
         callbacks = list(callbacks or [])
         if not any(isinstance(c, SSAHRounds) for c in callbacks):
             callbacks.insert(0, SSAHRounds())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        with with_grappler_options(self.grappler_options):
+            return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def set_phase(self, phase):
         """Switches the compiled train step to `phase` ("label", "image" or "text")."""
