@@ -68,13 +68,12 @@ def main():
     if args.child:
         return child(args.bits, args.full, args.runs > 1, *args.child)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
-    seconds = {}
+    seconds, full = {}, ["--full"] if args.full else []
     with tempfile.TemporaryDirectory() as tmp:
         for folding in ("on", "off"):
             runs = []
             for i in range(args.runs):
                 out = os.path.join(tmp, f"{folding}{i}.json")
-                full = ["--full"] if args.full else []
                 subprocess.run([sys.executable, __file__, "--bits", str(args.bits), "--runs", str(args.runs), *full,
                                 "--child", folding, out], check=True)
                 with open(out) as f:

@@ -15,8 +15,10 @@ def get_strategy(name="one_device"):
         name: "one_device" (first GPU, else the CPU), "mirrored" (every local
             GPU, or every logical CPU device when there is no GPU), or
             "multi_worker" (`MultiWorkerMirroredStrategy`, cluster from the
-            `TF_CONFIG` environment variable).
+            `TF_CONFIG` environment variable); a strategy is returned as is.
     """
+    if isinstance(name, tf.distribute.Strategy):
+        return name
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={name!r}")
     if name == "one_device":

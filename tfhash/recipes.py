@@ -105,7 +105,7 @@ def run(recipe, data=None, callbacks=(), strategy="one_device"):
     check(recipe)
     data = data or load_protocol(recipe["protocol"], **recipe.get("data", {}))
     keras.utils.set_random_seed(recipe["seed"])
-    dist = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    dist = get_strategy(strategy)
     start = time.time()
     net, encoders, history = _RUNNERS[recipe["method"]](recipe, data, recipe.get("model", {}), recipe.get("train", {}),
                                                       list(callbacks), dist)

@@ -77,7 +77,7 @@ def train(
     keras.utils.set_random_seed(seed)
     data = data or load_protocol(protocol, data_dir)
     images, labels = data.subset("train")
-    dist = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    dist = get_strategy(strategy)
     settings = dict(
         model=model,
         protocol=data.protocol.name,
