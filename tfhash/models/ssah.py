@@ -27,8 +27,9 @@ slots and batches, even with op determinism, oneDNN off and one thread; the
 optimized graphs themselves were identical in both processes, so the
 difference is in how a kernel of the folded graph runs. `bench/ssah_repeat.py`
 measures it: folding on, 2 runs of a shortened recipe parted at step 160 of
-248; off, they repeat, at 0.98x the time (0.95x for the full 32-bit recipe). The other four methods repeat with folding on (DHN pairs
-bit for bit; the GAN benches' re-runs to 4 digits), so only SSAH changes it.
+248; off, they repeat, at 0.98x the time (0.95x for the full 32-bit
+recipe). The other four methods repeat with folding on (DHN pairs bit for
+bit; the GAN benches' re-runs to 4 digits), so only SSAH changes it.
 
 Where we differ from the official code (github.com/lelan-li/SSAH), each to
 follow the paper's math:
