@@ -51,12 +51,13 @@ def test_fit_learns_codes_that_retrieve_by_label(digits):
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_matches_one_device(digits, mirrored):
+@pytest.mark.parametrize("balanced", [False, True])
+def test_mirrored_strategy_matches_one_device(digits, mirrored, balanced):
     images, labels = digits.subset("train")
 
     def run(strategy):
         with strategy.scope():
-            model = _model(seed=7)
+            model = _model(seed=7, balanced=balanced)
             # SGD: Adam divides by tiny second moments and magnifies rounding noise.
             model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
         history = model.fit(pairwise_batches(images, labels, 64, seed=1), epochs=1, verbose=0)
@@ -64,8 +65,9 @@ def test_mirrored_strategy_matches_one_device(digits, mirrored):
 
     one, weights_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
     two, weights_two = run(mirrored)
-    # Pairs are formed over the gathered global batch, batch norm is synchronized and
-    # the loss is divided by the global batch size, so two replicas take the same steps
+    # Pairs are formed over the gathered global batch (and balanced by its counts),
+    # batch norm is synchronized and the loss is divided by the global batch size,
+    # so two replicas take the same steps
     # as one device: after one epoch (7 steps of 64) losses and weights agree up to
     # rounding (all-reduce sums in another order; measured ~1e-6).
     for key in ("loss", "pairwise_loss", "quantization_loss"):

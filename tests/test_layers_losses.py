@@ -59,6 +59,13 @@ def test_pairwise_cross_entropy_golden():
     #   (2 * 0.313262 + 0.693147) / 2 = 0.659836
     loss = PairwiseCrossEntropy(balanced=True)(z, labels, z, labels).numpy()
     np.testing.assert_allclose(loss, [0.659836, 0.659836], atol=1e-6)
+    # One replica's share (row 0) against the gathered columns z0, z1, z2 = (1, 0),
+    # (0, 1), (0, 1), classes 0, 1, 1: the balance is counted among the columns
+    # (9 pairs, 5 similar: weight 1.8), not row 0's (3 pairs, 1 similar: weight 3):
+    #   (1.8 * 0.313262 + 2 * 0.693147) / 3 = 0.650055 (row 0's count would give 0.775360)
+    columns, column_labels = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], "float32"), np.array([0, 1, 1])
+    loss = PairwiseCrossEntropy(balanced=True)(columns[:1], column_labels[:1], columns, column_labels).numpy()
+    np.testing.assert_allclose(loss, [0.650055], atol=1e-6)
     # alpha = 2 doubles t: with itself log(1 + e^2) - 2 = 0.126928; mean with log 2: 0.410038
     loss = PairwiseCrossEntropy(alpha=2.0)(z, labels, z, labels).numpy()
     np.testing.assert_allclose(loss, [0.410038, 0.410038], atol=1e-6)

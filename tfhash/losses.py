@@ -47,11 +47,15 @@ class PairwiseCrossEntropy:
             <z_i, z_j> ranges over [-K, K] and saturates the sigmoid.
         balanced: re-weight so positive and negative pairs weigh the same in
             total, as thulab/DeepHash does: similar pairs get weight
-            (pairs / similar pairs), dissimilar ones 1, computed per batch.
+            (pairs / similar pairs), dissimilar ones 1, both counted over the
+            pairs among the columns.
 
     Call:
         `loss(z, labels, z_columns, labels_columns)` returns one loss per row of
-        `z`: the weighted mean of l_ij over the columns j.
+        `z`: the weighted mean of l_ij over the columns j. With the columns the
+        batch gathered across replicas (and the rows one replica's share), the
+        balance counts are the global batch's, the same on every replica, so N
+        replicas take the steps one device takes.
     """
 
     def __init__(self, alpha=1.0, balanced=False):
@@ -65,9 +69,11 @@ class PairwiseCrossEntropy:
         t = self.alpha * ops.matmul(z, ops.transpose(z_columns))
         pair_loss = ops.softplus(t) - s * t
         if self.balanced:
-            # Weights from the whole (gathered) batch, so every replica uses the same.
-            total = ops.cast(ops.size(s), "float32")
-            similar = ops.maximum(ops.sum(s), 1.0)
+            # Counted among the columns (the gathered batch), not this replica's
+            # rows, so every replica weighs pairs alike.
+            among_columns = label_similarity(labels_columns, labels_columns)
+            total = ops.cast(ops.size(among_columns), "float32")
+            similar = ops.maximum(ops.sum(among_columns), 1.0)
             weights = 1.0 - s + s * (total / similar)
             pair_loss = pair_loss * weights
         return ops.mean(pair_loss, axis=1)
