@@ -102,13 +102,15 @@ def _one_batch(images, labels, flags):
     )
 
 
-def test_unlabelled_rows_feed_only_the_adversarial_stream(digits):
+@pytest.mark.parametrize("pairwise_weight", [0.0, 1.0])
+def test_unlabelled_rows_feed_only_the_adversarial_stream(digits, pairwise_weight):
     images, labels = digits.subset("train")
     images, labels = images[:40], labels[:40].astype(np.int32)
     flags = np.r_[np.ones(10), np.zeros(30)]
 
     def step(x, y):
-        model = _dsh_gan(seed=1)
+        # With the pairwise term, unlabelled rows are neither its rows nor its columns.
+        model = _dsh_gan(seed=1, pairwise_weight=pairwise_weight)
         logs = model.fit(_one_batch(x, y, flags), epochs=1, verbose=0).history
         return logs, model.get_weights()
 
@@ -123,6 +125,29 @@ def test_unlabelled_rows_feed_only_the_adversarial_stream(digits):
     # ...while another unlabelled image changes the discriminator's loss.
     logs_c, _ = step(np.concatenate([images[:10], 255 - images[10:]]), labels)
     assert logs_c["d_loss"] != logs["d_loss"]
+
+
+def test_pairwise_term_enters_the_shared_cnns_objective(digits):
+    images, labels = digits.subset("train")
+    images, labels = images[:40], labels[:40].astype(np.int32)
+    flags = np.r_[np.ones(10), np.zeros(30)]
+
+    def logs(pairwise_weight):
+        model = _dsh_gan(seed=1, pairwise_weight=pairwise_weight)
+        history = model.fit(_one_batch(images, labels, flags), epochs=1, verbose=0).history
+        return {key: value[0] for key, value in history.items()}
+
+    without, with_pairwise = logs(0.0), logs(2.0)
+    assert without["pairwise_loss"] == 0
+    # Same initial weights and draws, logged before the update: the objective grows by
+    # exactly twice the labelled rows' mean pairwise loss (the logged loss is a mean over
+    # all 40 rows, with the labelled terms scaled by 40 / 10 to their mean).
+    np.testing.assert_allclose(with_pairwise["loss"] - without["loss"], 2 * with_pairwise["pairwise_loss"], rtol=1e-4)
+    # Near-zero codes at initialization: every pair costs about log 2, and balancing
+    # weighs the mean up towards 2 log 2: the term is really there.
+    assert np.log(2) < with_pairwise["pairwise_loss"] < 2 * np.log(2)
+    for key in ("classification_loss", "triplet_loss", "d_loss"):
+        assert with_pairwise[key] == without[key]
 
 
 # Training
@@ -146,13 +171,13 @@ def test_fit_learns_codes_that_retrieve_with_all_and_few_labels(digits):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("generator_batch_norm", [False, True])
-def test_mirrored_strategy_matches_one_device(digits, mirrored, generator_batch_norm):
+@pytest.mark.parametrize("generator_batch_norm, pairwise_weight", [(False, 0.0), (True, 0.0), (False, 1.0)])
+def test_mirrored_strategy_matches_one_device(digits, mirrored, generator_batch_norm, pairwise_weight):
     images, labels = digits.subset("train")
 
     def run(strategy):
         with strategy.scope():
-            model = _dsh_gan(seed=3, generator_batch_norm=generator_batch_norm)
+            model = _dsh_gan(seed=3, generator_batch_norm=generator_batch_norm, pairwise_weight=pairwise_weight)
             model.compile(optimizer=keras.optimizers.SGD(0.01), g_optimizer=keras.optimizers.SGD(0.01))
         data = semi_supervised_batches(images, labels, 50, labelled_fraction=0.2, labelled_per_batch=20, seed=1)
         # Four steps: a GAN amplifies float rounding (the all-reduce sums in another
@@ -163,9 +188,9 @@ def test_mirrored_strategy_matches_one_device(digits, mirrored, generator_batch_
     one, weights_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
     two, weights_two = run(mirrored)
     # Noise and drawn classes are made for the global batch and sliced per replica,
-    # counts are gathered, batch norm (trunk, and generator if asked) is synchronized:
-    # both take the same steps.
-    for key in ("loss", "classification_loss", "triplet_loss", "d_loss", "g_loss"):
+    # counts are gathered, batch norm (trunk, and generator if asked) is synchronized,
+    # the pairwise term's columns are the gathered labelled rows: both take the same steps.
+    for key in ("loss", "classification_loss", "triplet_loss", "pairwise_loss", "d_loss", "g_loss"):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4)
     for a, b in zip(weights_two, weights_one):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

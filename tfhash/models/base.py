@@ -61,7 +61,10 @@ def record_losses(model, **per_example):
     pair for a loss that only some rows have (weights 0 elsewhere). Each
     tracker gets the local (weighted) mean with the local weight total, so the
     synced Mean is the global mean under any strategy. Trackers not named
-    (another phase's, in a model that alternates) are left alone.
+    (another phase's, in a model that alternates) are left alone; but then
+    Keras reports the replicas' local means averaged, not the synced means,
+    which is exact only for unweighted losses on equal shares: a weighted
+    loss that is sometimes off should be recorded as zeros instead.
     """
     trackers = [tracker for tracker in model.metrics if tracker.name in per_example]
     unknown = set(per_example) - {tracker.name for tracker in trackers}
