@@ -67,9 +67,9 @@ def test_mirrored_strategy_matches_one_device(digits, mirrored, balanced):
     two, weights_two = run(mirrored)
     # Pairs are formed over the gathered global batch (and balanced by its counts),
     # batch norm is synchronized and the loss is divided by the global batch size,
-    # so two replicas take the same steps
-    # as one device: after one epoch (7 steps of 64) losses and weights agree up to
-    # rounding (all-reduce sums in another order; measured ~1e-6).
+    # so two replicas take the same steps as one device: after one epoch (7 steps
+    # of 64) losses and weights agree up to rounding (all-reduce sums in another
+    # order; measured ~1e-6).
     for key in ("loss", "pairwise_loss", "quantization_loss"):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
     for a, b in zip(weights_two, weights_one):

@@ -102,11 +102,15 @@ def _one_batch(images, labels, flags):
     )
 
 
+def _ten_labelled_of_forty(digits):
+    """40 training images and labels, and flags marking the first 10 labelled."""
+    images, labels = digits.subset("train")
+    return images[:40], labels[:40].astype(np.int32), np.r_[np.ones(10), np.zeros(30)]
+
+
 @pytest.mark.parametrize("pairwise_weight", [0.0, 1.0])
 def test_unlabelled_rows_feed_only_the_adversarial_stream(digits, pairwise_weight):
-    images, labels = digits.subset("train")
-    images, labels = images[:40], labels[:40].astype(np.int32)
-    flags = np.r_[np.ones(10), np.zeros(30)]
+    images, labels, flags = _ten_labelled_of_forty(digits)
 
     def step(x, y):
         # With the pairwise term, unlabelled rows are neither its rows nor its columns.
@@ -128,9 +132,7 @@ def test_unlabelled_rows_feed_only_the_adversarial_stream(digits, pairwise_weigh
 
 
 def test_pairwise_term_enters_the_shared_cnns_objective(digits):
-    images, labels = digits.subset("train")
-    images, labels = images[:40], labels[:40].astype(np.int32)
-    flags = np.r_[np.ones(10), np.zeros(30)]
+    images, labels, flags = _ten_labelled_of_forty(digits)
 
     def logs(pairwise_weight):
         model = _dsh_gan(seed=1, pairwise_weight=pairwise_weight)

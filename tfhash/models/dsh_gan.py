@@ -332,13 +332,14 @@ class DSHGAN(EncoderHarness):
             )
         return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
-    def _pairwise(self, codes, targets, labelled):
+    def _pairwise(self, codes, targets, labelled_all):
         """DHN's pairwise loss of each row against the global batch's labelled rows.
 
+        `labelled_all` is the global batch's labelled flags (already gathered).
         The columns are held constant, as in DHN; unlabelled rows are not
         columns, and their own (row) losses are masked out by the caller.
         """
-        codes_all, targets_all, labelled_all = gather_across_replicas(codes, targets, labelled)
+        codes_all, targets_all = gather_across_replicas(codes, targets)
         keep = labelled_all > 0
         columns = tf.stop_gradient(tf.boolean_mask(codes_all, keep))
         return self.pairwise_loss(codes, targets, columns, tf.boolean_mask(targets_all, keep))
@@ -388,7 +389,7 @@ class DSHGAN(EncoderHarness):
             d_loss = self._is_real(adv_x, True) + 0.5 * (self._is_real(adv_pos, False) + self._is_real(adv_neg, False))
             supervised = self.classification_weight * classification + self.triplet_weight * triplet
             if self.pairwise_weight:
-                pairwise = self._pairwise(2.0 * h_x - 1.0, targets, labelled)
+                pairwise = self._pairwise(2.0 * h_x - 1.0, targets, labelled_all)
                 supervised += self.pairwise_weight * pairwise
             else:  # logged as 0: every tracker is updated, so Keras reports their synced means
                 pairwise = tf.zeros_like(triplet)
