@@ -15,6 +15,7 @@ cross-modal ones.
 """
 
 import dataclasses
+import importlib.resources
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 METHODS = ("dhn", "bgan", "dsh_gan", "ssah", "ugach")
 # The published recipes, one per zoo entry (or pair of cross-modal entries).
-ZOO_RECIPES = Path(__file__).resolve().parents[1] / "zoo" / "recipes"
+ZOO_RECIPES = Path(str(importlib.resources.files("tfhash.zoo") / "recipes"))
 
 
 @dataclasses.dataclass

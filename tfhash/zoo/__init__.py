@@ -1,6 +1,6 @@
 """The pretrained zoo: named encoders, downloaded, verified and cached.
 
-Each entry of the manifest (`zoo/manifest.json`) names a `.keras` file (the
+Each entry of the manifest (`tfhash/zoo/manifest.json`, package data) names a `.keras` file (the
 encoder only, ready for `encode` and export), its sha256 and size, the input
 contract, the code length and the mAP its recipe reached on the protocol it
 was measured on. Files come from a base URL (the manifest's `base_url`, or
@@ -21,6 +21,7 @@ and are loaded with `safe_mode=True`.
 """
 
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -43,8 +44,8 @@ class ZooError(Exception):
 
 
 def manifest_path():
-    """The manifest in use: `TFHASH_ZOO_MANIFEST`, else the repository's zoo/manifest.json."""
-    return Path(os.environ.get(MANIFEST_ENV) or Path(__file__).resolve().parents[1] / "zoo" / "manifest.json")
+    """The manifest in use: `TFHASH_ZOO_MANIFEST`, else the one shipped in the package."""
+    return Path(os.environ.get(MANIFEST_ENV) or importlib.resources.files(__name__) / "manifest.json")
 
 
 def read_manifest(path=None):
