@@ -83,15 +83,15 @@ def plot_map_vs_bits(rows, path):
 
 
 def plot_pr(rows, path):
-    from tfhash import zoo
     from tfhash.data import load_protocol
     from tfhash.evaluation import evaluate_model, plot_precision_recall
+    from tfhash.models import HashModel
 
     data = load_protocol("fashion_mnist")
     curves = {}
     for row in rows:
         if row["protocol"] == "fashion_mnist" and row["bits"] == 32:
-            result, _, _ = evaluate_model(zoo.load(row["entry"]), data)
+            result, _, _ = evaluate_model(HashModel.from_preset(row["entry"]), data)
             curves[f"{row['method']}, mAP {result['map']:.3f}"] = result["pr_curve"]
     plot_precision_recall(curves, path, title="Fashion-MNIST protocol, 32 bits")
     return sorted(curves)

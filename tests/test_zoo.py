@@ -173,6 +173,17 @@ def test_from_preset_checks_the_class(served, digits):
         BGANEncoder.from_preset(NAME)
 
 
+def test_load_needs_the_class_registered(tmp_path, monkeypatch):
+    # The zoo imports no model (the models import the zoo): an unregistered class is named, not imported.
+    entry = {"class": "Unregistered", "file": "x.keras", "sha256": "0" * 64, "size": 1, "bits": 16, "input": {},
+             "protocol": "digits", "metric": {}, "recipe": "recipes/x.json"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "entries": {"x": entry}}))
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(tmp_path / "manifest.json"))
+    with pytest.raises(zoo.ZooError, match=r"needs the class Unregistered registered: import tfhash.models first, "
+                                           r"or load it with tfhash.models.HashModel.from_preset\('x'\)"):
+        zoo.load("x")
+
+
 def test_malformed_manifests_are_refused(tmp_path, monkeypatch):
     path = tmp_path / "manifest.json"
     monkeypatch.setenv(zoo.MANIFEST_ENV, str(path))

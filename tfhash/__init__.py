@@ -1,3 +1,48 @@
-"""tfhash: deep learning to hash for TensorFlow 2 / Keras 3."""
+"""tfhash: deep learning to hash for TensorFlow 2 / Keras 3.
 
-__version__ = "0.1.0"
+`import tfhash` is light: the names below are imported on first use (PEP 562),
+so `tfhash.HammingIndex` or `tfhash.metrics` never load TensorFlow, and
+`tfhash.DHN` or `tfhash.train` load it then.
+
+    >>> import tfhash
+    >>> index = tfhash.HammingIndex(bits=32)
+    >>> encoder = tfhash.DHN.from_preset("dhn_fashion_mnist_32")
+"""
+
+import importlib
+
+from tfhash._version import __version__
+
+# name -> (module, attribute; None for the module itself). The modules of
+# tfhash import from their own modules, never these names from `tfhash`.
+_LAZY = {
+    "HammingIndex": ("tfhash.index", "HammingIndex"),
+    "metrics": ("tfhash.metrics", None),
+    "zoo": ("tfhash.zoo", None),
+    "methods": ("tfhash.registry", None),
+    "load_model": ("tfhash.training", "load_model"),
+    "train": ("tfhash.training", "train"),
+    "DHN": ("tfhash.models", "DHN"),
+    "BGAN": ("tfhash.models", "BGAN"),
+    "DSHGAN": ("tfhash.models", "DSHGAN"),
+    "SSAH": ("tfhash.models", "SSAH"),
+    "UGACH": ("tfhash.models", "UGACH"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    """Imports a name of the curated API on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tfhash' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = importlib.import_module(module)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})

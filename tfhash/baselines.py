@@ -26,8 +26,7 @@ import scipy.sparse
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 
-from tfhash.layers import check_bits
-from tfhash.models.base import check_matrix
+from tfhash.checks import check_bits, check_matrix
 
 # Rows projected per block when encoding: bounds the float64 copy of the
 # centred features (8192 x 12288 x 8 B = 0.8 GB at worst, 50 MB for 784-d).

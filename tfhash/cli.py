@@ -1,14 +1,16 @@
-"""The `tfhash` command: train, evaluate, encode and search.
+"""The `tfhash` command: train, evaluate, encode, search, export, serve, zoo.
 
-    tfhash train --model dhn --protocol fashion_mnist --bits 32 --output runs/dhn32
+    tfhash methods                       # the registered methods; `tfhash methods dhn`: its settings
+    tfhash train --method dhn --protocol fashion_mnist --bits 32 --alpha 0.25 --output runs/dhn32
+    tfhash train --recipe ssah_open_clip_art_32 --epochs 15 --output runs/ssah32
+    tfhash reproduce dhn_fashion_mnist_32          # the same path, printing the scores
     tfhash evaluate runs/dhn32 --plot runs/dhn32/pr.png
-    tfhash encode runs/dhn32 --part database --output db_codes.npy --index db.thi
+    tfhash encode runs/ssah32 --modality text --part database --output db_codes.npy --index db.thi
     tfhash search db.thi --queries query_codes.npy -k 10
     tfhash export savedmodel runs/dhn32 --name dhn32
     tfhash export tflite runs/dhn32 --quantization int8
     tfhash serve --base-dir export/models
     tfhash zoo list | download NAME | verify NAME | build NAME | publish RECIPE
-    tfhash reproduce zoo/recipes/dhn_fashion_mnist_32.json --protocol cifar10_54000
 """
 
 import argparse
@@ -22,83 +24,123 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _add_protocol_args(parser):
-    parser.add_argument("--protocol", default="fashion_mnist", help="dataset + committed split (default: %(default)s)")
+    parser.add_argument("--protocol", default=None,
+                        help="dataset + committed split (default: the run's, else fashion_mnist)")
     parser.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
 
 
-# Used where neither the command line nor a recipe sets a value (the papers' settings).
-TRAIN_DEFAULTS = {
-    "model": "dhn", "protocol": "fashion_mnist", "bits": 32, "epochs": 30, "batch_size": 128,
-    "learning_rate": 1e-3, "seed": 0, "alpha": 1.0, "balanced": False,
-    "quantization": "log_cosh", "quantization_weight": 0.1, "backbone": "small_cnn", "dropout": 0.0,
-}
-MODEL_ARGS = ("alpha", "balanced", "quantization", "quantization_weight", "backbone", "dropout")
+def _settings(extra):
+    """Method settings given as flags: `--name VALUE` (VALUE read as JSON: 0.25,
+    true, [2, 5]; else a string) or a bare `--name` for true."""
+    from tfhash.registry import parse_value
+
+    settings, i = {}, 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"expected a setting flag --NAME [VALUE]. Received: {token!r}")
+        key, _, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not value and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            value, i = extra[i + 1], i + 1
+        settings[key] = parse_value(value) if value else True
+        i += 1
+    return settings
 
 
-def _train(args):
+def _train(args, extra=()):
     from tfhash import training
 
-    recipe = training.recipe_settings(_recipe(args.recipe)) if args.recipe else {}
-    recipe_model = recipe.pop("model_kwargs", {})
-    recipe.update(recipe_model)
-    # Command line first, then the recipe, then the papers' defaults.
-    settings = {
-        key: getattr(args, key) if getattr(args, key) is not None else recipe.get(key, default)
-        for key, default in TRAIN_DEFAULTS.items()
-    }
-    # Recipe model options without a flag (e.g. backbone_weights) reach the model as given.
-    model_kwargs = {**recipe_model, **{key: settings.pop(key) for key in MODEL_ARGS}}
-    training.train(
-        **settings,
-        strategy=args.strategy,
-        output_dir=args.output,
-        data_dir=args.data_dir,
-        model_kwargs=model_kwargs,
-        verbose=2 if args.quiet else "auto",
+    recipe = getattr(args, "recipe", None)
+    settings = {**_settings(extra), "epochs": args.epochs}
+    result = training.train(
+        args.method, args.protocol, recipe=recipe, bits=args.bits, seed=args.seed, data_dir=args.data_dir,
+        strategy=args.strategy, output_dir=args.output, verbose=2 if args.quiet else "auto", **settings,
     )
-    print(f"saved model to {os.path.join(args.output, training.MODEL_FILE)}")
+    final = {key: values[-1] for key, values in result.history.items() if values and key.endswith("loss")}
+    loss = ", ".join(f"{key} {value:.4f}" for key, value in final.items())
+    print(f"{result.recipe['name']}: trained {result.recipe['method']} on {result.recipe['protocol']} "
+          f"({result.recipe['bits']} bits) in {result.seconds:.0f} s; final {loss}")
+    for modality, score in result.scores.items():
+        print(f"  mAP@all ({result.direction(modality)}): {score['map']:.4f}, P@100 {score['precision@100']:.4f}")
+    if args.output:
+        print(f"saved the run to {args.output}; evaluate it with: tfhash evaluate {args.output}")
 
 
-def _recipe(name_or_path):
-    """A recipe from a JSON file, or the zoo's recipe of that name."""
-    from tfhash import recipes
+def _methods(args):
+    from tfhash import registry
 
-    if name_or_path.endswith(".json") or os.path.sep in name_or_path:
-        return recipes.read(name_or_path)
-    return recipes.published(name_or_path)
+    if args.name is None:
+        rows = registry.table()
+        print(f"{'method':8s} {'title':8s} {'kind':16s} {'modalities':11s} paper")
+        for row in rows:
+            print(f"{row['method']:8s} {row['title']:8s} {row['kind']:16s} {row['modalities']:11s} {row['paper']}")
+        return
+    method = registry.get(args.name)
+    print(f"{method.title}: {method.kind}, {'+'.join(method.modalities)}. {method.paper}")
+    print(f"trainer {method.trainer}; batches: {method.batches}; scored by {method.scoring}")
+    print("settings (default):")
+    for key, value in sorted(method.defaults().items()):
+        print(f"  --{key} {value!r}")
+
+
+def _run_data(args):
+    """The protocol to score on: --protocol, else the run's (with its loader options)."""
+    from tfhash import training
+    from tfhash.data import load_protocol
+
+    recipe = ((training.read_run(args.model) if os.path.isdir(args.model) else None) or {}).get("recipe", {})
+    protocol = args.protocol or recipe.get("protocol") or "fashion_mnist"
+    options = recipe.get("data", {}) if protocol == recipe.get("protocol") else {}
+    return load_protocol(protocol, args.data_dir, **options)
 
 
 def _evaluate(args):
     from tfhash import training
-    from tfhash.data import load_protocol
-    from tfhash.evaluation import evaluate_model, plot_precision_recall
+    from tfhash.evaluation import evaluate_cross_modal, evaluate_model, plot_precision_recall
     from tfhash.index import HammingIndex
 
-    model = training.load_model(args.model)
-    data = load_protocol(args.protocol, args.data_dir)
-    print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
+    data = _run_data(args)
     # Unset, map_k and normalization are the protocol's (evaluate_model's default).
     chosen = {key: value for key, value in (("map_k", args.map_k), ("normalization", args.normalization))
               if value is not None}
-    result, query_codes, database_codes = evaluate_model(
-        model, data, verbose=1, ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **chosen
-    )
-    print(f"\n{data.protocol.description}")
-    print(f"mAP@{result['map_k']} ({result['protocol']['normalization']}, no_relevant={args.no_relevant}): "
-          f"{result['map']:.4f}")
-    for k in args.k:
-        print(f"P@{k}: {result[f'precision@{k}']:.4f}")
-    print(
-        f"precision / recall within radius {args.radius}: "
-        f"{result[f'precision@r{args.radius}']:.4f} / {result[f'recall@r{args.radius}']:.4f}"
-    )
-    _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
-    if args.plot:
-        plot_precision_recall({f"{model.name}, {result['bits']} bits": result["pr_curve"]}, args.plot)
-        print(f"wrote precision-recall plot to {args.plot}")
+    options = dict(ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **chosen)
+    print(f"{data.protocol.description}")
+    if "text" in data.protocol.modalities:
+        encoders = {m: training.load_model(args.model, m) for m in ("image", "text")}
+        print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database items")
+        results = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"),
+                                       data.subset("database"), **options)
+        directions = {"image": "image_to_text", "text": "text_to_image"}
+        chosen_directions = [directions[args.modality]] if args.modality else list(directions.values())
+        result = {direction: results[direction] for direction in chosen_directions}
+        for direction, r in result.items():
+            _print_scores(direction.replace("_to_", "->"), r, args)
+        if args.plot:
+            print("--plot draws single-modal runs only; the scores above are the cross-modal ones")
+    else:
+        if args.modality == "text":
+            raise ValueError(f"--modality text needs an image-text protocol. Received: {data.protocol.name}")
+        model = training.load_model(args.model)
+        print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
+        result, query_codes, database_codes = evaluate_model(model, data, verbose=0, **options)
+        _print_scores("image", result, args)
+        _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
+        if args.plot:
+            plot_precision_recall({f"{model.name}, {result['bits']} bits": result["pr_curve"]}, args.plot)
+            print(f"wrote precision-recall plot to {args.plot}")
     if args.json:
         write_json(result, args.json)
         print(f"wrote metrics to {args.json}")
+
+
+def _print_scores(direction, result, args):
+    print(f"{direction}: mAP@{result['map_k']} ({result['protocol']['normalization']}, "
+          f"no_relevant={args.no_relevant}): {result['map']:.4f}")
+    for k in args.k:
+        print(f"  P@{k}: {result[f'precision@{k}']:.4f}")
+    print(f"  precision / recall within radius {args.radius}: "
+          f"{result[f'precision@r{args.radius}']:.4f} / {result[f'recall@r{args.radius}']:.4f}")
 
 
 def _show_neighbours(data, query_codes, database_codes, query, index_class, k=10):
@@ -125,18 +167,19 @@ def _encode(args):
     import numpy as np
 
     from tfhash import training
-    from tfhash.data import load_protocol
     from tfhash.index import HammingIndex
 
-    model = training.load_model(args.model)
-    if args.images:
-        images = np.load(args.images, allow_pickle=False)
+    model = training.load_model(args.model, args.modality)
+    if args.inputs:
+        inputs = np.load(args.inputs, allow_pickle=False)
         ids = None
     else:
-        data = load_protocol(args.protocol, args.data_dir)
-        images, _ = data.subset(args.part)
+        data = _run_data(args)
+        part = data.subset(args.part)
+        # Image-text protocols give (images, texts, labels); the modality picks the column.
+        inputs = part[0] if args.modality == "image" else part[1]
         ids = getattr(data.split, args.part)
-    codes = model.encode(images, batch_size=args.batch_size, verbose=1)
+    codes = model.encode(inputs, batch_size=args.batch_size, verbose=1)
     if args.output:
         np.save(args.output, codes, allow_pickle=False)
         print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {args.output}")
@@ -169,37 +212,54 @@ def _search(args):
             print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
 
 
-def build_parser():
+SETTINGS_HELP = ("Any setting of the method is a flag too: --NAME VALUE, VALUE read as JSON (0.25, true, "
+                 "[2, 5]); `tfhash methods NAME` lists them and their defaults. Precedence: flags, then the "
+                 "recipe, then the method's defaults.")
+
+
+def _add_training_args(p):
     from tfhash.distribute import STRATEGIES
 
-    parser = argparse.ArgumentParser(prog="tfhash", description="Deep learning to hash with TensorFlow.")
+    p.add_argument("--protocol", help="dataset + committed split (default: the recipe's, else the method's)")
+    p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
+    p.add_argument("--bits", type=int, help="code length (default: the recipe's, else 32)")
+    p.add_argument("--seed", type=int, help="default: the recipe's, else 0")
+    p.add_argument("--epochs", type=int, help="default: the recipe's, else the method's")
+    p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+
+
+def build_parser():
+    from tfhash import registry
+
+    parser = argparse.ArgumentParser(prog="tfhash", description="Deep learning to hash with TensorFlow.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on a protocol's training split")
-    p.add_argument("--recipe", help="a zoo recipe name, e.g. dhn_fashion_mnist_32, or a recipe JSON file "
-                   "(flags given override it)")
-    p.add_argument("--model", choices=["dhn"])
-    p.add_argument("--protocol", help="dataset + committed split (default: fashion_mnist)")
-    p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
-    p.add_argument("--bits", type=int, help="code length (default: 32)")
-    p.add_argument("--epochs", type=int, help="default: 30")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: 128)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--seed", type=int, help="default: 0")
-    p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
-    p.add_argument("--backbone", help="small_cnn (default) or a keras.applications name")
-    p.add_argument("--dropout", type=float, help="default: 0")
-    p.add_argument("--alpha", type=float, help="inner-product scale of the pairwise loss (paper: 1)")
-    p.add_argument("--balanced", action="store_true", default=None, help="balance similar/dissimilar pairs")
-    p.add_argument("--quantization", choices=["log_cosh", "squared"], help="default: log_cosh (paper)")
-    p.add_argument("--quantization-weight", type=float, help="lambda (default: 0.1)")
-    p.add_argument("--output", required=True, help="run directory (model.keras, run.json)")
-    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    p.set_defaults(run=_train)
+    p = sub.add_parser("methods", help="the methods tfhash trains; with a NAME, its settings and defaults")
+    p.add_argument("name", nargs="?", choices=registry.names())
+    p.set_defaults(run=_methods)
 
-    p = sub.add_parser("evaluate", help="score a model on a protocol's queries and database")
+    p = sub.add_parser("train", help="train any method on a protocol's training split", epilog=SETTINGS_HELP,
+                       allow_abbrev=False)
+    p.add_argument("--method", choices=registry.names(), help="default: the recipe's")
+    p.add_argument("--recipe", help="a published recipe name, e.g. dhn_fashion_mnist_32, or a recipe JSON file")
+    _add_training_args(p)
+    p.add_argument("--output", required=True, help="run directory (run.json and one .keras per encoder)")
+    p.set_defaults(run=_train, takes_settings=True)
+
+    p = sub.add_parser("reproduce", help="train a recipe and print its scores (one command per table cell)",
+                       epilog=SETTINGS_HELP, allow_abbrev=False)
+    p.add_argument("recipe", help="a published recipe name, e.g. dhn_fashion_mnist_32, or a recipe JSON file")
+    _add_training_args(p)
+    p.add_argument("--output", help="also write the run directory here")
+    p.set_defaults(run=_train, takes_settings=True, method=None)
+
+    p = sub.add_parser("evaluate", help="score a run on a protocol's queries and database")
     p.add_argument("model", help="run directory or .keras file")
     _add_protocol_args(p)
+    p.add_argument("--modality", choices=["image", "text"], default=None,
+                   help="image-text runs: score image->text or text->image only (default: both)")
     p.add_argument("--map-k", type=int, default=None, help="mAP cut-off (default: the protocol's)")
     p.add_argument("-k", type=int, nargs="+", default=[100], help="precision@K cut-offs")
     p.add_argument("--radius", type=int, default=2)
@@ -211,11 +271,13 @@ def build_parser():
     p.add_argument("--json", help="write all metrics to this JSON file")
     p.set_defaults(run=_evaluate)
 
-    p = sub.add_parser("encode", help="encode images to packed binary codes")
+    p = sub.add_parser("encode", help="encode images (or texts) to packed binary codes")
     p.add_argument("model", help="run directory or .keras file")
     _add_protocol_args(p)
+    p.add_argument("--modality", choices=["image", "text"], default="image", help="which encoder of the run")
     p.add_argument("--part", choices=["query", "train", "database"], default="database")
-    p.add_argument("--images", help="a .npy array of raw images instead of a protocol part")
+    p.add_argument("--inputs", "--images", dest="inputs",
+                   help="a .npy array of raw images (or bags of words) instead of a protocol part")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--output", help="write codes to this .npy file")
     p.add_argument("--index", help="write a HammingIndex of the codes to this file")
@@ -237,56 +299,21 @@ def build_parser():
 
     add_export_commands(sub)
 
-    p = sub.add_parser("reproduce", help="run a recipe on its protocol and print the scores (one command per table cell)")
-    p.add_argument("recipe", help="a zoo recipe name, e.g. dhn_fashion_mnist_32, or a recipe JSON file")
-    p.add_argument("--protocol", help="another protocol with the same modalities, e.g. cifar10_54000")
-    p.add_argument("--bits", type=int, help="another code length")
-    p.add_argument("--seed", type=int, help="another seed")
-    p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
-    p.add_argument("--output", help="save the encoders (.keras) and scores (scores.json) here")
-    p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
-    p.set_defaults(run=_reproduce)
-
     p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify, build, publish")
     zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
     zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list)
     for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
                             ("verify", _zoo_verify, "check an entry's cached file against its sha256"),
-                            ("build", _zoo_build, "re-run an entry's recipe; check its mAP against the manifest")):
+                            ("build", _zoo_build, "re-train an entry's recipe; check its mAP against the manifest")):
         q = zoo_sub.add_parser(name, help=text)
         q.add_argument("name", help="entry name (see `tfhash zoo list`)")
         q.set_defaults(run=run)
-    q = zoo_sub.add_parser("publish", help="run a recipe; write its encoders and manifest entries (maintainers)")
-    q.add_argument("recipe", help="a recipe JSON file, e.g. zoo/recipes/dhn_fashion_mnist_32.json")
-    q.add_argument("--zoo-dir", default=None, help="folder with manifest.json and files/ (default: zoo/)")
+    q = zoo_sub.add_parser("publish", help="train a recipe; write its encoders and manifest entries (maintainers)")
+    q.add_argument("recipe", help="a recipe JSON file inside the zoo folder, e.g. tfhash/zoo/recipes/NAME.json")
+    q.add_argument("--zoo-dir", default=None, help="folder with manifest.json and files/ (default: the package's)")
     q.add_argument("--tolerance", type=float, default=0.01, help="mAP tolerance `build` allows (default: 0.01)")
     q.set_defaults(run=_zoo_publish)
     return parser
-
-
-def _reproduce(args):
-    from tfhash import recipes
-    from tfhash.data import load_protocol
-
-    recipe = _recipe(args.recipe)
-    recipe.update({k: getattr(args, k) for k in ("protocol", "bits", "seed") if getattr(args, k) is not None})
-    recipes.check(recipe)
-    data = load_protocol(recipe["protocol"], args.data_dir, **recipe.get("data", {}))
-    result = recipes.run(recipe, data=data, strategy=args.strategy)
-    print(data.protocol.description)
-    for modality, score in result.scores.items():
-        print(f"{recipe['name']} ({recipe['bits']} bits, {result.direction(modality)}): mAP {score['map']:.4f}, "
-              f"P@100 {score['precision@100']:.4f}")
-    print(f"trained in {result.seconds:.0f} s")
-    from tfhash.distribute import is_chief
-
-    if args.output and is_chief():  # one writer across workers
-        os.makedirs(args.output, exist_ok=True)
-        for modality, encoder in result.encoders.items():
-            encoder.save(os.path.join(args.output, f"{modality}_encoder.keras"))
-        write_json({"recipe": recipe, "scores": result.scores, "train_seconds": result.seconds},
-                    os.path.join(args.output, "scores.json"))
-        print(f"wrote the encoders and scores.json to {args.output}")
 
 
 def _zoo_list(args):
@@ -306,18 +333,18 @@ def _zoo_download(args):
 
 
 def _zoo_build(args):
-    from tfhash import zoo
+    from tfhash import publish
 
-    r = zoo.build(args.name)
+    r = publish.build(args.name)
     print(f"{r['entry']}: mAP {r['measured']:.4f}, manifest {r['expected']:.4f} (tolerance {r['tolerance']})")
     if not r["ok"]:
         raise ValueError(f"{r['entry']}: the rebuilt mAP is outside the manifest's tolerance")
 
 
 def _zoo_publish(args):
-    from tfhash import zoo
+    from tfhash import publish
 
-    for name in zoo.publish(args.recipe, zoo_dir=args.zoo_dir, tolerance=args.tolerance):
+    for name in publish.publish(args.recipe, zoo_dir=args.zoo_dir, tolerance=args.tolerance):
         print(f"published {name}")
 
 
@@ -332,9 +359,12 @@ def _zoo_verify(args):
 def main(argv=None):
     from tfhash.zoo import ZooError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_settings", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.run(args)
+        args.run(args, extra) if getattr(args, "takes_settings", False) else args.run(args)
     except (ValueError, OSError, ZooError) as error:  # OSError: missing files, a port in use
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -3,8 +3,6 @@
 import json
 import os
 
-import tensorflow as tf
-
 STRATEGIES = ("one_device", "mirrored", "multi_worker")
 
 
@@ -17,6 +15,8 @@ def get_strategy(name="one_device"):
             "multi_worker" (`MultiWorkerMirroredStrategy`, cluster from the
             `TF_CONFIG` environment variable); a strategy is returned as is.
     """
+    import tensorflow as tf  # here, so the CLI's parser can list STRATEGIES without it
+
     if isinstance(name, tf.distribute.Strategy):
         return name
     if name not in STRATEGIES:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from tfhash.layers import SignPack
-from tfhash.models.base import check_bow, check_images
+from tfhash.checks import check_bow, check_images
 
 SIGNATURE = "serving_default"
 QUANTIZATIONS = ("float32", "dynamic_int8", "int8")

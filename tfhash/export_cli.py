@@ -6,7 +6,6 @@
 Heavy imports happen inside the commands, so building the parser stays cheap.
 """
 
-import json
 import os
 
 DEFAULT_BASE_DIR = os.path.join("export", "models")
@@ -28,6 +27,7 @@ def add_export_commands(subparsers):
 
     p = formats.add_parser("savedmodel", help="SavedModel in TF Serving's layout BASE_DIR/NAME/VERSION/")
     p.add_argument("model", help="run directory or .keras file")
+    p.add_argument("--modality", choices=["image", "text"], default="image", help="which encoder of the run")
     p.add_argument("--base-dir", default=DEFAULT_BASE_DIR, help="directory that gets NAME/VERSION/ (default: %(default)s)")
     p.add_argument("--name", help="model name (default: the model's name, e.g. dhn)")
     p.add_argument("--version", type=int, help="version number (default: one above the highest existing)")
@@ -35,6 +35,7 @@ def add_export_commands(subparsers):
 
     p = formats.add_parser("tflite", help="TFLite file for LiteRT (builtin ops only)")
     p.add_argument("model", help="run directory or .keras file")
+    p.add_argument("--modality", choices=["image", "text"], default="image", help="which encoder of the run")
     p.add_argument("--output", help=f"the .tflite file (default: {DEFAULT_BASE_DIR}/NAME_QUANTIZATION.tflite)")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="float32", help="default: %(default)s")
     p.add_argument(
@@ -53,7 +54,7 @@ def _export_savedmodel(args):
     from tfhash import training
     from tfhash.export import SIGNATURE, export_savedmodel
 
-    model = training.load_model(args.model)
+    model = training.load_model(args.model, args.modality)
     path = export_savedmodel(model, args.base_dir, name=args.name, version=args.version)
     print(f"wrote SavedModel {path} (signature {SIGNATURE}: {_contract(model)})")
 
@@ -62,7 +63,7 @@ def _export_tflite(args):
     from tfhash import training
     from tfhash.export import export_tflite
 
-    model = training.load_model(args.model)
+    model = training.load_model(args.model, args.modality)
     output = args.output or os.path.join(DEFAULT_BASE_DIR, f"{model.name}_{args.quantization}.tflite")
     calibration, n, note = None, args.num_calibration, ""
     if args.quantization == "int8":
@@ -73,11 +74,14 @@ def _export_tflite(args):
         if n <= 0:
             raise ValueError(f"--num-calibration must be positive. Received: {n}")
         protocol = args.protocol or _run_protocol(args.model) or "fashion_mnist"
-        images, _ = load_protocol(protocol, args.data_dir).subset("train")
-        if images.shape[1:] != tuple(model.image_shape):
+        # Image-text protocols give (images, texts, labels): the modality picks the column.
+        part = load_protocol(protocol, args.data_dir, **_run_data_options(args.model, protocol)).subset("train")
+        images = part[0] if args.modality == "image" else part[1]
+        (spec,) = model.serving_inputs().values()
+        if images.shape[1:] != tuple(spec.shape[1:]):
             raise ValueError(
-                f"int8 calibrates on the {protocol} training images, of shape {images.shape[1:]}, but the model "
-                f"takes {tuple(model.image_shape)}: pass the protocol it was trained on with --protocol"
+                f"int8 calibrates on the {protocol} training {args.modality}s, of shape {images.shape[1:]}, but "
+                f"the model takes {tuple(spec.shape[1:])}: pass the protocol it was trained on with --protocol"
             )
         n = min(n, len(images))
         # A seeded sample of the training split: all classes, and the same file every time.
@@ -93,12 +97,19 @@ def _contract(model):
     return f"{inputs} -> codes float32 (None, {model.bits}), binary_codes uint8 (None, {model.bits // 8})"
 
 
+def _run_recipe(model_path):
+    """The recipe a run directory was trained with ({} for a bare .keras file)."""
+    from tfhash.training import read_run
+
+    return ((read_run(model_path) if os.path.isdir(model_path) else None) or {}).get("recipe", {})
+
+
 def _run_protocol(model_path):
     """The protocol a run directory was trained on (None for a bare .keras file)."""
-    from tfhash.training import RUN_FILE
+    return _run_recipe(model_path).get("protocol")
 
-    record = os.path.join(model_path, RUN_FILE)
-    if not os.path.isfile(record):
-        return None
-    with open(record) as f:
-        return json.load(f).get("settings", {}).get("protocol")
+
+def _run_data_options(model_path, protocol):
+    """The run's data loader options (e.g. image_size), when calibrating on its protocol."""
+    recipe = _run_recipe(model_path)
+    return recipe.get("data", {}) if recipe.get("protocol") == protocol else {}

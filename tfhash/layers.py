@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tfhash.checks import check_bits  # the models import it from here too
+
 
 @keras.saving.register_keras_serializable(package="tfhash")
 class HashLayer(keras.layers.Layer):
@@ -71,15 +73,6 @@ class SignPack(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], input_shape[-1] // 8)
-
-
-def check_bits(bits):
-    """Raises ValueError unless `bits` is a positive multiple of 8."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or bits <= 0 or bits % 8:
-        raise ValueError(
-            "bits must be a positive multiple of 8 (codes are packed to bytes). "
-            f"Received: bits={bits!r}"
-        )
 
 
 @keras.saving.register_keras_serializable(package="tfhash")

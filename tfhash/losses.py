@@ -7,6 +7,8 @@ every replica, so the loss equals the single-device loss (see
 `tfhash.models.base.gather_across_replicas`).
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -32,6 +34,36 @@ def label_similarity(labels_a, labels_b):
     return ops.cast(ops.greater(shared, 0), "float32")
 
 
+def balanced_pair_weights(s, counted, known=None):
+    """Pair weights under which similar and dissimilar pairs weigh half each.
+
+        w_ij = T / 2 * (s_ij / P + (1 - s_ij) / N)
+
+    with P, N the similar and dissimilar pairs counted in `counted` (T = P + N),
+    so the weights of a matrix like `counted` sum to T. DHN, BGAN and SSAH use
+    it under `balanced=True`.
+
+    Args:
+        s: (rows, columns) similarity of the pairs to weigh, 1 similar, 0 not
+            (a {-1, +1} matrix works too: values > 0 count as similar).
+        counted: the pairs that set P and N: the global batch's (gathered
+            across replicas), so every replica weighs pairs alike and N
+            replicas take one device's steps.
+        known: optional 0/1 mask of `counted` (and broadcast onto `s`):
+            pairs outside it weigh 0 and are not counted.
+
+    Returns:
+        weights shaped like `s`.
+    """
+    similar_s = ops.cast(ops.greater(s, 0), s.dtype)
+    similar = ops.cast(ops.greater(counted, 0), s.dtype)
+    known_counted = ops.ones_like(similar) if known is None else ops.cast(known, s.dtype) * ops.ones_like(similar)
+    positives = ops.maximum(ops.sum(similar * known_counted), 1.0)
+    negatives = ops.maximum(ops.sum((1.0 - similar) * known_counted), 1.0)
+    weights = 0.5 * (positives + negatives) * (similar_s / positives + (1.0 - similar_s) / negatives)
+    return weights if known is None else weights * ops.cast(known, s.dtype)
+
+
 @keras.saving.register_keras_serializable(package="tfhash")
 class PairwiseCrossEntropy:
     """DHN's pairwise cross-entropy on inner products of relaxed codes.
@@ -45,10 +77,8 @@ class PairwiseCrossEntropy:
         alpha: scale on the inner product. The paper uses 1; public code scales
             it down (DeepHash-pytorch uses 0.5) because with K bits
             <z_i, z_j> ranges over [-K, K] and saturates the sigmoid.
-        balanced: re-weight so positive and negative pairs weigh the same in
-            total, as thulab/DeepHash does: similar pairs get weight
-            (pairs / similar pairs), dissimilar ones 1, both counted over the
-            pairs among the columns.
+        balanced: re-weight so similar and dissimilar pairs weigh half each
+            (`balanced_pair_weights`), counted over the pairs among the columns.
 
     Call:
         `loss(z, labels, z_columns, labels_columns)` returns one loss per row of
@@ -65,17 +95,13 @@ class PairwiseCrossEntropy:
         self.balanced = bool(balanced)
 
     def __call__(self, z, labels, z_columns, labels_columns):
-        s = label_similarity(labels, labels_columns)
         t = self.alpha * ops.matmul(z, ops.transpose(z_columns))
+        s = ops.cast(label_similarity(labels, labels_columns), t.dtype)
         pair_loss = ops.softplus(t) - s * t
         if self.balanced:
-            # Counted among the columns (the gathered batch), not this replica's
-            # rows, so every replica weighs pairs alike.
-            among_columns = label_similarity(labels_columns, labels_columns)
-            total = ops.cast(ops.size(among_columns), "float32")
-            similar = ops.maximum(ops.sum(among_columns), 1.0)
-            weights = 1.0 - s + s * (total / similar)
-            pair_loss = pair_loss * weights
+            # Counted among the columns (the gathered batch), not this replica's rows.
+            among_columns = ops.cast(label_similarity(labels_columns, labels_columns), t.dtype)
+            pair_loss = pair_loss * balanced_pair_weights(s, among_columns)
         return ops.mean(pair_loss, axis=1)
 
     def get_config(self):
@@ -107,7 +133,7 @@ class QuantizationLoss:
         gap = ops.abs(z) - 1.0
         if self.variant == "log_cosh":
             # log cosh x = x + softplus(-2x) - log 2: stable for any x.
-            return ops.sum(gap + ops.softplus(-2.0 * gap) - ops.log(2.0), axis=-1)
+            return ops.sum(gap + ops.softplus(-2.0 * gap) - math.log(2.0), axis=-1)
         return ops.mean(ops.square(gap), axis=-1)
 
     def get_config(self):

@@ -1,116 +1,194 @@
-"""Training runs: build a model under a strategy, fit it on a protocol's
-training split, and write the run (model + settings) to a directory."""
+"""The one training path: any registered method, on any protocol with its
+modalities, from flags, a recipe and the method's defaults, to a run directory.
 
+    >>> result = train("dhn", "digits", bits=16, epochs=5, output_dir="runs/dhn16")
+    >>> result.scores["image"]["map"]
+    >>> encoder = load_model("runs/dhn16")
+
+A run directory is the same for every method:
+
+    run.json               the recipe that re-makes it (method, protocol, bits,
+                           seed, data options, every setting), the scores, the
+                           per-epoch history, the time and the library versions
+    image_encoder.keras    the exported image encoder (a `HashModel`)
+    text_encoder.keras     the text encoder, for image-text methods
+
+`tfhash evaluate`, `encode`, `export` and `zoo publish` read it.
+"""
+
+import dataclasses
 import os
 import platform
 import time
 
-import keras
-import tensorflow as tf
-
-from tfhash.data import load_protocol, pairwise_batches
-from tfhash.distribute import get_strategy, is_chief
+from tfhash import recipes, registry
+from tfhash._version import __version__
 from tfhash.io import write_json
-from tfhash.models import DHN
 
-MODELS = {"dhn": DHN}
-
-MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
+ENCODER_FILE = "{modality}_encoder.keras"
 
 
-def recipe_settings(recipe):
-    """`train`'s keyword arguments from a recipe (`tfhash.recipes`), e.g. the
-    zoo's "dhn_fashion_mnist_32": its protocol, bits, seed, model and train settings."""
-    if recipe["method"] not in MODELS:
-        raise ValueError(
-            f"`train` trains {sorted(MODELS)}; recipe {recipe['name']!r} is {recipe['method']!r}. "
-            "Run it with `tfhash.recipes.run` (`tfhash reproduce`)."
-        )
-    unknown = sorted(set(recipe.get("train", {})) - {"epochs", "batch_size", "learning_rate"})
-    if unknown:
-        raise ValueError(f"Recipe {recipe['name']!r} has train settings `train` does not take: {unknown}")
-    return {"model": recipe["method"], "protocol": recipe["protocol"], "bits": recipe["bits"], "seed": recipe["seed"],
-            **recipe.get("train", {}), "model_kwargs": dict(recipe.get("model", {}))}
+@dataclasses.dataclass
+class Result:
+    """What a training run produced.
+
+    Attributes:
+        recipe: the full recipe: {"name", "method", "protocol", "bits", "seed",
+            "data", "settings"} with every setting resolved.
+        encoders: {"image": HashModel} or {"image": ..., "text": ...}.
+        scores: {"image": {"map", "precision@100"}}; for image-text methods
+            "image" holds image->text (image queries) and "text" text->image.
+            Empty when scoring was off.
+        seconds: training time.
+        model: the trained model (the whole harness for the GAN methods).
+        history: `fit`'s per-epoch logs.
+    """
+
+    recipe: dict
+    encoders: dict
+    scores: dict
+    seconds: float
+    model: object = None
+    history: dict = dataclasses.field(default_factory=dict)
+
+    def direction(self, modality):
+        """What an encoder's score measures: "image", or "image->text" / "text->image"."""
+        if "text" not in self.encoders:
+            return "image"
+        return {"image": "image->text", "text": "text->image"}[modality]
 
 
-def build_model(name, **kwargs):
-    if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}. Expected one of {sorted(MODELS)}.")
-    return MODELS[name](**kwargs)
+def resolve(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data_options=None, **settings):
+    """The full recipe a run trains: flags (the arguments given) first, then
+    `recipe` (a dict, a file or a published name), then the method's defaults.
+
+    Raises:
+        ValueError: no method, a recipe of another method, an unknown setting
+            (naming the known ones) or a value of the wrong type.
+    """
+    recipe = recipes.load(recipe) if isinstance(recipe, (str, os.PathLike)) else dict(recipe or {})
+    method = method or recipe.get("method")
+    if method is None:
+        raise ValueError(f"Name a method (one of {registry.names()}) or a recipe.")
+    if recipe and recipe["method"] != method:
+        raise ValueError(f"Recipe {recipe['name']!r} trains {recipe['method']!r}, not {method!r}.")
+    record = registry.get(method)
+    resolved = {
+        "method": method,
+        "protocol": protocol or recipe.get("protocol") or record.protocol,
+        "bits": bits if bits is not None else recipe.get("bits", 32),
+        "seed": seed if seed is not None else recipe.get("seed", 0),
+        "data": {**recipe.get("data", {}), **(data_options or {})},
+        "settings": record.resolve({k: v for k, v in settings.items() if v is not None}, recipe.get("settings")),
+    }
+    changed = {k for k in ("protocol", "bits", "seed") if recipe and resolved[k] != recipe.get(k)}
+    name = recipe.get("name") if recipe and not changed else None
+    resolved["name"] = name or f"{method}_{resolved['protocol']}_{resolved['bits']}"
+    for key in ("bits", "seed"):
+        if not isinstance(resolved[key], int) or isinstance(resolved[key], bool) or resolved[key] < 0:
+            raise ValueError(f"{key} must be a non-negative int. Received: {key}={resolved[key]!r}")
+    return recipes.check(resolved)
 
 
-def train(
-    model="dhn",
-    protocol="fashion_mnist",
-    *,
-    bits=32,
-    epochs=30,
-    batch_size=128,
-    learning_rate=1e-3,
-    seed=0,
-    strategy="one_device",
-    output_dir=None,
-    data=None,
-    data_dir=None,
-    model_kwargs=None,
-    callbacks=None,
-    verbose="auto",
-):
-    """Trains a model on a protocol's training split.
+def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data=None, data_dir=None,
+          data_options=None, strategy="one_device", output_dir=None, callbacks=(), verbose="auto", score=True,
+          **settings):
+    """Trains a registered method and returns a `Result`.
 
     Args:
-        model: a key of `MODELS`.
-        protocol: a key of `tfhash.data.PROTOCOLS`.
-        bits: code length.
-        epochs, batch_size, learning_rate: the usual; batch_size is global.
-        seed: seeds weights, shuffling and dropout (`keras.utils.set_random_seed`).
-        strategy: "one_device", "mirrored" or "multi_worker" (see `tfhash.distribute`).
-        output_dir: where the chief writes `model.keras` and `run.json`.
-        data: an already loaded `RetrievalData` (else the protocol is loaded).
-        model_kwargs: extra constructor arguments of the model.
-        callbacks: Keras callbacks for `fit`.
-
-    Returns:
-        `(model, history)`.
+        method: a name of `tfhash.registry` ("dhn", "bgan", "dsh_gan", "ssah",
+            "ugach"); optional with a recipe.
+        protocol: a `tfhash.data` protocol with the method's modalities
+            (default: the recipe's, else the method's).
+        recipe: a recipe dict, a JSON file or a published name
+            (`tfhash.recipes.published_names()`).
+        bits, seed: code length (default 32) and seed (default 0) unless the
+            recipe says otherwise; the seed sets weights, batches and draws.
+        data: an already loaded protocol (`tfhash.data.load_protocol`).
+        data_dir, data_options: where the protocol's files are, and loader
+            options (e.g. {"image_size": 64}) over the recipe's.
+        strategy: "one_device", "mirrored", "multi_worker" or a
+            `tf.distribute.Strategy`. Batch sizes are global and every method
+            draws its randomness for the global batch, so N replicas take the
+            steps one device takes.
+        output_dir: the run directory; only the chief writes it.
+        callbacks: extra Keras callbacks, after the method's own.
+        verbose: `fit`'s verbosity.
+        score: score the encoders on the protocol's queries after training.
+        **settings: any setting of the method (`registry.get(method).defaults()`),
+            e.g. `epochs=5`, `alpha=0.25`; None leaves it to the recipe/default.
     """
-    keras.utils.set_random_seed(seed)
-    data = data or load_protocol(protocol, data_dir)
-    images, labels = data.subset("train")
+    import keras
+
+    from tfhash.data import load_protocol
+    from tfhash.distribute import get_strategy, is_chief
+
+    recipe = resolve(method, protocol, recipe=recipe, bits=bits, seed=seed, data_options=data_options, **settings)
+    record = registry.get(recipe["method"])
+    data = data or load_protocol(recipe["protocol"], data_dir, **recipe["data"])
+    _check_modalities(record, data.protocol)
+    keras.utils.set_random_seed(recipe["seed"])
     dist = get_strategy(strategy)
-    settings = dict(
-        model=model,
-        protocol=data.protocol.name,
-        bits=bits,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        strategy=strategy if isinstance(strategy, str) else type(strategy).__name__,
-        replicas=dist.num_replicas_in_sync,
-        model_kwargs=dict(model_kwargs or {}),
-    )
-    with dist.scope():
-        net = build_model(model, bits=bits, input_shape=images.shape[1:], **settings["model_kwargs"])
-        net.build((None, *images.shape[1:]))
-        net.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    dataset = pairwise_batches(images, labels, batch_size, seed=seed)
+    model_kwargs, train_settings = record.split(recipe["settings"])
+    plan = record.plan_function()(data, bits=recipe["bits"], seed=recipe["seed"], strategy=dist, model=model_kwargs,
+                                  train=train_settings)
     start = time.time()
-    history = net.fit(dataset, epochs=epochs, verbose=verbose, shuffle=False, callbacks=callbacks)  # shuffled already
-    settings["train_seconds"] = round(time.time() - start, 1)
+    # The pipelines shuffle (seeded) themselves.
+    history = plan.model.fit(plan.batches, epochs=plan.epochs, verbose=verbose, shuffle=False,
+                             callbacks=[*plan.callbacks, *callbacks]).history
+    seconds = round(time.time() - start, 1)
+    encoders = plan.model.encoders()
+    scores = score_encoders(encoders, data) if score else {}
+    result = Result(recipe, encoders, scores, seconds, plan.model, history)
     if output_dir and is_chief():
-        save_run(net, settings, history.history, output_dir)
-    return net, history
+        save_run(result, output_dir, strategy=dist)
+    return result
 
 
-def save_run(model, settings, history, output_dir):
+def _check_modalities(record, protocol):
+    if tuple(protocol.modalities) != tuple(record.modalities):
+        from tfhash.data.protocols import CROSS_MODAL_PROTOCOLS, PROTOCOLS
+
+        fitting = sorted(name for name, p in {**PROTOCOLS, **CROSS_MODAL_PROTOCOLS}.items()
+                         if tuple(p.modalities) == tuple(record.modalities))
+        raise ValueError(
+            f"{record.title} is a {'+'.join(record.modalities)} method: it needs a protocol with those modalities "
+            f"({fitting}). Received: {protocol.name!r} ({'+'.join(protocol.modalities)})"
+        )
+
+
+def score_encoders(encoders, data):
+    """mAP@all and P@100 of each encoder as the query side, on the protocol's queries."""
+    from tfhash.evaluation import evaluate_cross_modal, evaluate_model
+
+    if "text" not in encoders:
+        result, _, _ = evaluate_model(encoders["image"], data, curve=False)
+        return {"image": {"map": result["map"], "precision@100": result["precision@100"]}}
+    result = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"), data.subset("database"))
+    return {
+        modality: {"map": result[direction]["map"], "precision@100": result[direction]["precision@100"]}
+        for modality, direction in (("image", "image_to_text"), ("text", "text_to_image"))
+    }
+
+
+def save_run(result, output_dir, strategy=None):
+    """Writes a run directory (see the module docstring)."""
+    import keras
+    import tensorflow as tf
+
     os.makedirs(output_dir, exist_ok=True)
-    model.save(os.path.join(output_dir, MODEL_FILE))
+    for modality, encoder in result.encoders.items():
+        encoder.save(os.path.join(output_dir, ENCODER_FILE.format(modality=modality)))
     record = {
-        "settings": settings,
-        "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+        "recipe": result.recipe,
+        "scores": result.scores,
+        "train_seconds": result.seconds,
+        "strategy": type(strategy).__name__ if strategy is not None else None,
+        "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
+        "history": {k: [float(v) for v in vs] for k, vs in result.history.items()},
         "versions": {
-            "tfhash": __import__("tfhash").__version__,
+            "tfhash": __version__,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "python": platform.python_version(),
@@ -119,12 +197,32 @@ def save_run(model, settings, history, output_dir):
     write_json(record, os.path.join(output_dir, RUN_FILE))
 
 
-def load_model(path):
-    """Loads a trained model from a `.keras` file or a run directory."""
-    if os.path.isdir(path):
-        path = os.path.join(path, MODEL_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No model at {path}: expected a .keras file or a run directory")
+def read_run(run_dir):
+    """A run directory's `run.json` as a dict (None for a bare `.keras` file)."""
+    import json
+
+    path = os.path.join(run_dir, RUN_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_model(path, modality="image"):
+    """A trained encoder from a run directory (its `modality` encoder) or a `.keras` file."""
+    import keras
+
     import tfhash.models  # noqa: F401  (registers the classes for deserialization)
 
+    if os.path.isdir(path):
+        file = os.path.join(path, ENCODER_FILE.format(modality=modality))
+        if not os.path.exists(file):
+            found = sorted(f for f in os.listdir(path) if f.endswith(".keras"))
+            raise FileNotFoundError(
+                f"No {modality} encoder in the run directory {path}: expected "
+                f"{os.path.basename(file)}. Received: {found or 'no .keras file'}"
+            )
+        path = file
+    elif not os.path.exists(path):
+        raise FileNotFoundError(f"No model at {path}: expected a run directory or a .keras file")
     return keras.saving.load_model(path)

@@ -54,6 +54,7 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -67,7 +68,8 @@ from tfhash.io import cache_dir as default_cache_dir, write_json
 DEBIAN_DIR = "/usr/share/openclipart"
 ENV_VAR = "TFHASH_OPEN_CLIP_ART_DIR"
 INSTALL_HINT = "sudo apt-get install openclipart-png openclipart-svg"
-VOCABULARY_PATH = os.path.join(os.path.dirname(__file__), "splits", "open_clip_art_vocabulary.json")
+# Package data, found through the import system (a Path in a regular install).
+VOCABULARY_PATH = importlib.resources.files("tfhash.data") / "splits" / "open_clip_art_vocabulary.json"
 VOCABULARY_VERSION = 1
 # Bump when the decoded arrays change for the same files and vocabulary.
 CACHE_FORMAT_VERSION = 1

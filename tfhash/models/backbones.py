@@ -69,7 +69,7 @@ class Backbone(keras.layers.Layer):
         return tuple(self.trunk.input_shape[1:])
 
     def call(self, images, training=False):
-        x = self._preprocess(ops.cast(images, "float32"))
+        x = self._preprocess(ops.cast(images, self.compute_dtype))
         return self.trunk(x, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -137,12 +137,12 @@ class PixelPCA(keras.layers.Layer):
         if not self.built:
             self.build()
         pca = PCA(self.dims, svd_solver="randomized", random_state=self.seed).fit(flat.astype(np.float32) / 255.0)
-        self.mean.assign(pca.mean_.astype(np.float32))
-        self.components.assign(pca.components_.T.astype(np.float32))
+        self.mean.assign(pca.mean_.astype(self.variable_dtype))
+        self.components.assign(pca.components_.T.astype(self.variable_dtype))
         return self
 
     def call(self, images):
-        x = ops.reshape(ops.cast(images, "float32") / 255.0, (-1, self.pixels))
+        x = ops.reshape(ops.cast(images, self.compute_dtype) / 255.0, (-1, self.pixels))
         return ops.matmul(x - self.mean, self.components)
 
     def compute_output_shape(self, input_shape):

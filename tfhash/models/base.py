@@ -2,13 +2,13 @@
 and the cross-replica gather that makes pairwise losses strategy-independent."""
 
 import contextlib
+import dataclasses
 
 import keras
-import numpy as np
-import scipy.sparse
 import tensorflow as tf
 
-from tfhash.layers import SignPack, check_bits
+from tfhash.checks import check_bits, check_bow, check_images, check_matrix  # noqa: F401  (check_matrix: re-exported)
+from tfhash.layers import SignPack
 from tfhash.models.backbones import SMALL_CNN, Backbone
 
 
@@ -101,66 +101,6 @@ def build_for_fit(model, optimizers):
                 optimizer.build(variables)
 
 
-def check_images(images, input_shape, name="images"):
-    """Validates a batch of raw images; returns it as a NumPy array."""
-    array = np.asarray(images)
-    expected = (None, *input_shape)
-    if array.ndim != len(expected) or tuple(array.shape[1:]) != tuple(input_shape):
-        raise ValueError(
-            f"{name} must have shape {expected}. Received: shape={array.shape}"
-        )
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(
-            f"{name} must be a numeric array (uint8 or float pixels on a 0-255 scale). "
-            f"Received: dtype={array.dtype}"
-        )
-    if len(array) == 0:
-        raise ValueError(f"{name} is empty: expected at least one image. Received: shape={array.shape}")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
-        raise ValueError(
-            f"{name} must be finite. Received NaN or inf in {len(bad)} image(s), "
-            f"first at index {bad[:5].tolist()}"
-        )
-    return array
-
-
-def check_matrix(x, name, columns=None, row="item", unit="features", why=""):
-    """Validates a 2-D array of real numbers, one `row` per row: features for the
-    baselines, bags of words for text encoders. Sparse matrices are densified
-    and booleans become float32; returns the array.
-
-    Args:
-        columns: the required number of columns, or None for any.
-        unit: what a column holds, for the messages ("features", "words").
-        why: where `columns` comes from, appended to its message.
-    """
-    if scipy.sparse.issparse(x):
-        x = x.toarray()
-    x = np.asarray(x)
-    expected = f"(n, {columns if columns is not None else 'd'})"
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array of shape {expected}, one {row} per row. Received: shape={x.shape}")
-    if x.dtype == np.bool_:
-        x = x.astype(np.float32)
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ValueError(f"{name} must hold real numbers. Received: dtype={x.dtype}, shape={x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must hold at least one row and one column. Received: shape={x.shape}")
-    if columns is not None and x.shape[1] != columns:
-        raise ValueError(f"{name} must have {columns} {unit} per row{why}. Received: shape={x.shape}")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        raise ValueError(f"{name} must be finite. Received NaN or inf in {len(bad)} row(s), first at index {bad[:5].tolist()}")
-    return x
-
-
-def check_bow(bow, vocabulary_size, name="bow"):
-    """Validates a batch of bag-of-words vectors; returns it as float32."""
-    array = check_matrix(bow, name, vocabulary_size, row="text", unit="words", why=" (the model's vocabulary)")
-    return array.astype(np.float32)
-
-
 class HashModel(keras.Model):
     """Base class of hashing encoders: `call` gives relaxed codes z in
     [-1, 1]^bits; `encode` gives packed binary codes, `np.packbits(z >= 0)`.
@@ -171,10 +111,8 @@ class HashModel(keras.Model):
     bits: int
     image_shape: tuple
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None or self._compile_metrics or self._compile_loss:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        build_for_fit(self, lambda: [(self.optimizer, self.trainable_variables)])
+    # What a client must feed `serving_inputs`, for the zoo's input contract.
+    preprocessing = "raw pixels on a 0-255 scale; the model does its own preprocessing"
 
     @classmethod
     def from_preset(cls, name):
@@ -265,6 +203,8 @@ class BowEncoder(HashModel):
 
     vocabulary_size: int
 
+    preprocessing = "bag-of-words vector over the training vocabulary (tfhash.data protocol order)"
+
     def serving_inputs(self):
         return {"bow": tf.TensorSpec((None, self.vocabulary_size), tf.float32, name="bow")}
 
@@ -272,19 +212,97 @@ class BowEncoder(HashModel):
         return check_bow(bow, self.vocabulary_size, name)
 
 
-class EncoderHarness(keras.Model):
-    """Base of the GAN training harnesses (BGAN, DSH-GAN): an exported `encoder`
-    (a `HashModel`) plus the networks and optimizers that train it.
+def real_fake_loss(logits, real):
+    """Per-row sigmoid cross-entropy of discriminator logits (n,) against
+    "real" (target 1) or "fake" (target 0): every GAN in tfhash scores its
+    players with it."""
+    target = tf.ones_like(logits) if real else tf.zeros_like(logits)
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
 
-    `call`, `bits` and `image_shape` are the encoder's; `metrics` are one Mean
-    tracker per name in `loss_names`, which `record_losses` updates.
+
+def replica_share(draw, rows):
+    """This replica's `rows` of `draw(global_rows)`, a stateless random draw made
+    for the global batch: every replica makes the same draw and keeps its own
+    rows, so N replicas pair each row with the randomness one device uses."""
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    start = tf.cast(replica, "int32") * rows
+    return tf.nest.map_structure(lambda t: t[start : start + rows], draw(rows * replicas))
+
+
+@dataclasses.dataclass
+class TrainingPlan:
+    """What a method's `training_plan` returns (see `tfhash.registry`): a compiled
+    trainer, the batches its `fit` takes, the epochs and its own callbacks."""
+
+    model: object
+    batches: object
+    epochs: int
+    callbacks: list = dataclasses.field(default_factory=list)
+
+
+class Trainer(keras.Model):
+    """Base of every tfhash training model, in the keras-io GAN style.
+
+    - `loss_names`: one `Mean` tracker each, made here and listed by `metrics`,
+      so `fit` resets them every epoch; `record_losses` updates them.
+    - `optimizer_roles`: compile's optimizer arguments and their defaults,
+      e.g. {"optimizer": "adam", "d_optimizer": "adam"}; `compile` keeps each
+      as an attribute of that name, and `optimizer_variables` says what each trains.
+    - Model and optimizers are built inside the strategy's scope before `fit`
+      (`build_for_fit`), once for every subclass.
+    - `encoders()`: what is exported, by modality ("image", "text"); a method,
+      not a property, so Keras's saving walk does not follow it back to the model.
+
+    The losses are the model's own: `compile` refuses `loss` and `metrics`.
     """
 
-    loss_names = ()
+    loss_names = ("loss",)
+    optimizer_roles = {"optimizer": "adam"}
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def encoders(self):
+        """{"image": encoder} (and "text" for image-text methods): the exported `HashModel`s."""
+        return {"image": self.encoder}
+
+    def compile(self, **kwargs):
+        """Takes one optimizer per role in `optimizer_roles` (a name, an
+        instance, or None for the role's default) and Keras's other options."""
+        given = [name for name in ("loss", "metrics", "loss_weights", "weighted_metrics") if kwargs.get(name)]
+        if given:
+            raise ValueError(
+                f"{type(self).__name__} computes its own losses; compile takes optimizers only "
+                f"({sorted(self.optimizer_roles)}). Received: {given}"
+            )
+        optimizers = {}
+        for role, default in self.optimizer_roles.items():
+            optimizer = kwargs.pop(role, None)
+            optimizer = default() if optimizer is None and callable(default) else optimizer or default
+            optimizers[role] = keras.optimizers.get(optimizer)
+        super().compile(optimizer=optimizers.pop("optimizer"), **kwargs)
+        for role, optimizer in optimizers.items():
+            setattr(self, role, optimizer)
+
+    def optimizer_variables(self):
+        """(optimizer, variables) per role; by default `optimizer` trains all."""
+        return [(self.optimizer, self.trainable_variables)]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        build_for_fit(self, self.optimizer_variables)
+
+
+class EncoderHarness(Trainer):
+    """Base of the GAN training harnesses (BGAN, DSH-GAN): an exported `encoder`
+    (an image `HashModel`) plus the networks and optimizers that train it;
+    `call`, `bits` and `image_shape` are the encoder's."""
 
     @property
     def bits(self):
@@ -296,7 +314,3 @@ class EncoderHarness(keras.Model):
 
     def call(self, images, training=False):
         return self.encoder(images, training=training)
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())

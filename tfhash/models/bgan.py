@@ -1,11 +1,29 @@
 """BGAN: Binary Generative Adversarial Networks for image retrieval (Song et al., AAAI 2018).
 
-Unsupervised. An encoder maps an image to K bits through `AnnealedSign`
-(tanh(beta z) in training, sign at inference); a generator reconstructs the
-image from the bits; a discriminator tells real images from reconstructions.
-The codes learn the neighbour structure S of a fixed feature space
-(`tfhash.neighbours`), the pixel and discriminator-feature content of the
-image, and to fool the discriminator. No labels are used.
+Unsupervised, images. An encoder maps an image x to z (K units) and to
+b = tanh(beta z) in training, sign(z) at inference (`AnnealedSign`: beta
+grows, so tanh(beta z) -> sign z). A generator G reconstructs x from b; a
+discriminator D tells x from G(b). No labels: S_ij = +1 when j is one of i's
+K1 nearest or K2 second-order neighbours in a fixed feature space
+(`tfhash.neighbours`), else -1. The encoder and G minimize
+
+    neighbour_weight   * mean_j (<b_i, b_j> / K - S_ij)^2
+  + content_weight     * (mean (x - G(b))^2 + mean (D_f(x) - D_f(G(b)))^2)   (D_f: D's last conv)
+  + adversarial_weight * -log D(G(b))
+
+and D minimizes -log D(x) - log(1 - D(G(b))); the two updates alternate each step.
+
+Choices, one line each:
+- Annealing: `BetaSchedule` really advances beta (the official code lists [2, 5, 10, 15, 20] but never advances it).
+- Feature space for S: PCA of the pixels (`pixel_features`); the paper's 2048-d CNN features need ImageNet weights.
+- Pair weights: `balanced=True` weighs neighbour and non-neighbour pairs equally; the paper does not.
+- Pairs: each row against the global batch, columns held constant.
+- Quantization: none beyond the annealing (the code adds mean((Z - sign Z)^2)).
+- Networks: a small CNN encoder (the paper: VGG19-like), a dense + two transposed-conv generator, a two-conv D.
+
+Defaults: bits 32, beta 1 (then the schedule's), weights 1 / 1 / 0.01,
+balanced False. The recipes (`bgan_fashion_mnist_32`, `_64`) set balanced,
+K1 20, K2 30, beta 2 to 20 over 10 epochs. What was measured: docs/methods/bgan.md.
 
 Only `BGAN.encoder` (a `HashModel`) is exported; the generator and the
 discriminator are the training harness.
@@ -17,7 +35,15 @@ from keras import layers
 
 from tfhash.layers import AnnealedSign
 from tfhash.models.backbones import SMALL_CNN, image_generator
-from tfhash.models.base import EncoderHarness, ImageHashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.losses import balanced_pair_weights
+from tfhash.models.base import (
+    EncoderHarness,
+    ImageHashModel,
+    TrainingPlan,
+    gather_across_replicas,
+    real_fake_loss,
+    record_losses,
+)
 from tfhash.neighbours import batch_similarity
 
 
@@ -83,7 +109,7 @@ class BGAN(EncoderHarness):
         bits, input_shape, backbone, beta: as `BGANEncoder`.
         neighbour_weight, content_weight, adversarial_weight: loss weights.
         balanced: weigh neighbour and non-neighbour pairs equally in the
-            neighbour loss (the paper does not; see the bench).
+            neighbour loss (the paper does not; see docs/methods/bgan.md).
 
     Examples:
     >>> model = BGAN(bits=32, input_shape=(28, 28, 1))
@@ -94,6 +120,7 @@ class BGAN(EncoderHarness):
     """
 
     loss_names = ("loss", "neighbour_loss", "content_loss", "adversarial_loss", "d_loss")
+    optimizer_roles = {"optimizer": "adam", "d_optimizer": "adam"}
 
     def __init__(
         self,
@@ -121,24 +148,16 @@ class BGAN(EncoderHarness):
             self.encoder.build()
         self.built = True
 
-    def compile(self, optimizer="adam", d_optimizer="adam", **kwargs):
+    def optimizer_variables(self):
         """`optimizer` trains encoder + generator, `d_optimizer` the discriminator."""
-        super().compile(optimizer=optimizer, **kwargs)
-        self.d_optimizer = keras.optimizers.get(d_optimizer)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        build_for_fit(
-            self,
-            lambda: [
-                (self.optimizer, self.encoder.trainable_variables + self.generator.trainable_variables),
-                (self.d_optimizer, self.discriminator.trainable_variables),
-            ],
-        )
+        return [
+            (self.optimizer, self.encoder.trainable_variables + self.generator.trainable_variables),
+            (self.d_optimizer, self.discriminator.trainable_variables),
+        ]
 
     def train_step(self, data):
         images, (ids, neighbours) = data
-        real = tf.cast(images, "float32") / 255.0
-        bce = keras.losses.binary_crossentropy
+        real = tf.cast(images, self.compute_dtype) / 255.0
         ids_all, neighbours_all = gather_across_replicas(ids, neighbours)
         global_batch = tf.shape(ids_all)[0]
 
@@ -147,9 +166,7 @@ class BGAN(EncoderHarness):
             fake = self.generator(self.encoder(images, training=True), training=True)
             real_logit, _ = self.discriminator(real, training=True)
             fake_logit, _ = self.discriminator(tf.stop_gradient(fake), training=True)
-            d_per_example = bce(tf.ones_like(real_logit), real_logit, from_logits=True) + bce(
-                tf.zeros_like(fake_logit), fake_logit, from_logits=True
-            )
+            d_per_example = real_fake_loss(real_logit[:, 0], True) + real_fake_loss(fake_logit[:, 0], False)
             d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
@@ -161,22 +178,20 @@ class BGAN(EncoderHarness):
             fake_logit, fake_features = self.discriminator(fake, training=False)
             _, real_features = self.discriminator(real, training=False)
             (b_all,) = gather_across_replicas(b)
-            s = batch_similarity(ids, neighbours, ids_all, neighbours_all)
+            s = tf.cast(batch_similarity(ids, neighbours, ids_all, neighbours_all), b.dtype)
             products = tf.matmul(b, tf.stop_gradient(b_all), transpose_b=True) / self.bits
             pair_loss = tf.square(products - s)
             if self.balanced:
                 # A random batch holds about (K1 + K2) / n of neighbours: without
                 # weights S is nearly all -1 and the loss ignores the neighbours.
-                similar = tf.cast(s > 0, "float32")
-                total = tf.cast(tf.size(s), "float32")
-                positives = tf.maximum(tf.reduce_sum(similar), 1.0)
-                negatives = tf.maximum(total - positives, 1.0)
-                pair_loss *= 0.5 * total * (similar / positives + (1.0 - similar) / negatives)
+                # Counted over the global batch's pairs, as every replica sees them.
+                among_columns = tf.cast(batch_similarity(ids_all, neighbours_all), b.dtype)
+                pair_loss *= balanced_pair_weights(s, among_columns)
             neighbour = tf.reduce_mean(pair_loss, axis=1)
             content = tf.reduce_mean(tf.square(real - fake), axis=[1, 2, 3]) + tf.reduce_mean(
                 tf.square(real_features - fake_features), axis=[1, 2, 3]
             )
-            adversarial = bce(tf.ones_like(fake_logit), fake_logit, from_logits=True)
+            adversarial = real_fake_loss(fake_logit[:, 0], True)
             per_example = (
                 self.neighbour_weight * neighbour
                 + self.content_weight * content
@@ -207,3 +222,22 @@ class BGAN(EncoderHarness):
             "adversarial_weight": self.adversarial_weight,
             "balanced": self.balanced,
         }
+
+
+def training_plan(data, *, bits, seed, strategy, model, train):
+    """BGAN on a protocol's training images, labels dropped (the registry's `plan`):
+    the neighbour structure of their pixel-PCA features, beta annealed through
+    `train["betas"]` in equal stretches of the epochs."""
+    from tfhash.callbacks import BetaSchedule
+    from tfhash.data import neighbour_batches
+    from tfhash.neighbours import neighbour_structure, pixel_features
+
+    images, _ = data.subset("train")  # the labels are dropped here
+    neighbours = neighbour_structure(pixel_features(images), k1=train["k1"], k2=train["k2"])
+    with strategy.scope():
+        net = BGAN(bits=bits, input_shape=images.shape[1:], **model)
+        net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]),
+                    d_optimizer=keras.optimizers.Adam(train["d_learning_rate"]))
+    betas, epochs = train["betas"], train["epochs"]
+    return TrainingPlan(net, neighbour_batches(images, neighbours, train["batch_size"], seed=seed), epochs,
+                [BetaSchedule.steps(betas, every=max(1, epochs // len(betas)))])

@@ -1,4 +1,22 @@
-"""DHN: Deep Hashing Network (Zhu, Long, Wang, Cao; AAAI 2016)."""
+"""DHN: Deep Hashing Network (Zhu, Long, Wang, Cao; AAAI 2016). Supervised, images.
+
+A CNN trunk, then `fch`: K tanh units, z in [-1, 1]^K; the code is b = sign(z).
+With s_ij = 1 when images i and j share a label, DHN minimizes L + lambda * Q:
+
+    L = sum_ij [ log(1 + exp(alpha <z_i, z_j>)) - s_ij * alpha <z_i, z_j> ]   (pairwise cross-entropy)
+    Q = sum_i sum_k log cosh(|z_ik| - 1)                                      (bimodal Laplacian prior)
+
+Choices, one line each (paper vs thulab's DeepHash code):
+- Inner-product scale: `alpha` (paper: 1; the code scales it with K).
+- Pair weights: `balanced=True` weighs similar and dissimilar pairs equally (the code); False is the paper.
+- Quantization: `quantization="log_cosh"` (paper) or "squared", mean((|z| - 1)^2) (the code).
+- Pairs: each row against the whole global batch, columns held constant (DeepHash-pytorch's code memory).
+- Trunk: "small_cnn" (the paper: AlexNet conv1..fc7) or any `keras.applications` model.
+
+Defaults: bits 32, alpha 1, balanced False, log_cosh, lambda 0.1, dropout 0,
+small_cnn. The published recipes (`dhn_fashion_mnist_32`, `_64`) set alpha 0.25
+and balanced pairs. What was measured: docs/methods/dhn.md.
+"""
 
 import keras
 import tensorflow as tf
@@ -6,11 +24,11 @@ import tensorflow as tf
 from tfhash.layers import HashLayer
 from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss
 from tfhash.models.backbones import SMALL_CNN
-from tfhash.models.base import ImageHashModel, gather_across_replicas, record_losses
+from tfhash.models.base import ImageHashModel, Trainer, TrainingPlan, gather_across_replicas, record_losses
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class DHN(ImageHashModel):
+class DHN(Trainer, ImageHashModel):
     """Supervised image hashing with a pairwise cross-entropy and a quantization loss.
 
     A trunk, then `fch`: K tanh units whose sign is the code. Each step pairs
@@ -41,6 +59,8 @@ class DHN(ImageHashModel):
     >>> codes = model.encode(images)  # uint8, shape (n, 2)
     """
 
+    loss_names = ("loss", "pairwise_loss", "quantization_loss")
+
     def __init__(
         self,
         bits=32,
@@ -59,9 +79,6 @@ class DHN(ImageHashModel):
         self.hash_layer = HashLayer(bits, name="hash")
         self.pairwise_loss = PairwiseCrossEntropy(alpha=alpha, balanced=balanced)
         self.quantization_loss = QuantizationLoss(quantization)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.pairwise_tracker = keras.metrics.Mean(name="pairwise_loss")
-        self.quantization_tracker = keras.metrics.Mean(name="quantization_loss")
 
     def build(self, input_shape=None):
         super().build()
@@ -70,9 +87,8 @@ class DHN(ImageHashModel):
     def call(self, images, training=False):
         return self.hash_layer(self.backbone(images, training=training))
 
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.pairwise_tracker, self.quantization_tracker]
+    def encoders(self):
+        return {"image": self}
 
     def _compute_losses(self, images, labels, training):
         z = self(images, training=training)
@@ -113,3 +129,15 @@ class DHN(ImageHashModel):
             "quantization": self.quantization_loss.variant,
             "quantization_weight": self.quantization_weight,
         }
+
+
+def training_plan(data, *, bits, seed, strategy, model, train):
+    """DHN on a protocol's labelled training split (the registry's `plan`)."""
+    from tfhash.data import pairwise_batches
+
+    images, labels = data.subset("train")
+    with strategy.scope():
+        net = DHN(bits=bits, input_shape=images.shape[1:], **model)
+        net.build((None, *images.shape[1:]))
+        net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]))
+    return TrainingPlan(net, pairwise_batches(images, labels, train["batch_size"], seed=seed), train["epochs"])

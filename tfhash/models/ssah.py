@@ -1,14 +1,22 @@
-"""SSAH: Self-Supervised Adversarial Hashing (Li, Deng, Liu, Huang, Tao; CVPR 2018).
+"""SSAH: Self-Supervised Adversarial Hashing (Li, Deng, Li, Liu, Gao, Tao; CVPR 2018).
 
-Supervised cross-modal hashing. Three networks map labels, images and texts
-to a semantic feature F (512-d), a hash output H (tanh, K) and a label
-prediction (sigmoid, c):
+Supervised, image-text. Three networks map labels, images and texts to a
+semantic feature F (512-d), a hash output H (tanh, K) and a label prediction
+(sigmoid, c):
 
 - `LabNet`: multi-hot labels -> 4096 -> F -> (H, labels). It learns first,
   from label pairs alone, and then supervises the other two.
 - `SSAHImageEncoder` (ImgNet): image trunk -> F -> (H, labels).
 - `SSAHTextEncoder` (TxtNet): bag of words -> `MultiScaleFusion` -> 4096 -> F -> (H, labels).
 
+With S_ij = 1 when items i, j share a label, Delta_ij = <F_i, F_j> / 2 and
+Gamma_ij = <H_i, H_j> / 2, each network minimizes
+
+    alpha * J1 + gamma * J2 + eta * J3 + beta * J4 (+ delta * adversarial)
+    J1 = -sum_j (S_ij Delta_ij - log(1 + e^Delta_ij)),  J2 = the same with Gamma,
+    J3 = |B_i - H_i|^2,  J4 = |l_i - l_hat_i|^2
+
+where for ImgNet and TxtNet j runs over LabNet's (F, H) of the training set.
 Two discriminators tell image features, and text features, from label
 features; ImgNet and TxtNet learn to fool them. Training alternates as the
 official TensorFlow code does: LabNet for `label_epochs`, then ImgNet with its
@@ -16,35 +24,25 @@ discriminator for `image_epochs`, then TxtNet with its discriminator for
 `text_epochs` (one *round*), then B = sign(H_v + H_t + H_l) over the training
 set. `SSAH.fit` drives this with `SSAHRounds`, one phase per epoch.
 
+Choices, one line each (against github.com/lelan-li/SSAH, to follow the paper's math):
+- J1/J2: the negative log-likelihood softplus(theta) - S * theta (the code: an L2 distance between the two).
+- Adversarial loss: back-propagated into ImgNet/TxtNet (the code feeds stored features, so they never get it).
+- J3: towards B = sign(H_v + H_t + H_l) from round 2; in round 1 towards sign(H) (the code: every round).
+- Scale: each term the paper's sum for one item (J1/J2 over the training set), averaged over the batch.
+- Pair weights: `balanced=True` weighs similar and dissimilar pairs equally in J1/J2; the paper does not.
+- Discriminators: F -> 256 -> 1 (the code; the paper: 4096 -> 4096 -> 1).
+- Image trunk: "small_cnn" from scratch (the paper: CNN-F or VGG19, pretrained).
+- Repeatability: `fit` turns Grappler's constant folding off for its steps (`SSAH.grappler_options`).
+
+Defaults (the official code's): bits 32, phases 10 / 15 / 15 epochs, all loss
+weights 1, Adam learning rates 1e-2 (LabNet), 10^-4.5 (ImgNet), 10^-3.5
+(TxtNet), 1e-3 (discriminators), multiplied by 10^-0.5 a round; F 512, hidden
+4096; balanced False. The recipes (`ssah_open_clip_art_32`, `_64`) use 5 / 5 / 5
+epochs, 3 rounds, image and text rates 1e-3 and balanced pairs.
+What was measured: docs/methods/ssah.md.
+
 Only the two modality encoders are exported; LabNet and the discriminators
 are the training harness.
-
-Runs repeat bit for bit from one process to the next because `fit` turns
-Grappler's constant folding off for its steps (`SSAH.grappler_options`). With
-it on, two runs of the same recipe parted after tens to hundreds of image
-steps, in one discriminator backward pass from identical weights, optimizer
-slots and batches, even with op determinism, oneDNN off and one thread; the
-optimized graphs themselves were identical in both processes, so the
-difference is in how a kernel of the folded graph runs. `bench/ssah_repeat.py`
-measures it: folding on, 2 runs of a shortened recipe parted at step 160 of
-248; off, they repeat, at 0.98x the time (0.95x for the full 32-bit
-recipe). The other four methods repeat with folding on (DHN pairs bit for
-bit; the GAN benches' re-runs to 4 digits), so only SSAH changes it.
-
-Where we differ from the official code (github.com/lelan-li/SSAH), each to
-follow the paper's math:
-- J1/J2 are the negative log-likelihoods softplus(theta) - S * theta. The
-  code takes an L2 distance between S * theta and log(1 + e^theta) instead.
-- The adversarial loss back-propagates into ImgNet/TxtNet. The code feeds it
-  stored features, so the networks never received that gradient.
-- J3 pulls H towards the unified B = sign(H_v + H_t + H_l) from the second
-  round on; in the first round, before all three exist, towards sign(H) (what
-  the code does in every round).
-- Each term is the paper's sum for one item (J1/J2 over the whole training
-  set, J3 over bits, J4 over labels), averaged over the batch. The ratios
-  matter: J1/J2 outweigh J3 by about N/K, as in the paper and the code.
-  (Averaging J1/J2 over the training set instead let J3's pull towards the
-  codes' own signs win, and ImgNet/TxtNet learned nothing: digits mAP 0.10.)
 """
 
 import keras
@@ -52,12 +50,15 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tfhash.layers import check_bits
+from tfhash.losses import balanced_pair_weights
 from tfhash.models.backbones import SMALL_CNN
 from tfhash.models.base import (
     BowEncoder,
     ImageHashModel,
-    build_for_fit,
+    Trainer,
+    TrainingPlan,
     gather_across_replicas,
+    real_fake_loss,
     record_losses,
     with_grappler_options,
 )
@@ -112,7 +113,7 @@ class LabNet(keras.Model):
         self.built = True
 
     def call(self, labels, training=False):
-        return _head_outputs(self.head, self.hidden(ops.cast(labels, "float32")))
+        return _head_outputs(self.head, self.hidden(ops.cast(labels, self.compute_dtype)))
 
     def get_config(self):
         return {
@@ -265,7 +266,7 @@ class SSAHTextEncoder(BowEncoder):
 
     def semantics(self, bow, training=False):
         """(F, H, predicted labels) of a batch of bag-of-words vectors."""
-        return _head_outputs(self.head, self.hidden(self.fusion(ops.cast(bow, "float32"))))
+        return _head_outputs(self.head, self.hidden(self.fusion(ops.cast(bow, self.compute_dtype))))
 
     def call(self, bow, training=False):
         return self.semantics(bow, training=training)[1]
@@ -296,7 +297,7 @@ def _neg_log_likelihood(theta, s):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class SSAH(keras.Model):
+class SSAH(Trainer):
     """The SSAH training harness: LabNet, ImgNet, TxtNet, two discriminators.
 
     Each phase's step, for a batch of (image, text, labels, index) rows:
@@ -331,7 +332,7 @@ class SSAH(keras.Model):
         balanced: weigh similar and dissimilar pairs equally in J1/J2 (the
             paper does not). With few similar pairs (digits: 10%), ReLU
             features F are pushed to 0 for every pair, and the codes computed
-            from them collapse; see the bench for what it does on real data.
+            from them collapse. The published recipes set it.
 
     Examples:
     >>> model = SSAH(bits=32, num_labels=c, vocabulary_size=v, num_train=len(train_labels))
@@ -339,6 +340,19 @@ class SSAH(keras.Model):
     >>> model.fit(cross_modal_batches(images, texts, labels, 64), epochs=2 * model.round_epochs)
     >>> model.image_encoder.encode(images), model.text_encoder.encode(texts)
     """
+
+    loss_names = ("label_loss",) + tuple(
+        f"{m}_{part}" for m in ("image", "text") for part in ("loss", "adversarial_loss", "d_loss")
+    )
+    optimizer_roles = {
+        role: (lambda rate=rate: keras.optimizers.Adam(rate))
+        for role, rate in (
+            ("optimizer", LEARNING_RATES["label"]),
+            ("image_optimizer", LEARNING_RATES["image"]),
+            ("text_optimizer", LEARNING_RATES["text"]),
+            ("d_optimizer", LEARNING_RATES["discriminator"]),
+        )
+    }
 
     def __init__(
         self,
@@ -388,10 +402,6 @@ class SSAH(keras.Model):
         }
         self.phase = "label"
         self._phase_functions = {}
-        names = ["label_loss"] + [
-            f"{m}_{part}" for m in ("image", "text") for part in ("loss", "adversarial_loss", "d_loss")
-        ]
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
     def round_epochs(self):
@@ -438,37 +448,25 @@ class SSAH(keras.Model):
             "text_codes": self.text_encoder(inputs["texts"], training=training),
         }
 
-    def compile(self, label_optimizer=None, image_optimizer=None, text_optimizer=None, d_optimizer=None, **kwargs):
-        """One optimizer per network; defaults: Adam at the official code's learning rates."""
-
-        def get(optimizer, phase):
-            if optimizer is None:
-                return keras.optimizers.Adam(LEARNING_RATES[phase])
-            return keras.optimizers.get(optimizer)
-
-        super().compile(optimizer=get(label_optimizer, "label"), **kwargs)
-        self.optimizers = {
-            "label": self.optimizer,
-            "image": get(image_optimizer, "image"),
-            "text": get(text_optimizer, "text"),
-        }
-        d = get(d_optimizer, "discriminator")
-        # Each discriminator keeps its own Adam moments.
+    def compile(self, **kwargs):
+        """One optimizer per network: `optimizer` (LabNet), `image_optimizer`,
+        `text_optimizer`, `d_optimizer` (copied, so each discriminator keeps its
+        own moments); defaults: Adam at the official code's learning rates."""
+        super().compile(**kwargs)
+        self.optimizers = {"label": self.optimizer, "image": self.image_optimizer, "text": self.text_optimizer}
+        d = self.d_optimizer
         self.d_optimizers = {"image": d, "text": d.__class__.from_config(d.get_config())}
 
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
+    def encoders(self):
+        return {"image": self.image_encoder, "text": self.text_encoder}
 
     def _phase_variables(self, phase):
         return {"label": self.lab_net, "image": self.image_encoder, "text": self.text_encoder}[phase].trainable_variables
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        build_for_fit(
-            self,
-            lambda: [(self.optimizers[p], self._phase_variables(p)) for p in PHASES]
-            + [(self.d_optimizers[m], self.discriminators[m].trainable_variables) for m in ("image", "text")],
-        )
+    def optimizer_variables(self):
+        return [(self.optimizers[p], self._phase_variables(p)) for p in PHASES] + [
+            (self.d_optimizers[m], self.discriminators[m].trainable_variables) for m in ("image", "text")
+        ]
 
     # Constant folding off makes runs repeat (see the module docstring); set {}
     # for TensorFlow's defaults.
@@ -500,23 +498,25 @@ class SSAH(keras.Model):
         index = tf.cast(index, "int32")[:, None]
         for name, value in rows.items():
             variable = self.memory[name]
-            variable.assign(tf.tensor_scatter_nd_update(variable.value, index, tf.cast(value, "float32")))
+            variable.assign(tf.tensor_scatter_nd_update(variable.value, index, tf.cast(value, variable.dtype)))
 
-    def _pair_terms(self, features, codes, labels):
-        """J1 and J2 per row: the batch's (F, H) against LabNet's memory of the training set."""
+    def _pair_terms(self, features, codes, labels, labels_all):
+        """J1 and J2 per row: the batch's (F, H) against LabNet's memory of the
+        training set; `labels_all` is the global batch's (for the balance counts)."""
         memory_labels = self.memory["labels"].value
         filled = tf.transpose(self.memory["filled"].value)  # (1, N); rows not seen yet weigh 0
-        s = tf.cast(tf.matmul(labels, memory_labels, transpose_b=True) > 0, "float32")
+
+        def similarity(rows):
+            return tf.cast(tf.matmul(rows, memory_labels, transpose_b=True) > 0, features.dtype)
+
+        s = similarity(labels)
         theta_f = 0.5 * tf.matmul(features, self.memory["label_features"].value, transpose_b=True)
         theta_h = 0.5 * tf.matmul(codes, self.memory["label_codes"].value, transpose_b=True)
         weights = filled
         if self.balanced:
-            # Similar and dissimilar pairs weigh half each (over the known rows).
-            known = filled * tf.ones_like(s)
-            similar = tf.maximum(tf.reduce_sum(s * known), 1.0)
-            dissimilar = tf.maximum(tf.reduce_sum((1.0 - s) * known), 1.0)
-            total = similar + dissimilar
-            weights = known * 0.5 * total * (s / similar + (1.0 - s) / dissimilar)
+            # Similar and dissimilar pairs weigh half each, counted over the global
+            # batch's pairs with the known memory rows.
+            weights = balanced_pair_weights(s, similarity(labels_all), known=filled)
         j1 = tf.reduce_sum(_neg_log_likelihood(theta_f, s) * weights, axis=1)
         j2 = tf.reduce_sum(_neg_log_likelihood(theta_h, s) * weights, axis=1)
         return j1, j2
@@ -528,23 +528,22 @@ class SSAH(keras.Model):
 
     def train_step(self, data):
         images, texts = data["images"], data["texts"]
-        labels, index = tf.cast(data["labels"], "float32"), tf.cast(data["index"], "float32")
+        labels, index = tf.cast(data["labels"], self.compute_dtype), tf.cast(data["index"], self.compute_dtype)
         w = self.weights_
-        global_batch = tf.shape(gather_across_replicas(index)[0])[0]
+        index_all, labels_all = gather_across_replicas(index, labels)
+        global_batch = tf.shape(index_all)[0]
         squared = lambda a, b: tf.reduce_sum(tf.square(a - b), axis=-1)  # noqa: E731
 
         if self.phase == "label":
             with tf.GradientTape() as tape:
                 features, codes, predicted = self.lab_net(labels, training=True)
                 # The batch's current outputs join the memory before the loss, as in the code.
-                index_all, labels_all, f_all, h_all = gather_across_replicas(
-                    index, labels, tf.stop_gradient(features), tf.stop_gradient(codes)
-                )
+                f_all, h_all = gather_across_replicas(tf.stop_gradient(features), tf.stop_gradient(codes))
                 self._write_memory(
                     index_all, labels=labels_all, filled=tf.ones_like(index_all)[:, None],
                     label_features=f_all, label_codes=h_all,
                 )
-                j1, j2 = self._pair_terms(features, codes, labels)
+                j1, j2 = self._pair_terms(features, codes, labels, labels_all)
                 j3 = squared(self._quantization_target(index, codes), codes)
                 j4 = squared(labels, predicted)
                 per_example = w["alpha"] * j1 + w["gamma"] * j2 + w["eta"] * j3 + w["beta"] * j4
@@ -557,16 +556,13 @@ class SSAH(keras.Model):
         net = self.image_encoder if modality == "image" else self.text_encoder
         inputs = images if modality == "image" else texts
         discriminator = self.discriminators[modality]
-        bce = keras.losses.binary_crossentropy
         label_features = tf.stop_gradient(self.lab_net(labels, training=False)[0])
 
         # Train the discriminator: LabNet features -> 1, this modality's -> 0.
         with tf.GradientTape() as tape:
             own = tf.stop_gradient(net.semantics(inputs, training=True)[0])
             real_logit, fake_logit = discriminator(label_features, training=True), discriminator(own, training=True)
-            d_per_example = bce(tf.ones_like(real_logit), real_logit, from_logits=True) + bce(
-                tf.zeros_like(fake_logit), fake_logit, from_logits=True
-            )
+            d_per_example = real_fake_loss(real_logit[:, 0], True) + real_fake_loss(fake_logit[:, 0], False)
             d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
         d_vars = discriminator.trainable_variables
         self.d_optimizers[modality].apply(tape.gradient(d_loss, d_vars), d_vars)
@@ -574,11 +570,11 @@ class SSAH(keras.Model):
         # Train the network under LabNet's supervision, fooling the discriminator.
         with tf.GradientTape() as tape:
             features, codes, predicted = net.semantics(inputs, training=True)
-            j1, j2 = self._pair_terms(features, codes, labels)
+            j1, j2 = self._pair_terms(features, codes, labels, labels_all)
             j3 = squared(self._quantization_target(index, codes), codes)
             j4 = squared(labels, predicted)
             logit = discriminator(features, training=False)
-            adversarial = bce(tf.ones_like(logit), logit, from_logits=True)
+            adversarial = real_fake_loss(logit[:, 0], True)
             per_example = (
                 w["alpha"] * j1 + w["gamma"] * j2 + w["eta"] * j3 + w["beta"] * j4 + w["delta"] * adversarial
             )
@@ -586,7 +582,7 @@ class SSAH(keras.Model):
         variables = net.trainable_variables
         self.optimizers[modality].apply(tape.gradient(loss, variables), variables)
 
-        index_all, codes_all = gather_across_replicas(index, tf.stop_gradient(codes))
+        (codes_all,) = gather_across_replicas(tf.stop_gradient(codes))
         self._write_memory(index_all, **{f"{modality}_codes": codes_all})
         return record_losses(
             self,
@@ -645,3 +641,31 @@ class SSAHRounds(keras.callbacks.Callback):
                     optimizer.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * model.decay
         if logs is not None:
             logs["round"] = (epoch + 1) // model.round_epochs
+
+
+def training_plan(data, *, bits, seed, strategy, model, train):
+    """SSAH on an image-text protocol's training split (the registry's `plan`).
+    The round with the best validation mAP (held-out database items against
+    the training set, never the queries) is kept."""
+    from tfhash.callbacks import BestCheckpoint
+    from tfhash.data import cross_modal_batches
+    from tfhash.evaluation import evaluate_cross_modal, validation_rows
+
+    images, texts, labels = data.subset("train")
+    with strategy.scope():
+        net = SSAH(bits=bits, num_labels=labels.shape[1], vocabulary_size=texts.shape[1], num_train=len(labels),
+                   input_shape=images.shape[1:], **model)
+        net.compile(image_optimizer=keras.optimizers.Adam(train["image_learning_rate"]),
+                    text_optimizer=keras.optimizers.Adam(train["text_learning_rate"]))
+    queries, database = validation_rows(data.split, size=500, seed=0)
+
+    def rows(index):
+        return data.images[index], data.texts[index], data.labels[index]
+
+    def validation(m):
+        r = evaluate_cross_modal(m.image_encoder, m.text_encoder, rows(queries), rows(database))
+        return (r["image_to_text"]["map"] + r["text_to_image"]["map"]) / 2
+
+    epochs = train["epochs"] if train["epochs"] is not None else 3 * net.round_epochs
+    return TrainingPlan(net, cross_modal_batches(images, texts, labels, train["batch_size"], seed=seed), epochs,
+                [SSAHRounds(), BestCheckpoint(validation, name="val_map", every="round")])

@@ -10,70 +10,31 @@ image-text pairs are truly related.
 For a query q of one modality, with x^M a related item of the other modality
 (from the graph) and x^G one the generator picks:
 
-- the generator picks x^G among candidates with p(x | q) = softmax(-|h(q) - h(x)|^2)
-  (its own h); the pick is discrete, so it learns by REINFORCE with the
-  discriminator's reward sigmoid(f(x^G, q));
-- the discriminator scores f(x^G, q) = max(0, m + |h(q) - h(x^M)|^2 - |h(q) - h(x^G)|^2)
-  (its own h) and minimizes f: related pairs closer than picked ones by m.
+    p(x | q)  = softmax_x(-|h_G(q) - h_G(x)|^2)                          (generator, its own h)
+    f(x^G, q) = max(0, m + |h(q) - h(x^M)|^2 - |h(q) - h(x^G)|^2)         (discriminator, its own h)
 
-So the generator is an adversarial sampler of hard negatives, and the
-discriminator's codes are the ones used for retrieval (`image_encoder`,
-`text_encoder`, both exported).
+The discriminator minimizes f (related pairs closer than picked ones by m);
+the pick is discrete, so the generator learns by REINFORCE with the reward
+sigmoid(f(x^G, q)). The generator is an adversarial sampler of hard
+negatives; the discriminator's codes are the ones used for retrieval
+(`image_encoder`, `text_encoder`, both exported).
 
-Choices, with the official code (github.com/PKU-ICST-MIPL/UGACH_AAAI2018) as
-the reference where the paper is silent:
+Choices, one line each (reference: github.com/PKU-ICST-MIPL/UGACH_AAAI2018):
+- Loss: the code's hinge f for the discriminator (its "svm" loss), reward sigmoid(f), m = bits / 8 (its BETA).
+- Candidates: the other modality's rows of the global batch, less the query's graph relatives (code: 1/50 of the set).
+- Alternation: each step D, then G rewarded by the updated D on the same picks (code: whole epochs, 1 D then 2 G).
+- Generator's log p(x | q): a softmax over all candidates, as the paper (the code: over its two fed-back picks).
+- Pre-training: `pretrain_steps` of graph-only steps with uniform negatives first; `generator=False` throughout.
+- Reward: the code's raw sigmoid(f) in [0.5, 1); `reward_baseline=True` subtracts the batch mean.
+- Image features: `PixelPCA` (fitted by `UGACH.adapt`, no labels, part of the encoder); the paper: VGG19 fc7.
+- Checkpoints: chosen by the label-free `pair_retrieval_map`, never by label mAP as the code does.
+- Randomness: picks stateless, keyed by `seed` and the step, drawn for the global batch.
 
-- Loss: the code's hinge f for the discriminator (its "svm" loss), reward
-  sigmoid(f) for the generator, margin m = bits / 8 (the code's BETA).
-- Candidates: the code draws 1/50 of the training set per query. Ours are the
-  other modality's rows of the (global) batch, a random draw of the training
-  set too, less the query's graph relatives (the code also re-draws picks
-  that are relatives). Steps alternate: discriminator, then generator with the
-  updated discriminator's reward on the same picks. The code alternates whole
-  epochs (1 D, 2 G); per-step alternation runs under `model.fit`.
-- Generator's log-probability: the paper's p(x | q) is a softmax over the
-  candidates, and ours is. The code's generator loss takes the softmax over
-  only the two picks it feeds back (gen_model_nn.py's `gen_prob` over
-  `input_neg` in train_*.py's `train_generator`), so each update weighs a
-  pick only against the other one, not against all candidates as REINFORCE's
-  log p(x | q) does. Our closest measured setting is generator lr 1e-5
-  (near-uniform picks; below).
-- Pre-training: the code starts the discriminator from one trained on the
-  graph alone, with uniformly drawn negatives. `pretrain_steps` does that in
-  the same run; `generator=False` trains that way throughout (the ablation).
-- Reward: the code's raw sigmoid(f), always in [0.5, 1), so every pick is
-  reinforced, the hard ones most. `reward_baseline=True` subtracts the
-  batch's mean reward (REINFORCE's usual variance reduction); on Open Clip
-  Art the generator then learned faster and mAP fell further, so it is off.
-- Image features: the paper's VGG19 fc7 needs ImageNet weights, so the image
-  networks read `PixelPCA` features, fitted with `UGACH.adapt(images)`
-  (label-free) and part of the exported encoder, which takes raw images.
-- Checkpoint selection: the code keeps the epoch with the best test-label
-  mAP. Ours must not see labels: `tfhash.evaluation.pair_retrieval_map`
-  scores held-out image-text pairs by whether each finds its own partner.
-- Randomness (picks) is stateless, keyed by `seed` and the step, and drawn for
-  the global batch, so N replicas take the steps one device takes.
-
-What the generator did on Open Clip Art (`bench/ugach.py`, 32 bits): it
-learned to pick items that share a label with their query 37% of the time
-(uniform picks: 18%), related items the graph's 11 per row do not list, and
-the discriminator pushed them away: mAP@all I->T / T->I fell from 0.448 /
-0.451 (graph alone) to 0.412 / 0.413. Other settings tried (generator lr 1e-3
-or 1e-5, margin 1, the reward baseline, k = 15, a gentler discriminator after
-pre-training, weight decay) were at or below the graph alone; by the
-label-free pair score the two were level. Also measured at 32 bits, I->T /
-T->I: generator lr 3e-5 0.434 / 0.451 and 1e-5 0.445 / 0.462 (near-uniform
-picks: level with the graph alone); excluding each query's 50 + 50 nearest
-items from the candidates 0.400 / 0.408; 60 epochs with 30 of pre-training
-0.390 / 0.398 against 0.446 / 0.464 for the graph alone over 60 epochs.
-Graphs leaning on the texts, whose 5 nearest share a label with the item
-93% of the time (the pixel-PCA images' 5 nearest: 56%), raise both models
-and keep the gap, I->T / T->I for graph alone vs UGACH: 10 text neighbours
-only, 0.463 / 0.485 vs 0.441 / 0.466; 30 text only, 0.480 / 0.498 vs
-0.459 / 0.468; 5 image + 20 text, 0.468 / 0.480 vs 0.432 / 0.444. The
-label-free pair score prefers the default 5 + 5 graph (0.114 against 0.098
-to 0.105), so the recipe keeps it: choosing the graph by label mAP would
-be the label-based selection this model must not make.
+Defaults: bits 32, margin bits / 8, feature_dims 512, hidden_units 1024,
+generator True, pretrain_steps 0, reward_baseline False, seed 0; generator
+Adam(1e-4). The recipes (`ugach_open_clip_art_32`, `_64`) use a 5 + 5
+neighbour graph, 10 graph-only epochs then 20 with the generator.
+What was measured, including the generator's missed target: docs/methods/ugach.md.
 """
 
 import keras
@@ -82,7 +43,15 @@ from keras import layers
 
 from tfhash.layers import check_bits
 from tfhash.models.backbones import PixelPCA
-from tfhash.models.base import BowEncoder, HashModel, build_for_fit, gather_across_replicas, record_losses
+from tfhash.models.base import (
+    BowEncoder,
+    HashModel,
+    Trainer,
+    TrainingPlan,
+    gather_across_replicas,
+    record_losses,
+    replica_share,
+)
 from tfhash.neighbours import batch_similarity
 
 # Logit of a candidate that must not be picked (a relative of the query).
@@ -192,7 +161,7 @@ class UGACHTextEncoder(_UGACHEncoder, BowEncoder):
         self.built = True
 
     def features(self, bow):
-        return tf.cast(bow, "float32")
+        return tf.cast(bow, self.compute_dtype)
 
     def get_config(self):
         return {
@@ -226,7 +195,7 @@ def _squared_distances(a, b):
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class UGACH(keras.Model):
+class UGACH(Trainer):
     """The UGACH training harness: the discriminator's two encoders (exported),
     the generator's two networks and two optimizers.
 
@@ -244,7 +213,7 @@ class UGACH(keras.Model):
         generator: False trains the discriminator with uniformly drawn
             negatives throughout (UGACH without its generator).
         pretrain_steps: steps of that before the generator picks negatives.
-        reward_baseline: subtract the batch's mean reward (see the module docstring).
+        reward_baseline: subtract the batch's mean reward (measured: docs/methods/ugach.md).
         seed: seeds the picks (stateless, per step).
 
     Examples:
@@ -257,6 +226,8 @@ class UGACH(keras.Model):
     """
 
     loss_names = ("d_loss", "g_loss", "reward", "hard_fraction")
+    # The generator's default Adam(1e-4): at 1e-3 it overpowered the discriminator.
+    optimizer_roles = {"optimizer": "adam", "g_optimizer": lambda: keras.optimizers.Adam(1e-4)}
 
     def __init__(
         self,
@@ -283,15 +254,13 @@ class UGACH(keras.Model):
         self.text_encoder = UGACHTextEncoder(bits, vocabulary_size, hidden_units, name="text_encoder")
         self.generator_image = TwoLayerHash(bits, hidden_units, name="generator_image")
         self.generator_text = TwoLayerHash(bits, hidden_units, name="generator_text")
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
 
     @property
     def bits(self):
         return self.image_encoder.bits
 
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
+    def encoders(self):
+        return {"image": self.image_encoder, "text": self.text_encoder}
 
     def build(self, input_shape=None):
         self.image_encoder.build()
@@ -326,20 +295,15 @@ class UGACH(keras.Model):
                 "image_features or fit (UGACH reads fixed PCA features of the pixels)."
             )
 
-    def compile(self, optimizer="adam", g_optimizer=None, **kwargs):
-        """`optimizer` trains the discriminator (both encoders), `g_optimizer` the
-        generator (default Adam(1e-4): at 1e-3 it overpowered the discriminator)."""
-        super().compile(optimizer=optimizer, **kwargs)
-        self.g_optimizer = keras.optimizers.get(g_optimizer or keras.optimizers.Adam(1e-4))
-
     def _d_variables(self):
         return self.image_encoder.head.trainable_variables + self.text_encoder.head.trainable_variables
 
     def _g_variables(self):
         return self.generator_image.trainable_variables + self.generator_text.trainable_variables
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        build_for_fit(self, lambda: [(self.optimizer, self._d_variables()), (self.g_optimizer, self._g_variables())])
+    def optimizer_variables(self):
+        """`optimizer` trains the discriminator (both encoders), `g_optimizer` the generator."""
+        return [(self.optimizer, self._d_variables()), (self.g_optimizer, self._g_variables())]
 
     def fit(self, *args, **kwargs):
         self._check_adapted()
@@ -349,19 +313,20 @@ class UGACH(keras.Model):
 
     def _gumbel(self, rows, columns, step, stream):
         """This replica's rows of Gumbel noise drawn for the global batch (stateless)."""
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync if context is not None else 1
-        replica = context.replica_id_in_sync_group if context is not None else 0
         seed = tf.random.experimental.stateless_fold_in(tf.stack([self.seed, step]), stream)
-        uniform = tf.random.stateless_uniform([rows * replicas, columns], seed, minval=1e-20, maxval=1.0)
-        start = tf.cast(replica, "int32") * rows
-        return -tf.math.log(-tf.math.log(uniform[start : start + rows]))
+        uniform = replica_share(
+            lambda total: tf.random.stateless_uniform(
+                [total, columns], seed, minval=1e-20, maxval=1.0, dtype=self.compute_dtype
+            ),
+            rows,
+        )
+        return -tf.math.log(-tf.math.log(uniform))
 
     def pick_probabilities(self, images, texts, related=None):
         """The generator's p(text | image): row i is image i's distribution over
         the n texts, with `related` (n, n) bool pairs excluded (for diagnosis)."""
         features = self.image_encoder.features(tf.convert_to_tensor(images))
-        texts = tf.cast(texts, "float32")
+        texts = tf.cast(texts, self.compute_dtype)
         if related is None:
             related = tf.zeros([tf.shape(features)[0], tf.shape(texts)[0]], "bool")
         logits = self._generator_logits(features, texts, self.generator_image, self.generator_text, related)
@@ -373,14 +338,14 @@ class UGACH(keras.Model):
         return tf.where(related, _EXCLUDED, -distances)
 
     def train_step(self, data):
-        images, texts = data["images"], tf.cast(data["texts"], "float32")
+        images, texts = data["images"], tf.cast(data["texts"], self.compute_dtype)
         ids, neighbours = data["ids"], data["neighbours"]
         rows = tf.shape(ids)[0]
         # Read once: the discriminator's update advances it.
         step = tf.cast(tf.identity(self.optimizer.iterations), "int32")
         image_features = self.image_encoder.features(images)
         related_images = self.image_encoder.features(data["positive_images"])
-        related_texts = tf.cast(data["positive_texts"], "float32")
+        related_texts = tf.cast(data["positive_texts"], self.compute_dtype)
 
         # Candidates: the other modality's rows of the global batch, less the
         # query's relatives (itself included: its list starts with it).
@@ -388,7 +353,7 @@ class UGACH(keras.Model):
             image_features, texts, ids, neighbours
         )
         related = batch_similarity(ids, neighbours, all_ids, all_neighbours) > 0
-        has_candidate = tf.cast(tf.reduce_any(~related, axis=-1), "float32")
+        has_candidate = tf.cast(tf.reduce_any(~related, axis=-1), self.compute_dtype)
         columns = tf.shape(all_ids)[0]
         adversarial = tf.constant(self.use_generator) & (step >= self.pretrain_steps)
 
@@ -447,16 +412,16 @@ class UGACH(keras.Model):
             )
             g_rows = -tf.reduce_sum(log_p * advantages, axis=-1) * has_candidate
             # Before the generator picks, it has nothing to learn from.
-            g_loss = tf.nn.compute_average_loss(g_rows) * tf.cast(adversarial, "float32")
+            g_loss = tf.nn.compute_average_loss(g_rows) * tf.cast(adversarial, self.compute_dtype)
         g_vars = self._g_variables()
         self.g_optimizer.apply(g_tape.gradient(g_loss, g_vars), g_vars)
 
         return record_losses(
             self,
             d_loss=d_rows,
-            g_loss=g_rows * tf.cast(adversarial, "float32"),
+            g_loss=g_rows * tf.cast(adversarial, self.compute_dtype),
             reward=(tf.reduce_mean(rewards, axis=-1), has_candidate),
-            hard_fraction=(tf.reduce_mean(tf.cast(tf.stack([image_query, text_query], -1) > 0, "float32"), -1),
+            hard_fraction=(tf.reduce_mean(tf.cast(tf.stack([image_query, text_query], -1) > 0, self.compute_dtype), -1),
                            has_candidate),
         )
 
@@ -474,3 +439,30 @@ class UGACH(keras.Model):
             "reward_baseline": self.reward_baseline,
             "seed": self.seed,
         }
+
+
+def training_plan(data, *, bits, seed, strategy, model, train):
+    """UGACH on an image-text protocol's training split, labels dropped (the
+    registry's `plan`): PCA image features fitted on the training images, the
+    correlation graph of their k nearest images and texts; the epoch with the
+    best label-free pair score on held-out pairs is kept."""
+    import numpy as np
+
+    from tfhash.callbacks import BestCheckpoint
+    from tfhash.data import graph_batches
+    from tfhash.evaluation import pair_retrieval_map, validation_rows
+    from tfhash.neighbours import correlation_graph
+
+    images, texts, _ = data.subset("train")  # the labels are dropped here
+    batch_size = train["batch_size"]
+    with strategy.scope():
+        net = UGACH(bits=bits, input_shape=images.shape[1:], vocabulary_size=texts.shape[1],
+                    pretrain_steps=train["pretrain_epochs"] * (len(images) // batch_size), seed=seed, **model)
+        net.adapt(images)
+        net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]),
+                    g_optimizer=keras.optimizers.Adam(train["g_learning_rate"]))
+    graph = correlation_graph(net.image_features(images), texts.astype(np.float32), k=train["k"])
+    held_out, _ = validation_rows(data.split, size=500, seed=0)
+    keep = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, data.images[held_out],
+                                                       data.texts[held_out]), name="val_pair_map")
+    return TrainingPlan(net, graph_batches(images, texts, graph, batch_size, seed=seed), train["epochs"], [keep])

@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfhash.models.base import check_images
+from tfhash.checks import check_images
 from tfhash.serving.server import DEFAULT_MAX_MESSAGE_BYTES, SIGNATURE_DEF, shape_fits, shape_tuple
 
 

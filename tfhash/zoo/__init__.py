@@ -14,9 +14,13 @@ partial or corrupted file; a file in the cache is checked again before use.
 Nothing is unpickled: `.keras` files hold a JSON config and HDF5 weights,
 and are loaded with `safe_mode=True`.
 
+This module finds, fetches and verifies files and imports no model: loading
+one is the models' `from_preset` (or `load` once `tfhash.models` is imported).
+
     >>> from tfhash import zoo
+    >>> from tfhash.models import HashModel
     >>> [entry["name"] for entry in zoo.list()]
-    >>> encoder = zoo.load("dhn_fashion_mnist_32")
+    >>> encoder = HashModel.from_preset("dhn_fashion_mnist_32")
     >>> codes = encoder.encode(images)
 """
 
@@ -28,8 +32,6 @@ import re
 import tempfile
 import urllib.error
 from pathlib import Path
-
-from tfhash.io import write_json
 
 URL_ENV = "TFHASH_ZOO_URL"
 CACHE_ENV = "TFHASH_ZOO_CACHE"
@@ -178,91 +180,23 @@ def verify(name, *, manifest=None):
 
 
 def load(name, *, manifest=None):
-    """The entry's encoder (a `tfhash.models.HashModel`), downloaded and verified as needed."""
-    import keras
+    """The entry's encoder (a `tfhash.models.HashModel`), downloaded and verified as needed.
 
-    import tfhash.models  # noqa: F401  (registers the classes for deserialization)
+    The zoo sits below the models and does not import them (their
+    `from_preset` comes here): the entry's class must be registered, which
+    importing `tfhash.models` does. `HashModel.from_preset(name)` always is.
+    """
+    import keras
 
     manifest = manifest or read_manifest()
     item = entry(name, manifest)
+    if keras.saving.get_registered_object(f"tfhash>{item['class']}") is None:
+        raise ZooError(
+            f"Zoo entry {name!r} needs the class {item['class']} registered: import tfhash.models first, "
+            f"or load it with tfhash.models.HashModel.from_preset({name!r}). "
+            f"Received: nothing registered as 'tfhash>{item['class']}'"
+        )
     model = keras.saving.load_model(download(name, manifest=manifest), safe_mode=True)
     if type(model).__name__ != item["class"]:
         raise ZooError(f"Zoo entry {name!r} should hold a {item['class']}; the file holds a {type(model).__name__}")
     return model
-
-
-def _entry_names(recipe, encoders):
-    """Single-modal recipes publish one entry, named like the recipe; cross-modal
-    ones an `_image` and a `_text` entry."""
-    if set(encoders) == {"image"}:
-        return {"image": recipe["name"]}
-    return {modality: f"{recipe['name']}_{modality}" for modality in encoders}
-
-
-def _input_contract(encoder):
-    (name, spec), = encoder.serving_inputs().items()
-    preprocessing = ("raw pixels on a 0-255 scale; the model does its own preprocessing" if name == "images"
-                     else "bag-of-words vector over the training vocabulary (tfhash.data protocol order)")
-    return {"name": name, "shape": [int(d) for d in spec.shape[1:]], "dtype": spec.dtype.name,
-            "preprocessing": preprocessing}
-
-
-def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
-    """Runs a recipe, writes its encoders to `zoo_dir/files/` and their entries
-    to `zoo_dir/manifest.json` (for maintainers: the files are the release assets).
-
-    Returns the names of the entries written.
-    """
-    from tfhash import recipes
-
-    zoo_dir = Path(zoo_dir or manifest_path().parent)
-    recipe_path = Path(recipe_path)
-    recipe = recipes.read(recipe_path)
-    result = recipes.run(recipe, data=data)
-    path = zoo_dir / "manifest.json"
-    manifest = read_manifest(path) if path.exists() else {"format": MANIFEST_FORMAT, "base_url": None, "entries": {}}
-    (zoo_dir / "files").mkdir(parents=True, exist_ok=True)
-    names = _entry_names(recipe, result.encoders)
-    for modality, name in names.items():
-        encoder = result.encoders[modality]
-        file = zoo_dir / "files" / f"{name}.keras"
-        encoder.save(str(file))
-        direction = result.direction(modality)
-        metric = "map@all" if direction == "image" else f"map@all {direction}"
-        manifest["entries"][name] = {
-            "class": type(encoder).__name__,
-            "file": file.name,
-            "sha256": sha256(file),
-            "size": file.stat().st_size,
-            "bits": recipe["bits"],
-            "input": _input_contract(encoder),
-            "protocol": recipe["protocol"],
-            "metric": {"name": metric, "value": round(result.scores[modality]["map"], 4), "tolerance": tolerance},
-            "recipe": str(recipe_path.resolve().relative_to(zoo_dir.resolve())),
-            "config": encoder.get_config(),
-            "train_seconds": result.seconds,
-        }
-    write_json(manifest, path, sort_keys=True)
-    return sorted(names.values())
-
-
-def build(name, *, manifest_file=None, data=None):
-    """Re-runs the recipe behind an entry and compares its mAP with the manifest's.
-
-    `manifest_file` defaults to the manifest in use; the entry's recipe path is
-    relative to its folder, as `publish` writes it.
-
-    Returns `{"entry", "expected", "measured", "tolerance", "ok"}`: ok when
-    |measured - expected| <= tolerance.
-    """
-    from tfhash import recipes
-
-    manifest_file = Path(manifest_file or manifest_path())
-    item = entry(name, read_manifest(manifest_file))
-    recipe = recipes.read((manifest_file.parent / item["recipe"]).resolve())
-    result = recipes.run(recipe, data=data)
-    modality = next(m for m, n in _entry_names(recipe, result.encoders).items() if n == name)
-    measured, expected = result.scores[modality]["map"], item["metric"]["value"]
-    tolerance = item["metric"]["tolerance"]
-    return {"entry": name, "expected": expected, "measured": round(measured, 4), "tolerance": tolerance,
-            "ok": abs(measured - expected) <= tolerance}

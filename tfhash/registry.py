@@ -1,0 +1,255 @@
+"""The methods tfhash trains: one record each, the only table that knows their names.
+
+A record says what a method is (kind, modalities, paper), which trainer it
+builds and what batches that trainer eats, its settings and their defaults,
+and what it exports and how it is scored. Everything else (the training path,
+the CLI, the zoo) asks the registry; nothing else switches on a method's name.
+
+The records are plain data, so `tfhash methods` and `import tfhash.registry`
+load no TensorFlow; the trainer's module is imported when a method is used.
+
+    >>> from tfhash import registry
+    >>> registry.names()
+    ['bgan', 'dhn', 'dsh_gan', 'ssah', 'ugach']
+    >>> registry.get("dhn").resolve({"alpha": 0.25})["alpha"]
+    0.25
+
+Settings are flat: the trainer's constructor arguments (their defaults are
+the constructor's own) and the training settings the record lists
+(epochs, batch size, learning rates, ...). `Method.resolve` merges layers
+(flags over a recipe over the defaults), refuses an unknown key naming the
+known ones, and checks each value's type against its default.
+"""
+
+import dataclasses
+import importlib
+import inspect
+import json
+import math
+
+KINDS = ("supervised", "semi-supervised", "unsupervised")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One method.
+
+    Attributes:
+        name: the registry key, e.g. "dhn".
+        title: as the paper writes it, e.g. "DHN".
+        kind: one of `KINDS`.
+        modalities: ("image",) or ("image", "text"): the encoders it exports
+            and the data it needs (image-text methods need a cross-modal protocol).
+        paper: citation.
+        trainer: "module:Class" of the model `fit` trains.
+        plan: "module:function" that builds, compiles and feeds the trainer:
+            `plan(data, *, bits, seed, strategy, model, train)` returns a
+            `tfhash.models.base.TrainingPlan`.
+        batches: what the trainer's `fit` takes, in words.
+        train: training settings and their defaults.
+        derived: constructor arguments taken from the data, not settable.
+        scoring: how the exported encoders are scored.
+        protocol: the protocol trained on when none is named.
+    """
+
+    name: str
+    title: str
+    kind: str
+    modalities: tuple
+    paper: str
+    trainer: str
+    plan: str
+    batches: str
+    train: dict
+    derived: tuple = ()
+    scoring: str = "mAP@all, image queries against the image database"
+    protocol: str = "fashion_mnist"
+
+    @property
+    def cross_modal(self):
+        return "text" in self.modalities
+
+    def trainer_class(self):
+        return _resolve(self.trainer)
+
+    def plan_function(self):
+        return _resolve(self.plan)
+
+    def model_defaults(self):
+        """The trainer's constructor arguments and defaults, less bits, seed and `derived`."""
+        parameters = inspect.signature(self.trainer_class().__init__).parameters
+        skip = {"self", "bits", "seed", *self.derived}
+        return {
+            name: p.default
+            for name, p in parameters.items()
+            if name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+
+    def defaults(self):
+        """Every setting and its default: the trainer's, then the training settings."""
+        return {**self.model_defaults(), **self.train}
+
+    def resolve(self, *layers):
+        """Merges settings, first layer first (flags, then a recipe's), over the
+        defaults; returns the full flat dict.
+
+        Raises:
+            ValueError: a key the method does not have (naming the known ones),
+                or a value of the wrong type.
+        """
+        defaults = self.defaults()
+        settings = dict(defaults)
+        for layer in reversed([layer or {} for layer in layers]):
+            unknown = sorted(set(layer) - set(defaults))
+            if unknown:
+                raise ValueError(
+                    f"Unknown setting{'s' if len(unknown) > 1 else ''} {unknown} for method {self.name!r}. "
+                    f"Expected one of: {sorted(defaults)}"
+                )
+            settings.update({key: _checked(self.name, key, value, defaults[key]) for key, value in layer.items()})
+        return settings
+
+    def split(self, settings):
+        """(constructor arguments, training settings) of a resolved settings dict."""
+        return (
+            {key: value for key, value in settings.items() if key not in self.train},
+            {key: value for key, value in settings.items() if key in self.train},
+        )
+
+
+def _resolve(path):
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _checked(method, key, value, default):
+    """`value` if its type fits `default`'s (ints pass for floats; None means the default's own rule)."""
+    if default is None or value is None:
+        return value
+    expected = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        expected = list
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ValueError(
+            f"Setting {key!r} of method {method!r} must be {expected.__name__} like its default {default!r}. "
+            f"Received: {value!r}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Setting {key!r} of method {method!r} must be finite. Received: {value!r}")
+    return value
+
+
+def parse_value(text):
+    """A setting from the command line: JSON if it parses (0.25, true, [2, 5]), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"True": True, "False": False}.get(text, text)
+
+
+METHODS = {
+    method.name: method
+    for method in (
+        Method(
+            name="dhn",
+            title="DHN",
+            kind="supervised",
+            modalities=("image",),
+            paper="Zhu, Long, Wang, Cao. Deep Hashing Network for Efficient Similarity Retrieval. AAAI 2016",
+            trainer="tfhash.models.dhn:DHN",
+            plan="tfhash.models.dhn:training_plan",
+            batches="pairwise_batches: (images, class ids or multi-hot labels)",
+            train={"epochs": 30, "batch_size": 128, "learning_rate": 1e-3},
+            derived=("input_shape",),
+        ),
+        Method(
+            name="dsh_gan",
+            title="DSH-GAN",
+            kind="semi-supervised",
+            modalities=("image",),
+            paper="Qiu, Pan, Yao, Mei. Deep Semantic Hashing with Generative Adversarial Networks. SIGIR 2017",
+            trainer="tfhash.models.dsh_gan:DSHGAN",
+            plan="tfhash.models.dsh_gan:training_plan",
+            batches="semi_supervised_batches: (images, (labels, labelled flags))",
+            train={"epochs": 30, "batch_size": 128, "learning_rate": 1e-3, "g_learning_rate": 2e-4,
+                   "labelled_fraction": 1.0},
+            derived=("input_shape", "num_classes", "multi_label"),
+        ),
+        Method(
+            name="bgan",
+            title="BGAN",
+            kind="unsupervised",
+            modalities=("image",),
+            paper="Song, He, Gao, Xu, Hanjalic, Shen. Binary Generative Adversarial Networks for Image Retrieval. "
+            "AAAI 2018",
+            trainer="tfhash.models.bgan:BGAN",
+            plan="tfhash.models.bgan:training_plan",
+            batches="neighbour_batches: (images, (ids, neighbour lists)); no labels",
+            train={"epochs": 10, "batch_size": 128, "learning_rate": 1e-3, "d_learning_rate": 1e-4,
+                   "betas": [2, 5, 10, 15, 20], "k1": 20, "k2": 30},
+            derived=("input_shape",),
+        ),
+        Method(
+            name="ssah",
+            title="SSAH",
+            kind="supervised",
+            modalities=("image", "text"),
+            paper="Li, Deng, Li, Liu, Gao, Tao. Self-Supervised Adversarial Hashing Networks for Cross-Modal "
+            "Retrieval. CVPR 2018",
+            trainer="tfhash.models.ssah:SSAH",
+            plan="tfhash.models.ssah:training_plan",
+            batches="cross_modal_batches: {images, texts, labels, index}",
+            # epochs None: three rounds of label_epochs + image_epochs + text_epochs.
+            train={"epochs": None, "batch_size": 64, "image_learning_rate": 10**-4.5,
+                   "text_learning_rate": 10**-3.5},
+            derived=("input_shape", "num_labels", "vocabulary_size", "num_train"),
+            scoring="mAP@all image->text and text->image (query one modality, database the other)",
+            protocol="open_clip_art",
+        ),
+        Method(
+            name="ugach",
+            title="UGACH",
+            kind="unsupervised",
+            modalities=("image", "text"),
+            paper="Zhang, Peng, Yuan. Unsupervised Generative Adversarial Cross-Modal Hashing. AAAI 2018",
+            trainer="tfhash.models.ugach:UGACH",
+            plan="tfhash.models.ugach:training_plan",
+            batches="graph_batches: {images, texts, ids, neighbours, positive_images, positive_texts}; no labels",
+            train={"epochs": 30, "pretrain_epochs": 10, "batch_size": 256, "learning_rate": 1e-3,
+                   "g_learning_rate": 1e-4, "k": 5},
+            derived=("input_shape", "vocabulary_size", "pretrain_steps"),
+            scoring="mAP@all image->text and text->image (query one modality, database the other)",
+            protocol="open_clip_art",
+        ),
+    )
+}
+
+
+def names():
+    """The registered method names, sorted."""
+    return sorted(METHODS)
+
+
+def get(name):
+    """The record of method `name`."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}. Expected one of: {names()}")
+    return METHODS[name]
+
+
+def table():
+    """One row per method, for `tfhash methods`."""
+    return [
+        {"method": m.name, "title": m.title, "kind": m.kind, "modalities": "+".join(m.modalities), "paper": m.paper}
+        for m in (METHODS[name] for name in names())
+    ]
