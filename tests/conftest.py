@@ -44,3 +44,29 @@ def digits_two_view():
         return images, texts, np.eye(10, dtype=np.float32)[labels]
 
     return {part: triple(part) for part in ("query", "train", "database")}
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    """scikit-learn's digits under its committed split (`tfhash.data` protocol "digits")."""
+    from tfhash.data import load_protocol
+
+    return load_protocol("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_cross_modal(digits_data):
+    """The digits as an image-text protocol, for training the image-text methods
+    through `tfhash.training.train`: the 8x8 image, the "text" of its 64 pixels
+    thresholded to words (on / off) and one-hot labels, on the digits split."""
+    import dataclasses
+
+    import numpy as np
+
+    from tfhash.data import CrossModalData
+    from tfhash.data.protocols import get_protocol
+
+    images, labels = digits_data.images, digits_data.labels
+    protocol = dataclasses.replace(get_protocol("open_clip_art"), name="digits_two_view", description="digits, two views")
+    texts = (images.reshape(len(images), -1) >= 128).astype(np.uint8)
+    return CrossModalData(protocol, images, texts, np.eye(10, dtype=np.uint8)[labels], digits_data.split)

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tfhash import metrics
 from tfhash.callbacks import BetaSchedule
@@ -54,27 +53,6 @@ def test_fit_without_labels_learns_codes_that_retrieve(digits, neighbours):
     # Measured over seeds and epochs: untrained 0.18, trained 0.44-0.58 (K1=20, K2=30, the
     # paper's values); the issue asks for more than 1.2x the untrained encoder.
     assert trained > 1.2 * untrained, (untrained, trained)
-
-
-@pytest.mark.slow
-def test_mirrored_strategy_matches_one_device(digits, neighbours, mirrored):
-    images, _ = digits.subset("train")
-
-    def run(strategy):
-        with strategy.scope():
-            model = _bgan(seed=3)
-            model.compile(optimizer=keras.optimizers.SGD(0.05), d_optimizer=keras.optimizers.SGD(0.05))
-        history = model.fit(neighbour_batches(images, neighbours, 64, seed=1), epochs=1, verbose=0)
-        return history.history, model.get_weights()
-
-    one, weights_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two, weights_two = run(mirrored)
-    # S and the neighbour loss use the gathered global batch, batch norm is synchronized
-    # and losses are divided by the global batch: both optimizers take the same steps.
-    for key in ("loss", "neighbour_loss", "content_loss", "adversarial_loss", "d_loss"):
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4)
-    for a, b in zip(weights_two, weights_one):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_encoder_saves_and_reloads_with_identical_codes(digits, neighbours, tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tfhash.layers import HashLayer, SignPack, check_bits
-from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss, label_similarity
+from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss, balanced_pair_weights, label_similarity
 
 
 def test_sign_pack_matches_np_packbits():
@@ -55,16 +55,19 @@ def test_pairwise_cross_entropy_golden():
     labels = np.array([0, 1])
     loss = PairwiseCrossEntropy()(z, labels, z, labels).numpy()
     np.testing.assert_allclose(loss, [0.503204, 0.503204], atol=1e-6)
-    # Balanced: 4 pairs, 2 similar -> similar weight 4/2 = 2, dissimilar 1:
-    #   (2 * 0.313262 + 0.693147) / 2 = 0.659836
-    loss = PairwiseCrossEntropy(balanced=True)(z, labels, z, labels).numpy()
-    np.testing.assert_allclose(loss, [0.659836, 0.659836], atol=1e-6)
-    # One replica's share (row 0) against the gathered columns z0, z1, z2 = (1, 0),
-    # (0, 1), (0, 1), classes 0, 1, 1: the balance is counted among the columns
-    # (9 pairs, 5 similar: weight 1.8), not row 0's (3 pairs, 1 similar: weight 3):
-    #   (1.8 * 0.313262 + 2 * 0.693147) / 3 = 0.650055 (row 0's count would give 0.775360)
+    # Balanced, on z0, z1, z2 = (1, 0), (0, 1), (0, 1) with classes 0, 1, 1: 9 pairs,
+    # P = 5 similar, so similar pairs weigh T / P = 9 / 5 = 1.8 and dissimilar ones 1.
+    # Row 0 (class 0): (1.8 * 0.313262 + 2 * 0.693147) / 3 = 0.650055
+    # Rows 1 and 2 (class 1): t = 0 with z0 (dissimilar), t = 1 with z1, z2 (similar):
+    #   (0.693147 + 2 * 1.8 * 0.313262) / 3 = 0.606963
     columns, column_labels = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], "float32"), np.array([0, 1, 1])
-    loss = PairwiseCrossEntropy(balanced=True)(columns[:1], column_labels[:1], columns, column_labels).numpy()
+    balanced = PairwiseCrossEntropy(balanced=True)
+    loss = balanced(columns, column_labels, columns, column_labels).numpy()
+    np.testing.assert_allclose(loss, [0.650055, 0.606963, 0.606963], atol=1e-6)
+    # One replica's share (row 0) against the gathered columns: the balance is
+    # counted among the columns (weight 1.8), so it is row 0's value above; counted
+    # over row 0's own 3 pairs (1 similar: weight 3) it would be 0.775360.
+    loss = balanced(columns[:1], column_labels[:1], columns, column_labels).numpy()
     np.testing.assert_allclose(loss, [0.650055], atol=1e-6)
     # alpha = 2 doubles t: with itself log(1 + e^2) - 2 = 0.126928; mean with log 2: 0.410038
     loss = PairwiseCrossEntropy(alpha=2.0)(z, labels, z, labels).numpy()
@@ -76,6 +79,22 @@ def test_pairwise_cross_entropy_is_finite_for_large_products():
     loss = PairwiseCrossEntropy(alpha=10.0)(z, np.array([0, 1]), z, np.array([0, 1])).numpy()
     # t = 640, s = 0 for the cross pair: softplus(640) = 640 exactly; s = 1 pair: 0.
     np.testing.assert_allclose(loss, [320.0, 320.0], rtol=1e-6)
+
+
+def test_balanced_pair_weights_with_known_columns_golden():
+    # SSAH's use: rows against a memory whose third row is not known yet (known = 0).
+    # Counted pairs (2 rows x the 2 known columns): [[1, 0], [1, 1]]: P = 3 of T = 4,
+    # so similar pairs weigh 4 / 3, dissimilar ones 1, unknown ones 0.
+    s = np.array([[1.0, 0.0, 0.0]], "float32")
+    counted = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]], "float32")
+    known = np.array([[1.0, 1.0, 0.0]], "float32")
+    weights = keras.ops.convert_to_numpy(balanced_pair_weights(s, counted, known=known))
+    np.testing.assert_allclose(weights, [[4 / 3, 1.0, 0.0]], rtol=1e-6)
+    # Without a mask: 6 pairs, P = 3: similar pairs weigh 2. A {-1, +1} matrix
+    # (BGAN's S) counts its +1 entries as similar.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(balanced_pair_weights(s, counted)), [[2.0, 1.0, 1.0]])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(balanced_pair_weights(2 * s - 1, 2 * counted - 1)),
+                               [[2.0, 1.0, 1.0]])
 
 
 def test_quantization_losses_golden():

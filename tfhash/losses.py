@@ -35,32 +35,33 @@ def label_similarity(labels_a, labels_b):
 
 
 def balanced_pair_weights(s, counted, known=None):
-    """Pair weights under which similar and dissimilar pairs weigh half each.
+    """Pair weights that make similar pairs weigh as much in total as all pairs:
 
-        w_ij = T / 2 * (s_ij / P + (1 - s_ij) / N)
+        w_ij = T / P  if pair ij is similar,  1 otherwise
 
-    with P, N the similar and dissimilar pairs counted in `counted` (T = P + N),
-    so the weights of a matrix like `counted` sum to T. DHN, BGAN and SSAH use
-    it under `balanced=True`.
+    with P the similar pairs among the T pairs of `counted`: thulab/DeepHash's
+    weighting for DHN. Similar pairs are rare (10% for 10 balanced classes,
+    under 0.1% for BGAN's neighbours), and unweighted their loss is drowned.
+    DHN, BGAN and SSAH use it under `balanced=True`.
 
     Args:
-        s: (rows, columns) similarity of the pairs to weigh, 1 similar, 0 not
-            (a {-1, +1} matrix works too: values > 0 count as similar).
-        counted: the pairs that set P and N: the global batch's (gathered
+        s: (rows, columns) similarity of the pairs to weigh: values > 0 are
+            similar (1/0 and {-1, +1} matrices both work).
+        counted: the pairs that set P and T: the global batch's (gathered
             across replicas), so every replica weighs pairs alike and N
             replicas take one device's steps.
-        known: optional 0/1 mask of `counted` (and broadcast onto `s`):
-            pairs outside it weigh 0 and are not counted.
+        known: optional 0/1 mask broadcast onto `counted` and `s`: pairs
+            outside it weigh 0 and are not counted.
 
     Returns:
         weights shaped like `s`.
     """
-    similar_s = ops.cast(ops.greater(s, 0), s.dtype)
-    similar = ops.cast(ops.greater(counted, 0), s.dtype)
-    known_counted = ops.ones_like(similar) if known is None else ops.cast(known, s.dtype) * ops.ones_like(similar)
-    positives = ops.maximum(ops.sum(similar * known_counted), 1.0)
-    negatives = ops.maximum(ops.sum((1.0 - similar) * known_counted), 1.0)
-    weights = 0.5 * (positives + negatives) * (similar_s / positives + (1.0 - similar_s) / negatives)
+    similar = ops.cast(ops.greater(s, 0), s.dtype)
+    counted_similar = ops.cast(ops.greater(counted, 0), s.dtype)
+    mask = ops.ones_like(counted_similar) if known is None else ops.cast(known, s.dtype) * ops.ones_like(counted_similar)
+    total = ops.sum(mask)
+    positives = ops.maximum(ops.sum(counted_similar * mask), 1.0)
+    weights = 1.0 - similar + similar * (total / positives)
     return weights if known is None else weights * ops.cast(known, s.dtype)
 
 
@@ -77,8 +78,9 @@ class PairwiseCrossEntropy:
         alpha: scale on the inner product. The paper uses 1; public code scales
             it down (DeepHash-pytorch uses 0.5) because with K bits
             <z_i, z_j> ranges over [-K, K] and saturates the sigmoid.
-        balanced: re-weight so similar and dissimilar pairs weigh half each
-            (`balanced_pair_weights`), counted over the pairs among the columns.
+        balanced: weigh similar pairs T / P, dissimilar ones 1
+            (`balanced_pair_weights`, thulab/DeepHash's), counted over the
+            pairs among the columns.
 
     Call:
         `loss(z, labels, z_columns, labels_columns)` returns one loss per row of

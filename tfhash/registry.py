@@ -122,10 +122,17 @@ def _resolve(path):
     return getattr(importlib.import_module(module), attribute)
 
 
+# The types of settings whose default is None ("derive it", e.g. margin = bits / 4).
+TYPES_OF_NONE_DEFAULTS = {"epochs": int, "margin": float, "backbone_weights": str}
+
+
 def _checked(method, key, value, default):
-    """`value` if its type fits `default`'s (ints pass for floats; None means the default's own rule)."""
-    if default is None or value is None:
+    """`value` if its type fits `default`'s (ints pass for floats); None keeps a None default's rule."""
+    if value is None and default is None:
         return value
+    like = f"like its default {default!r}" if default is not None else "or None"
+    if default is None:
+        default = TYPES_OF_NONE_DEFAULTS.get(key, type(value))()
     expected = type(default)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -141,7 +148,7 @@ def _checked(method, key, value, default):
         ok = isinstance(value, expected)
     if not ok:
         raise ValueError(
-            f"Setting {key!r} of method {method!r} must be {expected.__name__} like its default {default!r}. "
+            f"Setting {key!r} of method {method!r} must be {expected.__name__} {like}. "
             f"Received: {value!r}"
         )
     if isinstance(value, float) and not math.isfinite(value):

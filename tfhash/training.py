@@ -124,6 +124,7 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
     from tfhash.data import load_protocol
     from tfhash.distribute import get_strategy, is_chief
 
+    protocol = protocol or (data.protocol.name if data is not None else None)
     recipe = resolve(method, protocol, recipe=recipe, bits=bits, seed=seed, data_options=data_options, **settings)
     record = registry.get(recipe["method"])
     data = data or load_protocol(recipe["protocol"], data_dir, **recipe["data"])

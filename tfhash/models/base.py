@@ -75,7 +75,7 @@ def record_losses(model, **per_example):
         if isinstance(value, tuple):
             tracker.update_state(value[0], sample_weight=value[1])
         else:
-            n = tf.cast(tf.shape(value)[0], "float32")
+            n = tf.cast(tf.shape(value)[0], value.dtype)
             tracker.update_state(tf.reduce_mean(value), sample_weight=n)
     return step_logs(model, trackers)
 

@@ -16,7 +16,7 @@ and D minimizes -log D(x) - log(1 - D(G(b))); the two updates alternate each ste
 Choices, one line each:
 - Annealing: `BetaSchedule` really advances beta (the official code lists [2, 5, 10, 15, 20] but never advances it).
 - Feature space for S: PCA of the pixels (`pixel_features`); the paper's 2048-d CNN features need ImageNet weights.
-- Pair weights: `balanced=True` weighs neighbour and non-neighbour pairs equally; the paper does not.
+- Pair weights: `balanced=True` weighs neighbour pairs T / P, others 1 (`balanced_pair_weights`); the paper does not.
 - Pairs: each row against the global batch, columns held constant.
 - Quantization: none beyond the annealing (the code adds mean((Z - sign Z)^2)).
 - Networks: a small CNN encoder (the paper: VGG19-like), a dense + two transposed-conv generator, a two-conv D.
@@ -108,8 +108,9 @@ class BGAN(EncoderHarness):
     Args:
         bits, input_shape, backbone, beta: as `BGANEncoder`.
         neighbour_weight, content_weight, adversarial_weight: loss weights.
-        balanced: weigh neighbour and non-neighbour pairs equally in the
-            neighbour loss (the paper does not; see docs/methods/bgan.md).
+        balanced: weigh neighbour pairs T / P and the others 1 in the neighbour
+            loss, so neighbour pairs weigh as much as all pairs
+            (`tfhash.losses.balanced_pair_weights`; the paper does not).
 
     Examples:
     >>> model = BGAN(bits=32, input_shape=(28, 28, 1))

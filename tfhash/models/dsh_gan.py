@@ -99,7 +99,7 @@ def triplet_ranking_loss(anchor, positive, negative, margin):
 def negative_classes(targets, uniform):
     """One-hot y' per row: the class, among those the row lacks, with the largest
     uniform draw (so a uniform pick); and whether the row lacks any class."""
-    scores = tf.where(targets > 0, -1.0, uniform)
+    scores = tf.where(targets > 0, tf.cast(-1.0, uniform.dtype), uniform)
     num_classes = tf.shape(targets)[-1]
     return tf.one_hot(tf.argmax(scores, axis=-1), num_classes, dtype=targets.dtype), tf.reduce_any(targets <= 0, axis=-1)
 

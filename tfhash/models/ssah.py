@@ -329,8 +329,8 @@ class SSAH(Trainer):
         alpha, gamma, eta, beta, delta: weights of J1, J2, J3, J4 and the
             adversarial loss (code: all 1).
         decay: learning rates are multiplied by this after each round (code: 10^-0.5).
-        balanced: weigh similar and dissimilar pairs equally in J1/J2 (the
-            paper does not). With few similar pairs (digits: 10%), ReLU
+        balanced: weigh similar pairs T / P and dissimilar ones 1 in J1/J2
+            (`tfhash.losses.balanced_pair_weights`; the paper does not). With few similar pairs (digits: 10%), ReLU
             features F are pushed to 0 for every pair, and the codes computed
             from them collapse. The published recipes set it.
 
@@ -514,8 +514,7 @@ class SSAH(Trainer):
         theta_h = 0.5 * tf.matmul(codes, self.memory["label_codes"].value, transpose_b=True)
         weights = filled
         if self.balanced:
-            # Similar and dissimilar pairs weigh half each, counted over the global
-            # batch's pairs with the known memory rows.
+            # Counted over the global batch's pairs with the known memory rows.
             weights = balanced_pair_weights(s, similarity(labels_all), known=filled)
         j1 = tf.reduce_sum(_neg_log_likelihood(theta_f, s) * weights, axis=1)
         j2 = tf.reduce_sum(_neg_log_likelihood(theta_h, s) * weights, axis=1)

@@ -182,7 +182,7 @@ def relevance_hinge(query, related, picked, margin):
 def sample_candidates(logits, excluded, gumbel):
     """One candidate per row drawn from softmax(logits) over the candidates not
     excluded (Gumbel-max: argmax of logits plus Gumbel noise)."""
-    return tf.argmax(tf.where(excluded, _EXCLUDED, logits) + gumbel, axis=-1, output_type="int32")
+    return tf.argmax(tf.where(excluded, tf.cast(_EXCLUDED, logits.dtype), logits) + gumbel, axis=-1, output_type="int32")
 
 
 def _squared_distances(a, b):
@@ -335,7 +335,7 @@ class UGACH(Trainer):
     def _generator_logits(self, queries, candidates, query_net, candidate_net, related):
         """log p(x | q) up to a constant: -|h(q) - h(x)|^2, relatives excluded."""
         distances = _squared_distances(tf.sigmoid(query_net(queries)), tf.sigmoid(candidate_net(candidates)))
-        return tf.where(related, _EXCLUDED, -distances)
+        return tf.where(related, tf.cast(_EXCLUDED, distances.dtype), -distances)
 
     def train_step(self, data):
         images, texts = data["images"], tf.cast(data["texts"], self.compute_dtype)
@@ -367,7 +367,8 @@ class UGACH(Trainer):
                                                   related)
 
         def pick(logits, stream):
-            return sample_candidates(tf.where(adversarial, logits, 0.0), related, self._gumbel(rows, columns, step, stream))
+            return sample_candidates(tf.where(adversarial, logits, tf.zeros_like(logits)), related,
+                                     self._gumbel(rows, columns, step, stream))
 
         pick_texts, pick_images = pick(logits_text, 0), pick(logits_image, 1)
         picked_texts, picked_images = tf.gather(all_texts, pick_texts), tf.gather(all_images, pick_images)

@@ -1,0 +1,133 @@
+"""The shared checks (`method_checks`) applied to every method of the registry,
+each in its published 32-bit configuration shrunk to a few steps on digits."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import method_checks
+from tfhash import recipes, registry, training
+
+# Sizes only: each method keeps its published recipe's other settings.
+TINY = {
+    "dhn": dict(epochs=1, batch_size=64),
+    "bgan": dict(epochs=1, batch_size=64, k1=5, k2=5, betas=[2]),
+    # Half the labels: the semi-supervised path (unlabelled rows) runs too.
+    "dsh_gan": dict(epochs=1, batch_size=64, labelled_fraction=0.5),
+    "ssah": dict(epochs=3, label_epochs=1, image_epochs=1, text_epochs=1, batch_size=64, hidden_units=64,
+                 feature_units=32, discriminator_units=16),
+    # Two epochs, one of pre-training: the generator's picks run in the second.
+    "ugach": dict(epochs=2, pretrain_epochs=1, batch_size=64, feature_dims=16, hidden_units=32, k=3),
+}
+
+
+def _published(method):
+    """The method's published 32-bit recipe."""
+    return next(r for r in map(recipes.published, recipes.published_names())
+                if r["method"] == method and r["bits"] == 32)
+
+
+@pytest.fixture(scope="session")
+def data_for(digits_data, digits_cross_modal):
+    return lambda method: digits_cross_modal if registry.get(method).cross_modal else digits_data
+
+
+def _inputs(data, modality, n=20):
+    return data.images[:n] if modality == "image" else data.texts[:n]
+
+
+def test_every_method_has_a_tiny_configuration_and_a_published_recipe():
+    assert set(TINY) == set(registry.names())
+    for method in registry.names():
+        assert _published(method)["method"] == method
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_a_misspelt_setting_fails_naming_the_known_ones(method):
+    known = sorted(registry.get(method).defaults())
+    with pytest.raises(ValueError, match=r"Unknown setting \['epochz'\] for method .*Expected one of: ") as error:
+        training.resolve(method, epochz=1)
+    assert str(known) in str(error.value)
+    with pytest.raises(ValueError, match=r"Setting 'epochs' .* must be int .* Received: 'ten'"):
+        training.resolve(method, epochs="ten")
+
+
+@pytest.fixture(scope="module")
+def trained(data_for, tmp_path_factory):
+    """One tiny run per method through the training path, written as a run directory."""
+    runs = {}
+
+    def get(method):
+        if method not in runs:
+            run_dir = tmp_path_factory.mktemp(method)
+            result = method_checks.train_tiny(method, data_for(method), recipe=_published(method),
+                                              output_dir=str(run_dir), **TINY[method])
+            runs[method] = result, run_dir
+        return runs[method]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", registry.names())
+def test_run_directory_holds_every_encoder_and_the_recipe(method, trained, data_for):
+    result, run_dir = trained(method)
+    record = training.read_run(str(run_dir))
+    assert record["recipe"]["method"] == method and record["recipe"]["settings"]["epochs"] == TINY[method]["epochs"]
+    assert set(result.encoders) == set(registry.get(method).modalities)
+    for modality, encoder in result.encoders.items():
+        loaded = training.load_model(str(run_dir), modality)
+        inputs = _inputs(data_for(method), modality)
+        np.testing.assert_array_equal(loaded.encode(inputs), encoder.encode(inputs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", registry.names())
+def test_save_and_reload_give_identical_codes(method, trained, data_for, tmp_path):
+    result, _ = trained(method)
+    for modality, encoder in result.encoders.items():
+        method_checks.run_saving_test(encoder, _inputs(data_for(method), modality), str(tmp_path / f"{modality}.keras"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", registry.names())
+def test_config_round_trip(method, trained):
+    result, _ = trained(method)
+    for model in (result.model, *result.encoders.values()):
+        method_checks.run_config_round_trip(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", registry.names())
+def test_export_contract(method, trained, data_for, tmp_path):
+    result, _ = trained(method)
+    for modality, encoder in result.encoders.items():
+        method_checks.run_export_test(encoder, _inputs(data_for(method), modality), tmp_path / modality)
+
+
+@pytest.fixture
+def float64():
+    before = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx(before)
+
+
+# Every method's published configuration, and the options that change how a
+# step is distributed (unbalanced pairs; the generator's synchronized batch norm;
+# DSH-GAN's pairwise term, whose columns are the global batch's labelled rows).
+STRATEGY_CASES = [(method, {}) for method in registry.names()] + [
+    ("dhn", {"balanced": False}),
+    ("dsh_gan", {"generator_batch_norm": True}),
+    ("dsh_gan", {"pairwise_weight": 1.0}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, options", STRATEGY_CASES, ids=lambda case: str(case))
+def test_mirrored_strategy_takes_one_devices_steps(method, options, data_for, mirrored, float64):
+    # The published optimizers (Adam) and settings, at a few steps' size.
+    settings = dict(TINY[method], recipe=_published(method), **options)
+    method_checks.run_strategy_invariance(method, data_for(method), tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                          mirrored, settings)
