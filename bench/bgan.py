@@ -9,8 +9,8 @@ after every epoch, beside beta, so the effect of annealing shows. Baselines on
 the same protocol: the untrained encoder's codes and random-projection LSH on
 the centred pixels. Targets: BGAN > 1.2x the untrained encoder, and > LSH.
 
-The settings are the zoo's recipes (zoo/recipes/bgan_fashion_mnist_BITS.json),
-run by `tfhash.recipes.run`, so the final figures are the published ones.
+The settings are the zoo's recipes (tfhash/zoo/recipes/bgan_fashion_mnist_BITS.json),
+run by `tfhash.training.train`, so the final figures are the published ones.
 """
 
 import argparse
@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from tfhash import metrics, recipes  # noqa: E402
+from tfhash import metrics, recipes, training  # noqa: E402
 from tfhash.baselines import LSH  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 
@@ -69,13 +69,13 @@ def main():
     results = {}
     for bits in args.bits:
         recipe = recipes.published(f"bgan_fashion_mnist_{bits}")
-        recipe["train"]["epochs"] = args.epochs
+        recipe["settings"]["epochs"] = args.epochs
         score = ScoreEachEpoch(data)
-        result = recipes.run(recipe, data=data, callbacks=[score])
+        result = training.train(recipe=recipe, data=data, callbacks=[score], verbose=0)
         lsh, final = lsh_map(data, bits), score.per_epoch[-1]["map"]
         # The neighbour structure (k-NN of PCA pixel features) is part of the run's seconds.
         results[bits] = dict(map=final, untrained=score.untrained, lsh=lsh, per_epoch=score.per_epoch,
-                             train_seconds=result.seconds, recipe=recipe)
+                             train_seconds=result.seconds, recipe=result.recipe)
         print(
             f"BGAN {bits:3d} bits: mAP@all {final:.4f} | untrained encoder {score.untrained:.4f} "
             f"(x{final / score.untrained:.2f}, target > 1.2) | LSH {lsh:.4f} (x{final / lsh:.2f}, target > 1)",

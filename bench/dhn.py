@@ -19,31 +19,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfhash import recipes, training  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.evaluation import evaluate_model  # noqa: E402
+from tfhash.models import DHN  # noqa: E402
 
 
 def recipe(bits):
-    """`training.train`'s settings of the zoo recipe at `bits` (the 32-bit one's at other lengths)."""
-    name = f"dhn_fashion_mnist_{bits}" if bits in (32, 64) else "dhn_fashion_mnist_32"
-    return {**training.recipe_settings(recipes.published(name)), "bits": bits}
+    """The zoo recipe at `bits` (the 32-bit one's at other lengths)."""
+    return recipes.published(f"dhn_fashion_mnist_{bits}" if bits in (32, 64) else "dhn_fashion_mnist_32")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--epochs", type=int, default=recipe(32)["epochs"])
+    parser.add_argument("--epochs", type=int, default=recipe(32)["settings"]["epochs"])
     parser.add_argument("--output", default="bench/results/dhn.json")
     args = parser.parse_args()
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
     data = load_protocol("fashion_mnist")
     rows = []
     for bits in args.bits:
-        settings = {**recipe(bits), "epochs": args.epochs}
-        untrained = training.build_model("dhn", bits=bits, input_shape=data.images.shape[1:])
+        untrained = DHN(bits=bits, input_shape=data.images.shape[1:])
         base, _, _ = evaluate_model(untrained, data, curve=False)
         start = time.time()
-        model, history = training.train(**settings, data=data, verbose=0)
+        # Scored below, with the protocol's description for the JSON.
+        run = training.train(recipe=recipe(bits), bits=bits, epochs=args.epochs, data=data, verbose=0, score=False)
         seconds = time.time() - start
-        result, _, _ = evaluate_model(model, data, curve=False)
+        result, _, _ = evaluate_model(run.encoders["image"], data, curve=False)
         rows.append(
             dict(
                 bits=bits,
@@ -51,8 +51,8 @@ def main():
                 precision_at_100=result["precision@100"],
                 untrained_map_all=base["map"],
                 train_seconds=round(seconds, 1),
-                final_loss=history.history["loss"][-1],
-                recipe=settings,
+                final_loss=run.history["loss"][-1],
+                recipe=run.recipe,
                 protocol=result["protocol"],
             )
         )

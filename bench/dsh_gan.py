@@ -6,8 +6,8 @@ The foundation's protocol (`load_protocol("fashion_mnist")`): 1,000 queries,
 5,000 training images, database = the 69,000 non-query images, mAP@all. Four
 models give the four figures the issue asks for, and a fifth a departure:
 
-Every model is a zoo recipe (zoo/recipes/{dhn,dsh_gan}_fashion_mnist_BITS.json)
-run by `tfhash.recipes.run`, with only the epochs and the labelled fraction
+Every model is a zoo recipe (tfhash/zoo/recipes/{dhn,dsh_gan}_fashion_mnist_BITS.json)
+run by `tfhash.training.train`, with only the epochs and the labelled fraction
 changed here, so the all-label figures are the published ones.
 
 - DHN, all 5,000 training labels: the DHN recipe.
@@ -34,17 +34,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfhash import recipes  # noqa: E402
+from tfhash import training  # noqa: E402
 from tfhash.callbacks import GeneratedImageGrid  # noqa: E402
 from tfhash.data import draw_labelled, load_protocol  # noqa: E402
 
 
-def recipe(method, bits, model=None, **train):
-    """The zoo's recipe for `method` at `bits`, with `model` and `train` settings replaced."""
-    settings = recipes.published(f"{method}_fashion_mnist_{bits}")
-    settings["model"].update(model or {})
-    settings["train"].update(train)
-    return settings
+def recipe(method, bits, **settings):
+    """The zoo's recipe for `method` at `bits`, with `settings` replaced, every setting resolved."""
+    return training.resolve(recipe=f"{method}_fashion_mnist_{bits}", **settings)
 
 
 def steps(result, rows, batch_size):
@@ -67,17 +64,17 @@ def main():
 
     data = load_protocol("fashion_mnist")
     _, train_labels = data.subset("train")
-    # The labelled rows DSH-GAN's recipe draws (`recipes.run` uses its seed), so DHN gets the same 500.
+    # The labelled rows DSH-GAN's recipe draws (`training.train` uses its seed), so DHN gets the same 500.
     labelled = draw_labelled(train_labels, args.fraction, seed=recipe("dsh_gan", args.bits)["seed"])
     few = dataclasses.replace(data, split=dataclasses.replace(data.split, train=data.split.train[labelled]))
-    dhn_train = recipe("dhn", args.bits)["train"]
+    dhn_train = recipe("dhn", args.bits)["settings"]
     full_steps = (len(data.split.train) // dhn_train["batch_size"]) * dhn_train["epochs"]
     matched_epochs = -(-full_steps // (len(few.split.train) // dhn_train["batch_size"]))
 
     runs = {}
 
     def report(name, settings, run_data, rows, batch_size, callbacks=()):
-        result = recipes.run(settings, data=run_data, callbacks=callbacks)
+        result = training.train(recipe=settings, data=run_data, callbacks=callbacks, verbose=0)
         score = result.scores["image"]  # on the full protocol's queries and database either way
         runs[name] = dict(map_all=score["map"], precision_at_100=score["precision@100"],
                           train_seconds=result.seconds, steps=steps(result, rows, batch_size),
@@ -90,18 +87,18 @@ def main():
     report("dhn_fraction_same_epochs", recipe("dhn", args.bits), few, few_n, batch)
     report("dhn_fraction_same_steps", recipe("dhn", args.bits, epochs=matched_epochs), few, few_n, batch)
     dsh = recipe("dsh_gan", args.bits, epochs=args.epochs)
-    report("dsh_gan_all", dsh, data, n, dsh["train"]["batch_size"])
+    report("dsh_gan_all", dsh, data, n, dsh["settings"]["batch_size"])
     # Semi-supervised batches: half labelled rows (cycled), half unlabelled; an
     # epoch is one pass over the unlabelled rows.
     grid = GeneratedImageGrid(os.path.dirname(args.output) + "/dsh_gan_grids", per_class=10, every=args.few_epochs)
     few_dsh = recipe("dsh_gan", args.bits, epochs=args.few_epochs, labelled_fraction=args.fraction)
-    report("dsh_gan_fraction", few_dsh, data, n - few_n, few_dsh["train"]["batch_size"] // 2, callbacks=[grid])
+    report("dsh_gan_fraction", few_dsh, data, n - few_n, few_dsh["settings"]["batch_size"] // 2, callbacks=[grid])
     os.makedirs(os.path.dirname(args.figure) or ".", exist_ok=True)
     os.replace(grid.paths[-1], args.figure)
     if args.pairwise_weight:
-        pairwise = recipe("dsh_gan", args.bits, model={"pairwise_weight": args.pairwise_weight},
-                          epochs=args.few_epochs, labelled_fraction=args.fraction)
-        report("dsh_gan_pairwise_fraction", pairwise, data, n - few_n, pairwise["train"]["batch_size"] // 2)
+        pairwise = recipe("dsh_gan", args.bits, pairwise_weight=args.pairwise_weight, epochs=args.few_epochs,
+                          labelled_fraction=args.fraction)
+        report("dsh_gan_pairwise_fraction", pairwise, data, n - few_n, pairwise["settings"]["batch_size"] // 2)
 
     bar = max(runs["dhn_fraction_same_epochs"]["map_all"], runs["dhn_fraction_same_steps"]["map_all"])
     summary = {

@@ -12,7 +12,7 @@ Writes `OUTPUT/README.md` with:
 - `map_vs_bits.png`: mAP against code length per method and protocol;
 - `pr_fashion_mnist_32.png`: precision-recall within Hamming radius of the
   32-bit image models on the Fashion-MNIST protocol, from the zoo encoders
-  (zoo/files/, or downloaded: see zoo/README.md);
+  (tfhash/zoo/files/, or downloaded: see tfhash/zoo/README.md);
 - throughput: the side-by-side ratios of `bench/encode.py` and
   `bench/index.py`, run here, with their output as printed.
 """
@@ -36,23 +36,24 @@ DIRECTION = {"map@all": "image", "map@all image->text": "I->T", "map@all text->i
 
 
 def rows_from_manifest(manifest, rerun):
-    from tfhash import recipes
+    from tfhash import recipes, training, zoo
 
     rows, fresh = [], {}
     for name, entry in sorted(manifest["entries"].items()):
-        recipe = recipes.read(ROOT / "zoo" / entry["recipe"])
+        # Recipe paths are relative to the manifest's folder (`tfhash.publish`).
+        recipe = recipes.read(zoo.manifest_path().parent / entry["recipe"])
         measured = None
         if rerun:
             if recipe["name"] not in fresh:
                 print(f"re-running {recipe['name']}", flush=True)
-                fresh[recipe["name"]] = recipes.run(recipe).scores
+                fresh[recipe["name"]] = training.train(recipe=recipe, verbose=0).scores
             modality = "text" if name.endswith("_text") else "image"
             measured = fresh[recipe["name"]][modality]["map"]
         rows.append({
             "entry": name, "method": recipe["method"], "protocol": entry["protocol"], "bits": entry["bits"],
             "direction": DIRECTION.get(entry["metric"]["name"], entry["metric"]["name"]),
             "map": entry["metric"]["value"], "measured": measured,
-            "command": f"tfhash reproduce zoo/{entry['recipe']}",
+            "command": f"tfhash reproduce {recipe['name']}",
         })
     return rows
 
@@ -116,7 +117,7 @@ def main():
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    files = ROOT / "zoo" / "files"
+    files = zoo.manifest_path().parent / "files"
     if not os.environ.get(zoo.URL_ENV) and files.is_dir():
         os.environ[zoo.URL_ENV] = files.as_uri() + "/"  # the encoders published on this machine
     manifest = zoo.read_manifest()

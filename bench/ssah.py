@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/ssah.py [--bits 32 64] [--rounds 3]
 
-The settings are the zoo's recipes (zoo/recipes/ssah_open_clip_art_BITS.json),
-run by `tfhash.recipes.run`.
+The settings are the zoo's recipes (tfhash/zoo/recipes/ssah_open_clip_art_BITS.json),
+run by `tfhash.training.train`.
 
 Open Clip Art (Debian openclipart-png/-svg): image-text pairs with multi-hot
 labels; 2,000 queries, 4,000 training pairs, database = every non-query pair
@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfhash import metrics, recipes  # noqa: E402
+from tfhash import metrics, training  # noqa: E402
 from tfhash.baselines import CCAITQ  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.evaluation import evaluate_cross_modal  # noqa: E402
@@ -81,15 +81,17 @@ def main():
 
     results = {}
     for bits in args.bits:
-        recipe = recipes.published(f"ssah_open_clip_art_{bits}")
-        recipe["train"]["rounds"] = args.rounds
+        recipe = training.resolve(recipe=f"ssah_open_clip_art_{bits}")
+        settings = recipe["settings"]
+        # SSAH trains in rounds of label, image and text epochs.
+        settings["epochs"] = args.rounds * sum(settings[f"{p}_epochs"] for p in ("label", "image", "text"))
         if bits == args.bits[0]:
             start = time.time()
             data = load_protocol("open_clip_art", **recipe["data"])
             print(f"{data.protocol.description} Loaded in {time.time() - start:.1f} s.", flush=True)
         baseline = cca_itq(data, bits)
         untrained = ScoreUntrained(data)
-        result = recipes.run(recipe, data=data, callbacks=[untrained])
+        result = training.train(recipe=recipe, data=data, callbacks=[untrained], verbose=0)
         seconds, val = result.seconds, result.history.get("val_map")
         results[bits] = {
             "ssah": {d: result.scores[m] for m, d in (("image", "image_to_text"), ("text", "text_to_image"))},

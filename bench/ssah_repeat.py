@@ -31,7 +31,7 @@ def child(bits, full, hashes, folding, output):
     import keras
     import numpy as np
 
-    from tfhash import recipes
+    from tfhash import recipes, training
     from tfhash.models import SSAH
 
     if folding == "on":
@@ -49,9 +49,8 @@ def child(bits, full, hashes, folding, output):
 
     recipe = recipes.published(f"ssah_open_clip_art_{bits}")
     if not full:
-        recipe["model"].update(SHORT)
-        recipe["train"]["rounds"] = 1
-    result = recipes.run(recipe, callbacks=[Hashes()] if hashes else [])
+        recipe["settings"].update(SHORT, epochs=sum(SHORT.values()))  # one round
+    result = training.train(recipe=recipe, callbacks=[Hashes()] if hashes else [], verbose=0)
     with open(output, "w") as f:
         # Training time without the hashing (measured: about a quarter of a second a step).
         json.dump({"steps": steps, "seconds": result.seconds - hashing[0],

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfhash import metrics, recipes, training  # noqa: E402
+from tfhash import metrics, training  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_tflite  # noqa: E402
 
@@ -34,8 +34,8 @@ def main():
     if args.run:
         model = training.load_model(args.run)
     else:
-        settings = training.recipe_settings(recipes.published(f"dhn_fashion_mnist_{args.bits}"))
-        model, _ = training.train(**settings, data=data, verbose=0)
+        run = training.train(recipe=f"dhn_fashion_mnist_{args.bits}", data=data, verbose=0, score=False)
+        model = run.encoders["image"]
     (xq, yq), (xd, yd) = data.subset("query"), data.subset("database")
     train, _ = data.subset("train")
     calibration = train[np.random.default_rng(0).choice(len(train), 200, replace=False)]

@@ -3,8 +3,8 @@ without its generator, on the same features.
 
     .venv/bin/python bench/ugach.py [--bits 32 64] [--pretrain-epochs 10] [--epochs 30]
 
-The settings are the zoo's recipes (zoo/recipes/ugach_open_clip_art_BITS.json),
-run by `tfhash.recipes.run`, so the figures here are the published ones.
+The settings are the zoo's recipes (tfhash/zoo/recipes/ugach_open_clip_art_BITS.json),
+run by `tfhash.training.train`, so the figures here are the published ones.
 
 Open Clip Art (Debian openclipart-png/-svg): 6,886 image-text pairs, 2,000
 queries, 4,000 training pairs, database = every non-query pair
@@ -47,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfhash import metrics, recipes  # noqa: E402
+from tfhash import metrics, recipes, training  # noqa: E402
 from tfhash.baselines import CCAITQ  # noqa: E402
 from tfhash.data import load_protocol  # noqa: E402
 from tfhash.neighbours import batch_similarity, correlation_graph  # noqa: E402
@@ -86,9 +86,8 @@ def pick_label_share(model, images, texts, labels, graph, rows=1000):
 
 def ugach(recipe, data, epochs, pretrain_epochs, generator):
     recipe = copy.deepcopy(recipe)
-    recipe["train"].update(epochs=epochs, pretrain_epochs=pretrain_epochs)
-    recipe["model"]["generator"] = generator
-    result = recipes.run(recipe, data=data)
+    recipe["settings"].update(epochs=epochs, pretrain_epochs=pretrain_epochs, generator=generator)
+    result = training.train(recipe=recipe, data=data, verbose=0)
     val = result.history["val_pair_map"]
     summary = {
         "image_to_text": result.scores["image"], "text_to_image": result.scores["text"],
@@ -117,7 +116,7 @@ def main():
         model, ours = ugach(recipe, data, args.epochs, args.pretrain_epochs, True)
         baseline, cca_seconds = cca_itq(model, data, bits)
         images, texts, labels = data.subset("train")
-        graph = correlation_graph(model.image_features(images), texts.astype(np.float32), k=recipe["train"]["k"])
+        graph = correlation_graph(model.image_features(images), texts.astype(np.float32), k=recipe["settings"]["k"])
         picked, uniform = pick_label_share(model, images, texts, labels, graph)
         results[bits] = {"ugach": ours, "without_generator": alone, "cca_itq": scores(baseline),
                          "cca_itq_fit_seconds": round(cca_seconds, 1), "recipe": recipe,

@@ -50,6 +50,7 @@ def test_step_schedule_is_the_papers_list():
     assert [grow(0, step) for step in range(5)] == [1.0, 2.0, 4.0, 8.0, 10.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
 def test_beta_changes_inside_the_compiled_train_step(strategy, mirrored):
     dist = tf.distribute.OneDeviceStrategy("/cpu:0") if strategy == "one_device" else mirrored

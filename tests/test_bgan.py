@@ -55,6 +55,7 @@ def test_fit_without_labels_learns_codes_that_retrieve(digits, neighbours):
     assert trained > 1.2 * untrained, (untrained, trained)
 
 
+@pytest.mark.slow
 def test_encoder_saves_and_reloads_with_identical_codes(digits, neighbours, tmp_path):
     model = _bgan()
     images, _ = digits.subset("train")

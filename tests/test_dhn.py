@@ -49,6 +49,7 @@ def test_fit_learns_codes_that_retrieve_by_label(digits):
     assert trained > 2 * untrained and trained > 0.5, (untrained, trained)
 
 
+@pytest.mark.slow
 def test_keras_save_reload_gives_identical_codes(digits, tmp_path):
     model = _model(balanced=True, alpha=0.5, quantization="squared")
     model.compile(optimizer="adam")

@@ -108,6 +108,7 @@ def _ten_labelled_of_forty(digits):
     return images[:40], labels[:40].astype(np.int32), np.r_[np.ones(10), np.zeros(30)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairwise_weight", [0.0, 1.0])
 def test_unlabelled_rows_feed_only_the_adversarial_stream(digits, pairwise_weight):
     images, labels, flags = _ten_labelled_of_forty(digits)
@@ -131,6 +132,7 @@ def test_unlabelled_rows_feed_only_the_adversarial_stream(digits, pairwise_weigh
     assert logs_c["d_loss"] != logs["d_loss"]
 
 
+@pytest.mark.slow
 def test_pairwise_term_enters_the_shared_cnns_objective(digits):
     images, labels, flags = _ten_labelled_of_forty(digits)
 
@@ -172,6 +174,7 @@ def test_fit_learns_codes_that_retrieve_with_all_and_few_labels(digits):
     assert results[0.2] > 2 * untrained, (untrained, results)
 
 
+@pytest.mark.slow
 def test_multi_label_rows_train_with_a_sigmoid_head(digits):
     images, labels = digits.subset("train")
     # Two labels per image: its digit, and "odd" as an eleventh class.
@@ -185,6 +188,7 @@ def test_multi_label_rows_train_with_a_sigmoid_head(digits):
     assert grid.shape == (2, 8, 8, 1) and grid.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_generated_image_grid_is_written_each_epoch(digits, tmp_path):
     images, labels = digits.subset("train")
     model = _dsh_gan()
@@ -202,6 +206,7 @@ def test_generated_image_grid_is_written_each_epoch(digits, tmp_path):
 # Saving and bad input
 
 
+@pytest.mark.slow
 def test_encoder_and_harness_save_and_reload(digits, tmp_path):
     model = _dsh_gan()
     images, labels = digits.subset("train")

@@ -99,6 +99,9 @@ def tiny_ugach_image_encoder(data):
     return model.image_encoder
 
 
+# Every test here trains its models (the module's fixtures).
+pytestmark = pytest.mark.slow
+
 # Every exportable image model, as a function of the digits data returning a
 # trained model on 8x8x1 images. A new method adds its factory here.
 FACTORIES = [tiny_dhn, tiny_bgan_encoder, tiny_ssah_image_encoder, tiny_dsh_gan_encoder, tiny_ugach_image_encoder]
@@ -389,9 +392,9 @@ def test_cli_exports_savedmodel_and_int8_tflite(model, images, tmp_path, capsys)
 def test_cli_tflite_defaults_to_export_models_and_the_runs_protocol(model, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    model.save(str(run_dir / "model.keras"))
-    # A run directory records its protocol: int8 calibrates on that one without --protocol.
-    (run_dir / "run.json").write_text(json.dumps({"settings": {"protocol": "digits"}}))
+    model.save(str(run_dir / "image_encoder.keras"))
+    # A run directory records its recipe's protocol: int8 calibrates on that one without --protocol.
+    (run_dir / "run.json").write_text(json.dumps({"recipe": {"protocol": "digits"}}))
     monkeypatch.chdir(tmp_path)
     _run_cli(["export", "tflite", "run", "--quantization", "int8", "--num-calibration", "20"])
     expected = os.path.join("export", "models", f"{model.name}_int8.tflite")

@@ -108,10 +108,14 @@ def test_export_contract(method, trained, data_for, tmp_path):
 
 @pytest.fixture
 def float64():
-    before = keras.config.floatx()
+    """float64 layers and tensors for one test. Keras caches its global dtype
+    policy at the first layer, so the policy is set along with floatx."""
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(before)
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
 
 
 # Every method's published configuration, and the options that change how a

@@ -79,6 +79,7 @@ def test_phase_schedule():
     ]
 
 
+@pytest.mark.slow
 def test_fit_alternates_phases_and_sets_unified_codes(digits):
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images))
@@ -109,6 +110,7 @@ def test_fit_alternates_phases_and_sets_unified_codes(digits):
     np.testing.assert_allclose(float(model.optimizers["image"].learning_rate), 10**-4.5 * 10**-0.5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_learns_cross_modal_codes(digits):
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images), label_epochs=5, image_epochs=5, text_epochs=5, balanced=True)
@@ -124,6 +126,7 @@ def test_training_learns_cross_modal_codes(digits):
     assert after[0] > 0.25 and after[1] > 0.3, (before, after)
 
 
+@pytest.mark.slow
 def test_encoders_save_and_reload_with_identical_codes(digits, tmp_path):
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images))
@@ -143,6 +146,7 @@ def test_encoders_save_and_reload_with_identical_codes(digits, tmp_path):
     np.testing.assert_array_equal(text.encode(texts), model.text_encoder.encode(texts))
 
 
+@pytest.mark.slow
 def test_best_checkpoint_restores_the_best_round(digits):
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images))
@@ -163,6 +167,7 @@ def test_best_checkpoint_restores_the_best_round(digits):
         np.testing.assert_array_equal(restored, kept)
 
 
+@pytest.mark.slow
 def test_text_encoder_exports_for_serving_and_tflite(digits, tmp_path):
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images))
@@ -197,6 +202,7 @@ def test_text_encoder_exports_for_serving_and_tflite(digits, tmp_path):
         lite.encode(texts[:3, :63])
 
 
+@pytest.mark.slow
 def test_text_encoder_served_over_grpc(digits, tmp_path):
     from tfhash.serving import Client, ModelServer
 

@@ -158,6 +158,7 @@ def test_pick_probabilities_are_the_generators_softmax_without_relatives(digits)
     assert np.all(p[related] == 0)
 
 
+@pytest.mark.slow
 def test_pretraining_then_the_generator_trains(digits):
     images, texts, _ = digits["train"]
     model = tiny_ugach(images, pretrain_steps=2)
@@ -177,6 +178,7 @@ def test_pretraining_then_the_generator_trains(digits):
     assert not _changed(pca_before, [model.image_encoder.pca])
 
 
+@pytest.mark.slow
 def test_without_its_generator_only_the_discriminator_trains(digits):
     images, texts, _ = digits["train"]
     model = tiny_ugach(images, generator=False)
@@ -205,6 +207,7 @@ def test_pair_retrieval_map_by_hand():
         pair_retrieval_map(Codes([0, 1]), Codes([0]), rows, rows[:1])
 
 
+@pytest.mark.slow
 def test_learns_cross_modal_codes_without_labels(digits):
     images, texts, _ = digits["train"]
     model = tiny_ugach(images, pretrain_steps=50)
@@ -218,6 +221,7 @@ def test_learns_cross_modal_codes_without_labels(digits):
     assert after[0] > 0.4 and after[1] > 0.4, (before, after)
 
 
+@pytest.mark.slow
 def test_saves_and_reloads_with_identical_codes(digits, tmp_path):
     images, texts, _ = digits["train"]
     model = tiny_ugach(images, pretrain_steps=5)
@@ -238,6 +242,7 @@ def test_saves_and_reloads_with_identical_codes(digits, tmp_path):
         np.testing.assert_array_equal(alone.encode(inputs), encoder.encode(inputs))
 
 
+@pytest.mark.slow
 def test_text_encoder_exports_for_serving_and_tflite(digits, tmp_path):
     images, texts, _ = digits["train"]
     model = tiny_ugach(images, pretrain_steps=20)

@@ -1,8 +1,10 @@
 """The pretrained zoo: a zoo folder (manifest + one tiny trained encoder) served
 over HTTP on 127.0.0.1, and every way fetching it can go: first download,
 cache hit, corrupted cache, wrong hash, unknown name, a file name escaping the
-cache, no network, a missing file; `from_preset` and the `tfhash zoo` command."""
+cache, no network, a missing file; `from_preset` and the `tfhash zoo` command;
+publishing (`tfhash.publish`) and the recipes behind the entries."""
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -14,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfhash import cli, zoo
+from tfhash import cli, publish, recipes, registry, training, zoo
 from tfhash.data import load_protocol, pairwise_batches
 from tfhash.models import DHN, BGANEncoder, HashModel
 
@@ -209,13 +211,14 @@ def test_cli_lists_downloads_and_verifies(served, capsys):
     assert "Unknown zoo entry 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_publish_then_build_reproduces_the_manifest_map(tmp_path, monkeypatch, capsys):
     """A maintainer publishes a recipe; `tfhash zoo build` re-runs it from the
     manifest and gets the same mAP (one machine, seeded: exactly)."""
     zoo_dir = tmp_path / "zoo"
     (zoo_dir / "recipes").mkdir(parents=True)
     recipe = {"name": "dhn_digits_16", "method": "dhn", "protocol": "digits", "bits": 16, "seed": 0,
-              "model": {"alpha": 0.25, "balanced": True}, "train": {"epochs": 2, "batch_size": 50}}
+              "settings": {"alpha": 0.25, "balanced": True, "epochs": 2, "batch_size": 50}}
     (zoo_dir / "recipes" / "dhn_digits_16.json").write_text(json.dumps(recipe))
     assert cli.main(["zoo", "publish", str(zoo_dir / "recipes" / "dhn_digits_16.json"), "--zoo-dir", str(zoo_dir)]) == 0
     monkeypatch.setenv(zoo.MANIFEST_ENV, str(zoo_dir / "manifest.json"))
@@ -239,25 +242,28 @@ def test_publish_then_build_reproduces_the_manifest_map(tmp_path, monkeypatch, c
     assert "outside the manifest's tolerance" in capsys.readouterr().err
     # The API finds the recipe beside a manifest given by path, not the one in use.
     monkeypatch.delenv(zoo.MANIFEST_ENV)
-    result = zoo.build("dhn_digits_16", manifest_file=zoo_dir / "manifest.json")
+    result = publish.build("dhn_digits_16", manifest_file=zoo_dir / "manifest.json")
     assert result["measured"] == item["metric"]["value"] and result["expected"] == 0.99 and not result["ok"]
 
 
+@pytest.mark.slow
 def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits):
     from tfhash.data import CrossModalData
 
-    # Digits as image-text pairs (the 64 pixels thresholded to words), to keep it fast.
+    # Digits as image-text pairs (the 64 pixels thresholded to words), to keep it fast; the protocol
+    # keeps its name (the recipe's) and says it has both modalities, as UGACH needs.
     images, labels = digits.images, digits.labels
     texts = (images.reshape(len(images), -1) >= 128).astype(np.uint8)
-    pairs = CrossModalData(digits.protocol, images, texts, np.eye(10, dtype=np.uint8)[labels], digits.split)
+    protocol = dataclasses.replace(digits.protocol, modalities=("image", "text"))
+    pairs = CrossModalData(protocol, images, texts, np.eye(10, dtype=np.uint8)[labels], digits.split)
     zoo_dir = tmp_path / "zoo"
     (zoo_dir / "recipes").mkdir(parents=True)
     recipe = {"name": "ugach_digits_16", "method": "ugach", "protocol": "digits", "bits": 16, "seed": 0,
-              "model": {"feature_dims": 32, "hidden_units": 32},
-              "train": {"epochs": 2, "pretrain_epochs": 1, "batch_size": 50}}
+              "settings": {"feature_dims": 32, "hidden_units": 32, "epochs": 2, "pretrain_epochs": 1,
+                           "batch_size": 50}}
     path = zoo_dir / "recipes" / "ugach_digits_16.json"
     path.write_text(json.dumps(recipe))
-    names = zoo.publish(path, zoo_dir=zoo_dir, data=pairs)
+    names = publish.publish(path, zoo_dir=zoo_dir, data=pairs)
     assert names == ["ugach_digits_16_image", "ugach_digits_16_text"]
     manifest = zoo.read_manifest(zoo_dir / "manifest.json")
     image, text = (manifest["entries"][n] for n in names)
@@ -268,18 +274,21 @@ def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits)
         "preprocessing": "bag-of-words vector over the training vocabulary (tfhash.data protocol order)"}
 
 
+@pytest.mark.slow
 def test_reproduce_runs_a_recipe_on_another_protocol(tmp_path, capsys):
     """`tfhash reproduce RECIPE --protocol P --bits B`: one command per table cell."""
     recipe = {"name": "dhn_small", "method": "dhn", "protocol": "fashion_mnist", "bits": 32, "seed": 0,
-              "model": {"alpha": 0.25, "balanced": True}, "train": {"epochs": 2, "batch_size": 50}}
+              "settings": {"alpha": 0.25, "balanced": True, "epochs": 2, "batch_size": 50}}
     path = tmp_path / "dhn_small.json"
     path.write_text(json.dumps(recipe))
     out_dir = tmp_path / "out"
     assert cli.main(["reproduce", str(path), "--protocol", "digits", "--bits", "16", "--output", str(out_dir)]) == 0
     out = capsys.readouterr().out
-    saved = json.loads((out_dir / "scores.json").read_text())
+    saved = training.read_run(str(out_dir))
+    # Another protocol and code length make another recipe, named for them; the settings are the file's.
     assert saved["recipe"]["protocol"] == "digits" and saved["recipe"]["bits"] == 16
-    assert f"dhn_small (16 bits, image): mAP {saved['scores']['image']['map']:.4f}" in out
+    assert saved["recipe"]["name"] == "dhn_digits_16" and saved["recipe"]["settings"]["alpha"] == 0.25
+    assert f"mAP@all (image): {saved['scores']['image']['map']:.4f}" in out
     encoder = keras.saving.load_model(str(out_dir / "image_encoder.keras"))
     assert encoder.bits == 16 and saved["scores"]["image"]["map"] > 0.3
     assert cli.main(["reproduce", str(path), "--protocol", "nope"]) == 2
@@ -289,21 +298,18 @@ def test_reproduce_runs_a_recipe_on_another_protocol(tmp_path, capsys):
 def test_the_published_manifest_is_complete_and_consistent(monkeypatch):
     """zoo/manifest.json: every entry names an existing recipe that produces it,
     and the five methods each have 32- and 64-bit entries."""
-    from pathlib import Path
-
-    from tfhash import recipes
-
     monkeypatch.delenv(zoo.MANIFEST_ENV, raising=False)
-    root = Path(zoo.__file__).resolve().parents[1] / "zoo"
+    root = zoo.manifest_path().parent  # the package's zoo folder: the recipes are relative to it
     manifest = zoo.read_manifest(root / "manifest.json")
     published = set()
     for name, item in manifest["entries"].items():
-        recipe = recipes.check(json.loads((root / item["recipe"]).read_text()))
+        recipe = recipes.read(root / item["recipe"])
+        assert recipe == recipes.published(recipe["name"]), name  # `tfhash reproduce NAME` runs it
         assert name in (recipe["name"], f"{recipe['name']}_image", f"{recipe['name']}_text"), name
         assert (item["bits"], item["protocol"]) == (recipe["bits"], recipe["protocol"])
         assert item["file"] == f"{name}.keras" and len(item["sha256"]) == 64 and item["size"] > 0
         published.add((recipe["method"], recipe["bits"]))
-    assert published == {(m, b) for m in recipes.METHODS for b in (32, 64)}
+    assert published == {(m, b) for m in registry.names() for b in (32, 64)}
     # Where the files were built on this machine, they are the ones the manifest names.
     for name, item in manifest["entries"].items():
         path = root / "files" / item["file"]
@@ -311,73 +317,62 @@ def test_the_published_manifest_is_complete_and_consistent(monkeypatch):
             assert zoo.sha256(path) == item["sha256"], name
 
 
-@pytest.mark.parametrize("method, train", [("dhn", {"epochs": 2, "batch_size": 50}),
-                                           ("dsh_gan", {"epochs": 2, "batch_size": 50, "labelled_fraction": 0.5})])
-def test_recipes_run_calls_the_callers_callbacks_each_epoch(method, train, digits):
+@pytest.mark.slow
+@pytest.mark.parametrize("method, settings", [("dhn", {"epochs": 2, "batch_size": 50}),
+                                              ("dsh_gan", {"epochs": 2, "batch_size": 50, "labelled_fraction": 0.5})])
+def test_training_a_recipe_calls_the_callers_callbacks_each_epoch(method, settings, digits):
     """Bench scripts add their own per-epoch figures to a recipe's run."""
-    from tfhash import recipes
-
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, sorted(logs))))
     recipe = {"name": f"{method}_digits_16", "method": method, "protocol": "digits", "bits": 16, "seed": 0,
-              "train": train}
-    result = recipes.run(recipe, data=digits, callbacks=[record])
+              "settings": settings}
+    result = training.train(recipe=recipe, data=digits, callbacks=[record], verbose=0)
     assert [epoch for epoch, _ in seen] == [0, 1] and "loss" in seen[0][1]
     assert result.history["loss"] and 0 < result.scores["image"]["map"] <= 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method, train", [("bgan", {"epochs": 1, "batch_size": 50}),
-                                           ("dsh_gan", {"epochs": 1, "batch_size": 50, "labelled_fraction": 0.5})])
-def test_recipes_run_under_a_strategy_takes_one_devices_steps(method, train, digits, mirrored):
-    """`tfhash reproduce --strategy mirrored`: the recipe's model is built and
-    trained under the strategy, on the same global batches."""
-    from tfhash import recipes
-
-    recipe = {"name": f"{method}_digits_16", "method": method, "protocol": "digits", "bits": 16, "seed": 0,
-              "train": train}
-    one = recipes.run(recipe, data=digits)
-    two = recipes.run(recipe, data=digits, strategy=mirrored)
-    assert two.model.distribute_strategy is mirrored
-    assert one.model.distribute_strategy.num_replicas_in_sync == 1
-    # The same epoch up to the order of the all-reduce's sums, which a GAN
-    # amplifies: over the epoch's 29 Adam steps the mean losses moved by up to
-    # 5e-4 relative (measured). A loss averaged per replica instead of over
-    # the global batch would be off by 2x, and per-replica draws by ~1e-2.
-    for key, values in one.history.items():
-        np.testing.assert_allclose(two.history[key], values, rtol=5e-3, atol=1e-6, err_msg=key)
-
-
 def test_recipes_are_read_checked_and_found_by_name(tmp_path):
-    from tfhash import recipes
-
     recipe = recipes.published("dhn_fashion_mnist_32")
     assert (recipe["method"], recipe["bits"], recipe["protocol"]) == ("dhn", 32, "fashion_mnist")
+    assert recipes.load("dhn_fashion_mnist_32") == recipe and "dhn_fashion_mnist_32" in recipes.published_names()
     with pytest.raises(ValueError, match=r"No published recipe 'dhn_cifar_7'. Expected one of \[.*'dhn_fashion_mnist_32'"):
         recipes.published("dhn_cifar_7")
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x",')
     with pytest.raises(ValueError, match=r"bad.json is not valid JSON"):
-        recipes.read(bad)
+        recipes.load(bad)
     bad.write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"must hold a JSON object. Received: list"):
+    with pytest.raises(ValueError, match=r"bad.json: A recipe must be a JSON object. Received: list"):
         recipes.read(bad)
     bad.write_text('{"name": "x", "method": "dhn"}')
-    with pytest.raises(ValueError, match=r"A recipe needs \['protocol', 'bits', 'seed'\]"):
+    with pytest.raises(ValueError, match=r"\['name', 'method', 'protocol', 'bits', 'seed'\] required\). "
+                                         r"Received: \['method', 'name'\]"):
+        recipes.read(bad)
+    # The nested settings of older recipes are refused, not silently ignored.
+    bad.write_text(json.dumps({**{k: recipe[k] for k in ("name", "method", "protocol", "bits", "seed")},
+                               "model": {"alpha": 0.25}, "train": {"epochs": 1}}))
+    with pytest.raises(ValueError, match=r"A recipe has the keys .* Received: \[.*'model'.*'train'\]"):
         recipes.read(bad)
 
 
-def test_a_dhn_recipe_becomes_train_settings_and_other_methods_are_refused():
-    from tfhash import recipes, training
-
+def test_a_recipe_resolves_to_flat_settings_over_the_defaults_and_other_methods_are_refused():
     # The zoo's 64-bit DHN recipe, field by field: what `tfhash train --recipe` and bench/dhn.py run.
-    assert training.recipe_settings(recipes.published("dhn_fashion_mnist_64")) == {
-        "model": "dhn", "protocol": "fashion_mnist", "bits": 64, "seed": 0,
-        "epochs": 30, "batch_size": 128, "learning_rate": 0.001,
-        "model_kwargs": {"alpha": 0.25, "balanced": True, "quantization_weight": 0.1},
+    # Its six settings, then DHN's constructor defaults for the rest.
+    assert training.resolve(recipe="dhn_fashion_mnist_64") == {
+        "name": "dhn_fashion_mnist_64", "method": "dhn", "protocol": "fashion_mnist", "bits": 64, "seed": 0,
+        "data": {},
+        "settings": {"alpha": 0.25, "balanced": True, "quantization_weight": 0.1, "epochs": 30, "batch_size": 128,
+                     "learning_rate": 0.001,
+                     "backbone": "small_cnn", "backbone_weights": None, "dropout": 0.0, "quantization": "log_cosh"},
     }
-    with pytest.raises(ValueError, match=r"recipe 'ssah_open_clip_art_32' is 'ssah'. Run it with `tfhash.recipes.run`"):
-        training.recipe_settings(recipes.published("ssah_open_clip_art_32"))
-    rounds = {**recipes.published("dhn_fashion_mnist_32"), "train": {"epochs": 1, "rounds": 3}}
-    with pytest.raises(ValueError, match=r"train settings `train` does not take: \['rounds'\]"):
-        training.recipe_settings(rounds)
+    # Flags over the recipe: a setting changes, the name stays (same protocol, bits and seed).
+    flagged = training.resolve(recipe="dhn_fashion_mnist_64", epochs=2, alpha=1)
+    assert flagged["settings"]["epochs"] == 2 and flagged["settings"]["alpha"] == 1.0
+    assert flagged["name"] == "dhn_fashion_mnist_64"
+    # A misspelt setting in a recipe is an error naming the known ones, not ignored.
+    typo = {**recipes.published("dhn_fashion_mnist_32"), "settings": {"alpha_": 1}}
+    with pytest.raises(ValueError, match=r"Unknown setting \['alpha_'\] for method 'dhn'. Expected one of: ") as error:
+        training.resolve(recipe=typo)
+    assert str(sorted(registry.get("dhn").defaults())) in str(error.value)
+    with pytest.raises(ValueError, match=r"Recipe 'ssah_open_clip_art_32' trains 'ssah', not 'dhn'"):
+        training.resolve("dhn", recipe="ssah_open_clip_art_32")
