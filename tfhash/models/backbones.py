@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfhash.models import efficientnet_lite
+
 SMALL_CNN = "small_cnn"
 
 
@@ -18,11 +20,14 @@ class Backbone(keras.layers.Layer):
     """Feature extractor: raw images -> feature vector.
 
     Args:
-        name_or_trunk: "small_cnn", or the name of a `keras.applications`
-            constructor such as "MobileNetV2" or "ResNet50".
+        name_or_trunk: "small_cnn", the name of a `keras.applications`
+            constructor such as "MobileNetV2" or "ResNet50", or
+            "EfficientNetLite0"/"EfficientNetLite1"/"EfficientNetLite2"
+            (`tfhash.models.efficientnet_lite`).
         input_shape: (height, width, channels) of the raw images.
         weights: None (random init), a local weights file path, or "imagenet"
-            for `keras.applications` trunks on a machine with network.
+            for `keras.applications` trunks on a machine with network, and
+            offline for the EfficientNetLite trunks (`tfhash[pretrained]`).
         dropout: dropout rate before the trunk's output (small CNN only).
         trunk_kwargs: extra keyword arguments for the `keras.applications`
             constructor (e.g. `{"alpha": 0.35}`).
@@ -213,11 +218,12 @@ _MIN_SIDE = 32
 
 
 def _application(name, input_shape, weights, trunk_kwargs):
-    constructor = getattr(keras.applications, name, None)
+    lite = efficientnet_lite.CONSTRUCTORS.get(name)
+    constructor = lite or getattr(keras.applications, name, None)
     if constructor is None or not callable(constructor) or inspect.ismodule(constructor):
         available = sorted(
             n for n in dir(keras.applications) if n[0].isupper() and callable(getattr(keras.applications, n))
-        )
+        ) + sorted(efficientnet_lite.CONSTRUCTORS)
         raise ValueError(
             f"Unknown backbone {name!r}. Expected {SMALL_CNN!r} or a keras.applications "
             f"model name, one of {available}."
@@ -231,8 +237,9 @@ def _application(name, input_shape, weights, trunk_kwargs):
         pooling="avg",
         **trunk_kwargs,
     )
-    # Each application module ships the preprocessing its weights expect (0-255 input).
-    preprocess_input = inspect.getmodule(constructor).preprocess_input
+    # Each application module ships the preprocessing its weights expect (0-255 input);
+    # EfficientNet-Lite preprocesses inside the model.
+    preprocess_input = (lambda x: x) if lite else inspect.getmodule(constructor).preprocess_input
 
     def preprocess(x):
         if channels == 1:
