@@ -215,7 +215,7 @@ def test_conversion_cache(tmp_path, monkeypatch):
     assert path == weights and os.path.dirname(path) == str(tmp_path / "pretrained")
     record = json.loads(open(sidecar).read())
     # The file is complete: the sidecar's sha256 is the file's, no partial file is left.
-    assert record["sha256"] == lite._sha256(path)
+    assert record["sha256"] == lite.sha256(path)
     assert record["source_sha256"] == lite.VARIANTS["EfficientNetLite0"]["sha256"]
     assert record["parameters"] == 4_694_024
     assert sorted(os.listdir(tmp_path / "pretrained")) == ["efficientnet_lite0_imagenet.json",
@@ -240,7 +240,7 @@ def test_conversion_cache(tmp_path, monkeypatch):
     with open(path, "r+b") as f:
         f.truncate(1000)
     lite.imagenet_weights("EfficientNetLite0")
-    assert len(calls) == 2 and lite._sha256(path) == json.loads(open(sidecar).read())["sha256"]
+    assert len(calls) == 2 and lite.sha256(path) == json.loads(open(sidecar).read())["sha256"]
 
 
 @needs_lite0_weights

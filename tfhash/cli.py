@@ -107,6 +107,9 @@ def _evaluate(args):
     options = dict(ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **chosen)
     print(f"{data.protocol.description}")
     if "text" in data.protocol.modalities:
+        if not os.path.isdir(args.model):
+            raise ValueError(f"{data.protocol.name} is an image-text protocol: scoring needs both encoders, so pass "
+                             f"the run directory. Received: {args.model}")
         encoders = {m: training.load_model(args.model, m) for m in ("image", "text")}
         print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database items")
         results = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"),

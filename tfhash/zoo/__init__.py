@@ -24,7 +24,6 @@ one is the models' `from_preset` (or `load` once `tfhash.models` is imported).
     >>> codes = encoder.encode(images)
 """
 
-import hashlib
 import importlib.resources
 import json
 import os
@@ -32,6 +31,8 @@ import re
 import tempfile
 import urllib.error
 from pathlib import Path
+
+from tfhash.io import sha256
 
 URL_ENV = "TFHASH_ZOO_URL"
 CACHE_ENV = "TFHASH_ZOO_CACHE"
@@ -102,14 +103,6 @@ def base_url(manifest):
     if not url:
         raise ZooError(f"No base URL for the zoo: set {URL_ENV} or the manifest's base_url")
     return url if url.endswith("/") else url + "/"
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cached_path(item, cache):
