@@ -294,7 +294,7 @@ def build_parser():
     p.add_argument("--output", help="write distances and ids to this .npz")
     p.set_defaults(run=_search)
 
-    from tfhash.serving import add_serve_command
+    from tfhash.serving.command import add_serve_command
 
     add_serve_command(sub)
 

@@ -4,8 +4,6 @@ import logging
 import signal
 import threading
 
-from tfhash.serving.server import ModelServer
-
 
 def add_serve_command(subparsers):
     """Registers `tfhash serve` on the `tfhash` argparse subparsers; returns its parser."""
@@ -31,6 +29,8 @@ def serve_command(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be positive. Received: {args.max_message_mb}")
+    from tfhash.serving.server import ModelServer  # here: it loads TensorFlow
+
     server = ModelServer(
         args.base_dir,
         model_name=args.model_name,
