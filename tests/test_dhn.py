@@ -107,3 +107,10 @@ def test_keras_applications_trunk_by_name_with_local_weights(digits, tmp_path):
     other = DHN(bits=8, input_shape=(8, 8, 1), backbone_weights=weights, **kwargs)
     for a, b in zip(model.backbone.trunk.weights, other.backbone.trunk.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_trunk_input_size_is_for_named_trunks_only():
+    with pytest.raises(ValueError, match=r"the small CNN reads them as they are. Received: input_size=64"):
+        DHN(bits=8, input_shape=(8, 8, 1), backbone_input_size=64)
+    with pytest.raises(ValueError, match=r"input_size must be at least 32. Received: input_size=16"):
+        DHN(bits=8, input_shape=(8, 8, 1), backbone="EfficientNetLite0", backbone_input_size=16)

@@ -135,3 +135,29 @@ def test_mirrored_strategy_takes_one_devices_steps(method, options, data_for, mi
     settings = dict(TINY[method], recipe=_published(method), **options)
     method_checks.run_strategy_invariance(method, data_for(method), tf.distribute.OneDeviceStrategy("/cpu:0"),
                                           mirrored, settings)
+
+
+IMAGE_TRAINERS = [m for m in registry.names() if "freeze_backbone" in registry.get(m).defaults()]
+
+
+def test_every_method_with_an_image_trunk_takes_the_trunk_settings():
+    # UGACH reads fixed PixelPCA features, not a trunk; the other four train one.
+    assert IMAGE_TRAINERS == ["bgan", "dhn", "dsh_gan", "ssah"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", IMAGE_TRAINERS)
+def test_a_frozen_efficientnet_lite_trunk_at_a_stated_size(method, data_for, tmp_path):
+    # Random weights keep it fast; "imagenet" takes the same path (tests/test_efficientnet_lite.py).
+    settings = dict(TINY[method], backbone="EfficientNetLite0", backbone_weights=None, freeze_backbone=True,
+                    backbone_input_size=32)
+    result = method_checks.train_tiny(method, data_for(method), output_dir=str(tmp_path), **settings)
+    encoder = result.encoders["image"]
+    trunk = encoder.backbone.trunk
+    assert trunk.input_shape[1:] == (32, 32, 3) and not trunk.trainable
+    trained = {id(v) for v in result.model.trainable_variables}
+    assert trunk.weights and not any(id(w) in trained for w in trunk.weights)
+    reloaded = training.load_model(str(tmp_path))
+    assert reloaded.get_config()["freeze_backbone"] and reloaded.get_config()["backbone_input_size"] == 32
+    images = data_for(method).images[:8]
+    np.testing.assert_array_equal(reloaded.encode(images), encoder.encode(images))

@@ -123,7 +123,7 @@ def _resolve(path):
 
 
 # The types of settings whose default is None ("derive it", e.g. margin = bits / 4).
-TYPES_OF_NONE_DEFAULTS = {"epochs": int, "margin": float, "backbone_weights": str}
+TYPES_OF_NONE_DEFAULTS = {"epochs": int, "margin": float, "backbone_weights": str, "backbone_input_size": int}
 
 
 def _checked(method, key, value, default):

@@ -31,6 +31,12 @@ class Backbone(keras.layers.Layer):
         dropout: dropout rate before the trunk's output (small CNN only).
         trunk_kwargs: extra keyword arguments for the `keras.applications`
             constructor (e.g. `{"alpha": 0.35}`).
+        input_size: the side of the square images a named trunk sees: raw
+            images are resized to it inside the graph (default: their own
+            size, at least 32). Pretrained trunks see more at their training
+            size (224 for EfficientNetLite0), at a cost in time.
+        frozen: keep the trunk's weights (and batch-norm statistics) fixed,
+            training only what sits on it.
 
     Examples:
     >>> Backbone("small_cnn", input_shape=(28, 28, 1))(np.zeros((2, 28, 28, 1))).shape
@@ -44,6 +50,8 @@ class Backbone(keras.layers.Layer):
         weights=None,
         dropout=0.0,
         trunk_kwargs=None,
+        input_size=None,
+        frozen=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -52,19 +60,25 @@ class Backbone(keras.layers.Layer):
         self.weights_source = weights
         self.dropout = float(dropout)
         self.trunk_kwargs = dict(trunk_kwargs or {})
+        self.input_size = None if input_size is None else int(input_size)
+        self.frozen = bool(frozen)
         if len(self.image_shape) != 3:
             raise ValueError(
                 f"input_shape must be (height, width, channels). Received: input_shape={input_shape}"
             )
         if name_or_trunk == SMALL_CNN:
+            if self.input_size is not None:
+                raise ValueError(f"input_size resizes images for a named trunk; the small CNN reads them as they "
+                                 f"are. Received: input_size={input_size}")
             self.trunk = _small_cnn(self.image_shape, self.dropout)
             self._preprocess = lambda x: x / 255.0
             if weights is not None:
                 self.trunk.load_weights(weights)
         else:
             self.trunk, self._preprocess = _application(
-                name_or_trunk, self.image_shape, weights, self.trunk_kwargs
+                name_or_trunk, self.image_shape, weights, self.trunk_kwargs, self.input_size
             )
+        self.trunk.trainable = not self.frozen
 
     def build(self, input_shape):
         self.trunk.build((None, *self.trunk_input_shape))
@@ -75,7 +89,8 @@ class Backbone(keras.layers.Layer):
 
     def call(self, images, training=False):
         x = self._preprocess(ops.cast(images, self.compute_dtype))
-        return self.trunk(x, training=training)
+        # A frozen trunk runs in inference mode: its batch norm keeps its statistics.
+        return self.trunk(x, training=training and not self.frozen)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.trunk.output_shape[-1])
@@ -89,6 +104,8 @@ class Backbone(keras.layers.Layer):
             "weights": None,
             "dropout": self.dropout,
             "trunk_kwargs": self.trunk_kwargs,
+            "input_size": self.input_size,
+            "frozen": self.frozen,
         }
 
 
@@ -217,7 +234,7 @@ def image_generator(input_dim, image_shape, filters=(64, 32), batch_norm=False, 
 _MIN_SIDE = 32
 
 
-def _application(name, input_shape, weights, trunk_kwargs):
+def _application(name, input_shape, weights, trunk_kwargs, input_size=None):
     lite = efficientnet_lite.CONSTRUCTORS.get(name)
     constructor = lite or getattr(keras.applications, name, None)
     if constructor is None or not callable(constructor) or inspect.ismodule(constructor):
@@ -229,7 +246,9 @@ def _application(name, input_shape, weights, trunk_kwargs):
             f"model name, one of {available}."
         )
     height, width, channels = input_shape
-    side = (max(height, _MIN_SIDE), max(width, _MIN_SIDE))
+    if input_size is not None and input_size < _MIN_SIDE:
+        raise ValueError(f"input_size must be at least {_MIN_SIDE}. Received: input_size={input_size}")
+    side = (input_size, input_size) if input_size else (max(height, _MIN_SIDE), max(width, _MIN_SIDE))
     trunk = constructor(
         include_top=False,
         weights=weights,

@@ -159,20 +159,25 @@ class ImageHashModel(HashModel):
     Args:
         bits: code length K (multiple of 8).
         input_shape: raw image shape (height, width, channels), pixels 0-255.
-        backbone: "small_cnn" or a `keras.applications` model name.
-        backbone_weights: None, a local weights file, or "imagenet" (network).
+        backbone: "small_cnn", a `keras.applications` model name or
+            "EfficientNetLite0" / "1" / "2" (ImageNet weights offline).
+        backbone_weights: None, a local weights file, or "imagenet".
         dropout: dropout rate inside the small CNN.
+        backbone_input_size: the side a named trunk sees (images resized in
+            the graph; default their own size, at least 32).
+        freeze_backbone: keep the trunk fixed (its batch norm in inference mode).
     """
 
     def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, backbone_weights=None, dropout=0.0,
-                 **kwargs):
+                 backbone_input_size=None, freeze_backbone=False, **kwargs):
         super().__init__(**kwargs)
         check_bits(bits)
         self.bits = bits
         self.image_shape = tuple(int(d) for d in input_shape)
         self.backbone_name = backbone
         self.dropout = float(dropout)
-        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, name="backbone")
+        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, input_size=backbone_input_size,
+                                 frozen=freeze_backbone, name="backbone")
 
     def build(self, input_shape=None):
         """Builds the trunk; subclasses then build their heads on `feature_shape`."""
@@ -194,7 +199,17 @@ class ImageHashModel(HashModel):
             # Weights are restored from the saved model, not the source file.
             "backbone_weights": None,
             "dropout": self.dropout,
+            "backbone_input_size": self.backbone.input_size,
+            "freeze_backbone": self.backbone.frozen,
         }
+
+    def trunk_arguments(self):
+        """The trunk's constructor arguments, for a harness's config (weights: the saved model's)."""
+        return {key: self.get_config()[key] for key in TRUNK_ARGUMENTS}
+
+
+# The trunk's constructor arguments every image trainer takes and passes on.
+TRUNK_ARGUMENTS = ("backbone", "backbone_weights", "dropout", "backbone_input_size", "freeze_backbone")
 
 
 class BowEncoder(HashModel):
@@ -290,6 +305,11 @@ class Trainer(keras.Model):
         super().compile(optimizer=optimizers.pop("optimizer"), **kwargs)
         for role, optimizer in optimizers.items():
             setattr(self, role, optimizer)
+
+    def get_compile_config(self):
+        # The roles' optimizers are not saved: a loaded model encodes, and is
+        # compiled again to train further (Keras warns on a custom compile otherwise).
+        return None
 
     def optimizer_variables(self):
         """(optimizer, variables) per role; by default `optimizer` trains all."""

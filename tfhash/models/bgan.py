@@ -128,6 +128,10 @@ class BGAN(EncoderHarness):
         bits=32,
         input_shape=(28, 28, 1),
         backbone=SMALL_CNN,
+        backbone_weights=None,
+        dropout=0.0,
+        backbone_input_size=None,
+        freeze_backbone=False,
         beta=1.0,
         neighbour_weight=1.0,
         content_weight=1.0,
@@ -137,7 +141,9 @@ class BGAN(EncoderHarness):
     ):
         super().__init__(**kwargs)
         self.balanced = bool(balanced)
-        self.encoder = BGANEncoder(bits, input_shape, backbone, beta, name="encoder")
+        self.encoder = BGANEncoder(bits, input_shape, backbone, beta, backbone_weights, dropout,
+                                   backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone,
+                                   name="encoder")
         self.generator = image_generator(bits, self.encoder.image_shape)
         self.discriminator = _discriminator(self.encoder.image_shape)
         self.neighbour_weight = float(neighbour_weight)
@@ -216,7 +222,7 @@ class BGAN(EncoderHarness):
             **super().get_config(),
             "bits": self.bits,
             "input_shape": self.image_shape,
-            "backbone": self.encoder.backbone_name,
+            **self.encoder.trunk_arguments(),
             "beta": self.encoder.sign.initial_beta,
             "neighbour_weight": self.neighbour_weight,
             "content_weight": self.content_weight,

@@ -68,13 +68,16 @@ class DHN(Trainer, ImageHashModel):
         backbone=SMALL_CNN,
         backbone_weights=None,
         dropout=0.0,
+        backbone_input_size=None,
+        freeze_backbone=False,
         alpha=1.0,
         balanced=False,
         quantization="log_cosh",
         quantization_weight=0.1,
         **kwargs,
     ):
-        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
+        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, backbone_input_size, freeze_backbone,
+                         **kwargs)
         self.quantization_weight = float(quantization_weight)
         self.hash_layer = HashLayer(bits, name="hash")
         self.pairwise_loss = PairwiseCrossEntropy(alpha=alpha, balanced=balanced)

@@ -152,6 +152,8 @@ class DSHGAN(EncoderHarness):
         backbone=SMALL_CNN,
         backbone_weights=None,
         dropout=0.0,
+        backbone_input_size=None,
+        freeze_backbone=False,
         noise_dim=64,
         margin=None,
         classification_weight=1.0,
@@ -176,7 +178,9 @@ class DSHGAN(EncoderHarness):
         self.pairwise_weight = float(pairwise_weight)
         self.pairwise_loss = PairwiseCrossEntropy(alpha=pairwise_alpha, balanced=True)
         self.seed = int(seed)
-        self.encoder = DSHGANEncoder(bits, input_shape, backbone, backbone_weights, dropout, name="encoder")
+        self.encoder = DSHGANEncoder(bits, input_shape, backbone, backbone_weights, dropout,
+                                     backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone,
+                                     name="encoder")
         self.classifier = layers.Dense(self.num_classes, name="classifier")
         self.adversary = layers.Dense(1, name="adversary")
         self.generator = image_generator(
@@ -365,9 +369,7 @@ class DSHGAN(EncoderHarness):
             "input_shape": self.image_shape,
             "num_classes": self.num_classes,
             "multi_label": self.multi_label,
-            "backbone": self.encoder.backbone_name,
-            "backbone_weights": None,
-            "dropout": self.encoder.dropout,
+            **self.encoder.trunk_arguments(),
             "noise_dim": self.noise_dim,
             "margin": self.margin,
             "classification_weight": self.classification_weight,

@@ -363,6 +363,9 @@ class SSAH(Trainer):
         input_shape=(64, 64, 3),
         backbone=SMALL_CNN,
         backbone_weights=None,
+        dropout=0.0,
+        backbone_input_size=None,
+        freeze_backbone=False,
         hidden_units=4096,
         feature_units=512,
         discriminator_units=256,
@@ -391,7 +394,8 @@ class SSAH(Trainer):
         self.decay = float(decay)
         self.lab_net = LabNet(bits, num_labels, hidden_units, feature_units, name="lab_net")
         self.image_encoder = SSAHImageEncoder(
-            bits, num_labels, input_shape, backbone, backbone_weights, feature_units, name="image_encoder"
+            bits, num_labels, input_shape, backbone, backbone_weights, feature_units, dropout,
+            backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone, name="image_encoder",
         )
         self.text_encoder = SSAHTextEncoder(
             bits, num_labels, vocabulary_size, hidden_units, feature_units, name="text_encoder"
@@ -602,8 +606,7 @@ class SSAH(Trainer):
             "vocabulary_size": self.text_encoder.vocabulary_size,
             "num_train": self.num_train,
             "input_shape": self.image_encoder.image_shape,
-            "backbone": self.image_encoder.backbone_name,
-            "backbone_weights": None,
+            **self.image_encoder.trunk_arguments(),
             "hidden_units": self.lab_net.hidden_units,
             "feature_units": self.feature_units,
             "discriminator_units": self.discriminator_units,
