@@ -40,6 +40,15 @@ def test_import_tfhash_is_lazy():
     assert line == f"False False HammingIndex {tfhash.__version__}"
 
 
+def test_the_command_line_parser_imports_no_tensorflow():
+    # `tfhash --help` and argument errors answer without loading TensorFlow.
+    line = _imports_in_fresh_process(
+        "import sys; from tfhash import cli; cli.build_parser(); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    assert line == "False False"
+
+
 def test_the_lazy_names_resolve():
     names = [name for name, (module, _) in tfhash._LAZY.items() if importlib.util.find_spec(module) is not None]
     assert {"HammingIndex", "metrics", "zoo", "load_model", "train", "DHN", "BGAN", "DSHGAN", "SSAH", "UGACH"} <= set(names)
