@@ -363,7 +363,8 @@ def test_a_recipe_resolves_to_flat_settings_over_the_defaults_and_other_methods_
         "data": {},
         "settings": {"alpha": 0.25, "balanced": True, "quantization_weight": 0.1, "epochs": 30, "batch_size": 128,
                      "learning_rate": 0.001,
-                     "backbone": "small_cnn", "backbone_weights": None, "dropout": 0.0, "quantization": "log_cosh"},
+                     "backbone": "small_cnn", "backbone_weights": None, "dropout": 0.0, "backbone_input_size": None,
+                     "freeze_backbone": False, "quantization": "log_cosh"},
     }
     # Flags over the recipe: a setting changes, the name stays (same protocol, bits and seed).
     flagged = training.resolve(recipe="dhn_fashion_mnist_64", epochs=2, alpha=1)
