@@ -135,9 +135,6 @@ class HashModel(keras.Model):
         """
         return {"images": tf.TensorSpec((None, *self.image_shape), tf.uint8, name="images")}
 
-    def step_logs(self):
-        return step_logs(self)
-
     def check_inputs(self, inputs, name="images"):
         """Validates a batch of the model's inputs (raw images here); returns an array."""
         return check_images(inputs, self.image_shape, name)
@@ -205,7 +202,8 @@ class ImageHashModel(HashModel):
 
     def trunk_arguments(self):
         """The trunk's constructor arguments, for a harness's config (weights: the saved model's)."""
-        return {key: self.get_config()[key] for key in TRUNK_ARGUMENTS}
+        config = self.get_config()
+        return {key: config[key] for key in TRUNK_ARGUMENTS}
 
 
 # The trunk's constructor arguments every image trainer takes and passes on.
