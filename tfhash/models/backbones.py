@@ -268,3 +268,56 @@ def _application(name, input_shape, weights, trunk_kwargs, input_size=None):
         return preprocess_input(x)
 
     return trunk, preprocess
+
+
+def pretrained_features(images, trunk="EfficientNetLite0", input_size=None, batch_size=64, cache=True):
+    """Fixed, label-free image features from an ImageNet trunk: its pooled
+    last layer (1280-d for EfficientNet-Lite), e.g. the CNN features BGAN's
+    paper builds its neighbour structure on.
+
+    Computed once per (images, trunk, input size) and kept in the cache
+    (`$TFHASH_CACHE_DIR/features/`, a `.npy` named by the sha256 of the
+    images and the settings, written to a temporary file, synced and renamed).
+
+    Args:
+        images: raw images (n, height, width, channels), 0-255.
+        trunk: a `Backbone` trunk name with ImageNet weights ("EfficientNetLite0", ...).
+        input_size: the side the trunk sees (default: the images', at least 32).
+        batch_size: images per forward pass.
+        cache: read and write the cache.
+
+    Returns:
+        float32 (n, features).
+    """
+    import hashlib
+    import json
+    import os
+    import tempfile
+
+    from tfhash.checks import check_images
+    from tfhash.io import cache_dir
+
+    images = check_images(images, np.shape(images)[1:])
+    key = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    key.update(json.dumps([str(images.dtype), images.shape, trunk, input_size]).encode())
+    path = os.path.join(cache_dir(), "features", f"{trunk}_{key.hexdigest()[:32]}.npy")
+    if cache and os.path.isfile(path):
+        return np.load(path, allow_pickle=False)
+    backbone = Backbone(trunk, images.shape[1:], weights="imagenet", input_size=input_size, frozen=True)
+    features = np.concatenate([
+        keras.ops.convert_to_numpy(backbone(images[i : i + batch_size], training=False))
+        for i in range(0, len(images), batch_size)
+    ]).astype(np.float32)
+    if cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=".features.", suffix=".npy.partial", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(handle, "wb") as f:
+                np.save(f, features, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    return features

@@ -15,7 +15,8 @@ and D minimizes -log D(x) - log(1 - D(G(b))); the two updates alternate each ste
 
 Choices, one line each:
 - Annealing: `BetaSchedule` really advances beta (the official code lists [2, 5, 10, 15, 20] but never advances it).
-- Feature space for S: PCA of the pixels (`pixel_features`); the paper's 2048-d CNN features need ImageNet weights.
+- Feature space for S: PCA of the pixels (`pixel_features`), or the paper's setting, an ImageNet CNN's
+  features (the plan's `features="EfficientNetLite0"`, offline, cached).
 - Pair weights: `balanced=True` weighs neighbour pairs T / P, others 1 (`balanced_pair_weights`); the paper does not.
 - Pairs: each row against the global batch, columns held constant.
 - Quantization: none beyond the annealing (the code adds mean((Z - sign Z)^2)).
@@ -233,14 +234,21 @@ class BGAN(EncoderHarness):
 
 def training_plan(data, *, bits, seed, strategy, model, train):
     """BGAN on a protocol's training images, labels dropped (the registry's `plan`):
-    the neighbour structure of their pixel-PCA features, beta annealed through
-    `train["betas"]` in equal stretches of the epochs."""
+    the neighbour structure of fixed features (`train["features"]`: "pixels",
+    their PCA, or an ImageNet trunk's name such as "EfficientNetLite0", seen at
+    `feature_input_size`), beta annealed through `train["betas"]` in equal
+    stretches of the epochs."""
     from tfhash.callbacks import BetaSchedule
     from tfhash.data import neighbour_batches
+    from tfhash.models.backbones import pretrained_features
     from tfhash.neighbours import neighbour_structure, pixel_features
 
     images, _ = data.subset("train")  # the labels are dropped here
-    neighbours = neighbour_structure(pixel_features(images), k1=train["k1"], k2=train["k2"])
+    if train["features"] == "pixels":
+        features = pixel_features(images)
+    else:  # the paper's setting: an ImageNet CNN's features, computed once and cached
+        features = pretrained_features(images, train["features"], input_size=train["feature_input_size"])
+    neighbours = neighbour_structure(features, k1=train["k1"], k2=train["k2"])
     with strategy.scope():
         net = BGAN(bits=bits, input_shape=images.shape[1:], **model)
         net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]),
