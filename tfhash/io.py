@@ -5,6 +5,7 @@ never sees half a file."""
 import hashlib
 import json
 import os
+import tempfile
 
 CACHE_ENV = "TFHASH_CACHE_DIR"
 
@@ -32,3 +33,27 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_atomically(path, write, suffix=""):
+    """Calls `write(temporary_path)` on a new file beside `path`, syncs it to
+    disk and renames it into place, so a reader finds the old file or the new
+    one, whole; the temporary file is removed if anything fails.
+
+    `suffix` ends the temporary name (writers that infer the format from it,
+    such as Keras's `.weights.h5`, need it)."""
+    path = os.fspath(path)
+    handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial" + suffix,
+                                       dir=os.path.dirname(path) or ".")
+    os.close(handle)
+    try:
+        write(partial)
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data is on disk before the name points at it
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

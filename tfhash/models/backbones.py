@@ -292,10 +292,9 @@ def pretrained_features(images, trunk="EfficientNetLite0", input_size=None, batc
     import hashlib
     import json
     import os
-    import tempfile
 
     from tfhash.checks import check_images
-    from tfhash.io import cache_dir
+    from tfhash.io import cache_dir, write_atomically
 
     images = check_images(images, np.shape(images)[1:])
     key = hashlib.sha256(np.ascontiguousarray(images).tobytes())
@@ -310,14 +309,10 @@ def pretrained_features(images, trunk="EfficientNetLite0", input_size=None, batc
     ]).astype(np.float32)
     if cache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=".features.", suffix=".npy.partial", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(handle, "wb") as f:
+
+        def save(partial):
+            with open(partial, "wb") as f:
                 np.save(f, features, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())  # the data is on disk before the name points at it
-            os.replace(partial, path)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+
+        write_atomically(path, save)
     return features

@@ -37,12 +37,11 @@ import importlib.resources
 import json
 import math
 import os
-import tempfile
 
 import keras
 import numpy as np
 
-from tfhash.io import cache_dir, sha256, write_json
+from tfhash.io import cache_dir, sha256, write_atomically, write_json
 
 CACHE_SUBDIR = "pretrained"
 SIDECAR_FORMAT = 1
@@ -321,20 +320,7 @@ def convert(variant, source=None, source_sha=None):
     path, sidecar = weights_cache_paths(variant)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial.weights.h5",
-                                       dir=folder)
-    os.close(handle)
-    try:
-        model.save_weights(partial, overwrite=True)
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data is on disk before the name points at it
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    write_atomically(path, lambda partial: model.save_weights(partial, overwrite=True), suffix=".weights.h5")
     write_json({
         "format": SIDECAR_FORMAT,
         "variant": variant,
