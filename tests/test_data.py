@@ -55,7 +55,16 @@ def test_digits_are_tiny_uint8_images():
     assert images.max() == 255 and set(np.unique(labels)) == set(range(10))
 
 
-@pytest.mark.parametrize("name", sorted(n for n, p in protocols.PROTOCOLS.items() if p.committed))
+def test_open_clip_art_images_is_open_clip_art_without_texts():
+    images_only, pairs = protocols.load_protocol("open_clip_art_images"), protocols.load_protocol("open_clip_art")
+    assert images_only.protocol.split_path == pairs.protocol.split_path  # one split file, not a copy
+    for part in ("query", "train", "database"):
+        np.testing.assert_array_equal(getattr(images_only.split, part), getattr(pairs.split, part))
+    np.testing.assert_array_equal(images_only.images, pairs.images)
+    np.testing.assert_array_equal(images_only.labels, pairs.labels)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in protocols.PROTOCOLS.items() if p.committed and not p.split_of))
 def test_committed_split_is_the_seeded_draw(name):
     if name == "fashion_mnist" and fashion_mnist.find_local_dir() is None:
         pytest.skip("Debian package dataset-fashion-mnist is not installed")

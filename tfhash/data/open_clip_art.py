@@ -63,7 +63,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from tfhash.io import cache_dir as default_cache_dir, write_json
+from tfhash.io import cache_dir as default_cache_dir, save_arrays, write_json
 
 DEBIAN_DIR = "/usr/share/openclipart"
 ENV_VAR = "TFHASH_OPEN_CLIP_ART_DIR"
@@ -500,10 +500,7 @@ def _read_cache(path, key):
 def _write_cache(path, key, images, texts, labels):
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), images=images, texts=texts, labels=labels)
-        os.replace(tmp, path)
+        save_arrays(path, key=np.array(key), images=images, texts=texts, labels=labels)
     except OSError:  # A read-only cache directory only costs speed.
         pass
 
@@ -546,3 +543,14 @@ def load_open_clip_art(data_dir=None, image_size=64, indices=None, cache_dir=Non
     if indices is None:
         _write_cache(path, key, images, texts, labels)
     return images, texts, labels
+
+
+def load_open_clip_art_images(data_dir=None, image_size=64, cache_dir=None):
+    """Open Clip Art's images and multi-hot labels, for image-only methods
+    (the `open_clip_art_images` protocol): `load_open_clip_art` less the texts.
+
+    Returns:
+        `(images, labels)`: uint8 (n, image_size, image_size, 3), uint8 (n, C).
+    """
+    images, _, labels = load_open_clip_art(data_dir, image_size=image_size, cache_dir=cache_dir)
+    return images, labels

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from tfhash.io import cache_dir
+from tfhash.io import cache_dir, save_arrays
 
 SPLITS_DIR = os.path.join(os.path.dirname(__file__), "splits")
 FORMAT_VERSION = 1
@@ -90,19 +90,17 @@ def draw_split(labels, queries_per_class, train_per_class, seed, database="non_q
 
 
 def save_split(split, path):
-    """Writes a split atomically (temp file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(
-            f,
-            format_version=np.int64(FORMAT_VERSION),
-            query=split.query.astype(np.int64),
-            train=split.train.astype(np.int64),
-            database=split.database.astype(np.int64),
-            seed=np.int64(split.seed),
-            labels_sha256=np.array(split.labels_sha256),
-        )
-    os.replace(tmp, path)
+    """Writes a split atomically (`tfhash.io.save_arrays`)."""
+    save_arrays(
+        path,
+        compressed=True,
+        format_version=np.int64(FORMAT_VERSION),
+        query=split.query.astype(np.int64),
+        train=split.train.astype(np.int64),
+        database=split.database.astype(np.int64),
+        seed=np.int64(split.seed),
+        labels_sha256=np.array(split.labels_sha256),
+    )
 
 
 def load_split(path):
@@ -184,6 +182,8 @@ class Protocol:
     # False for datasets this project cannot ship or read: the split is drawn
     # from the seed on the user's first load and saved in their cache.
     committed: bool = True
+    # Another protocol whose split file this one reads (same items, other modalities).
+    split_of: str | None = None
 
     def __post_init__(self):
         per_class = (self.queries_per_class, self.train_per_class)
@@ -218,9 +218,10 @@ class Protocol:
 
     @property
     def split_path(self):
+        name = self.split_of or self.name
         if self.committed:
-            return os.path.join(SPLITS_DIR, f"{self.name}.npz")
-        return os.path.join(cache_dir(), "splits", f"{self.name}.npz")
+            return os.path.join(SPLITS_DIR, f"{name}.npz")
+        return os.path.join(cache_dir(), "splits", f"{name}.npz")
 
     @property
     def metric_options(self):
@@ -248,6 +249,17 @@ PROTOCOLS = {
         seed=20261122,
         description="scikit-learn digits, 1,797 8x8 images: 100 queries (10 per class), "
         "500 training images (50 per class), database = the 1,697 non-query images.",
+    ),
+    "open_clip_art_images": Protocol(
+        name="open_clip_art_images",
+        loader="tfhash.data.open_clip_art:load_open_clip_art_images",
+        num_query=2000,
+        num_train=4000,
+        seed=20261122,
+        split_of="open_clip_art",
+        description="Open Clip Art's images alone, on the open_clip_art split (same 2,000 queries, "
+        "4,000 training items, 4,886-item database): image->image retrieval, relevant = sharing a "
+        "label; mAP@all.",
     ),
 }
 

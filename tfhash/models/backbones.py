@@ -36,7 +36,10 @@ class Backbone(keras.layers.Layer):
             size, at least 32). Pretrained trunks see more at their training
             size (224 for EfficientNetLite0), at a cost in time.
         frozen: keep the trunk's weights (and batch-norm statistics) fixed,
-            training only what sits on it.
+            training only what sits on it. A frozen trunk also takes its own
+            features (rank 2, e.g. from `pretrained_features`) and passes them
+            through, so training can compute them once (`trunk_inputs`) while
+            the saved encoder still takes images.
 
     Examples:
     >>> Backbone("small_cnn", input_shape=(28, 28, 1))(np.zeros((2, 28, 28, 1))).shape
@@ -88,6 +91,8 @@ class Backbone(keras.layers.Layer):
         return tuple(self.trunk.input_shape[1:])
 
     def call(self, images, training=False):
+        if self.frozen and len(images.shape) == 2:
+            return ops.cast(images, self.compute_dtype)  # features computed once by `trunk_inputs`
         x = self._preprocess(ops.cast(images, self.compute_dtype))
         # A frozen trunk runs in inference mode: its batch norm keeps its statistics.
         return self.trunk(x, training=training and not self.frozen)
@@ -107,6 +112,12 @@ class Backbone(keras.layers.Layer):
             "input_size": self.input_size,
             "frozen": self.frozen,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # A loaded model's weights come from its archive: a path or "imagenet" in
+        # a (possibly crafted) config is never opened or downloaded.
+        return super().from_config({**config, "weights": None})
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
@@ -316,3 +327,18 @@ def pretrained_features(images, trunk="EfficientNetLite0", input_size=None, batc
 
         write_atomically(path, save)
     return features
+
+
+def trunk_inputs(images, backbone=SMALL_CNN, backbone_weights=None, backbone_input_size=None, freeze_backbone=False,
+                 **_):
+    """What a training plan feeds an image trainer: the images, or, for a
+    frozen ImageNet trunk, its features computed once (`pretrained_features`,
+    cached), which the frozen `Backbone` passes through. Training is the same
+    (a frozen trunk runs in inference mode, a fixed function of the image) at
+    the cost of one forward pass per image instead of one per step.
+
+    Takes the trainer's trunk settings (`base.TRUNK_ARGUMENTS`); other keys are ignored.
+    """
+    if freeze_backbone and backbone != SMALL_CNN and backbone_weights == "imagenet":
+        return pretrained_features(images, backbone, input_size=backbone_input_size)
+    return images

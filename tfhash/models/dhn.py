@@ -135,12 +135,15 @@ class DHN(Trainer, ImageHashModel):
 
 
 def training_plan(data, *, bits, seed, strategy, model, train):
-    """DHN on a protocol's labelled training split (the registry's `plan`)."""
+    """DHN on a protocol's labelled training split (the registry's `plan`); a
+    frozen ImageNet trunk's features are computed once (`trunk_inputs`)."""
     from tfhash.data import pairwise_batches
+    from tfhash.models.backbones import trunk_inputs
 
     images, labels = data.subset("train")
     with strategy.scope():
         net = DHN(bits=bits, input_shape=images.shape[1:], **model)
         net.build((None, *images.shape[1:]))
         net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]))
-    return TrainingPlan(net, pairwise_batches(images, labels, train["batch_size"], seed=seed), train["epochs"])
+    inputs = trunk_inputs(images, **model)
+    return TrainingPlan(net, pairwise_batches(inputs, labels, train["batch_size"], seed=seed), train["epochs"])

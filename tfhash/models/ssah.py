@@ -648,10 +648,12 @@ class SSAHRounds(keras.callbacks.Callback):
 def training_plan(data, *, bits, seed, strategy, model, train):
     """SSAH on an image-text protocol's training split (the registry's `plan`).
     The round with the best validation mAP (held-out database items against
-    the training set, never the queries) is kept."""
+    the training set, never the queries) is kept. A frozen ImageNet trunk's
+    features are computed once (`trunk_inputs`)."""
     from tfhash.callbacks import BestCheckpoint
     from tfhash.data import cross_modal_batches
     from tfhash.evaluation import evaluate_cross_modal, validation_rows
+    from tfhash.models.backbones import trunk_inputs
 
     images, texts, labels = data.subset("train")
     with strategy.scope():
@@ -669,5 +671,6 @@ def training_plan(data, *, bits, seed, strategy, model, train):
         return (r["image_to_text"]["map"] + r["text_to_image"]["map"]) / 2
 
     epochs = train["epochs"] if train["epochs"] is not None else 3 * net.round_epochs
-    return TrainingPlan(net, cross_modal_batches(images, texts, labels, train["batch_size"], seed=seed), epochs,
+    inputs = trunk_inputs(images, **model)
+    return TrainingPlan(net, cross_modal_batches(inputs, texts, labels, train["batch_size"], seed=seed), epochs,
                 [SSAHRounds(), BestCheckpoint(validation, name="val_map", every="round")])

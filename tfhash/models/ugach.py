@@ -26,11 +26,13 @@ Choices, one line each (reference: github.com/PKU-ICST-MIPL/UGACH_AAAI2018):
 - Generator's log p(x | q): a softmax over all candidates, as the paper (the code: over its two fed-back picks).
 - Pre-training: `pretrain_steps` of graph-only steps with uniform negatives first; `generator=False` throughout.
 - Reward: the code's raw sigmoid(f) in [0.5, 1); `reward_baseline=True` subtracts the batch mean.
-- Image features: `PixelPCA` (fitted by `UGACH.adapt`, no labels, part of the encoder); the paper: VGG19 fc7.
+- Image features: `PixelPCA` (fitted by `UGACH.adapt`, no labels, part of the encoder), or with
+  `features="EfficientNetLite0"` a frozen ImageNet trunk's pooled features (the paper: VGG19 fc7).
+- Training reads the image features computed once (`image_features`, cached for a trunk): the encoder passes rank-2 input through.
 - Checkpoints: chosen by the label-free `pair_retrieval_map`, never by label mAP as the code does.
 - Randomness: picks stateless, keyed by `seed` and the step, drawn for the global batch.
 
-Defaults: bits 32, margin bits / 8, feature_dims 512, hidden_units 1024,
+Defaults: bits 32, margin bits / 8, features "pixels", feature_dims 512, hidden_units 1024,
 generator True, pretrain_steps 0, reward_baseline False, seed 0; generator
 Adam(1e-4). The recipes (`ugach_open_clip_art_32`, `_64`) use a 5 + 5
 neighbour graph, 10 graph-only epochs then 20 with the generator.
@@ -42,7 +44,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfhash.layers import check_bits
-from tfhash.models.backbones import PixelPCA
+from tfhash.models.backbones import Backbone, PixelPCA
 from tfhash.models.base import (
     BowEncoder,
     HashModel,
@@ -100,32 +102,58 @@ class _UGACHEncoder(HashModel):
 
 @keras.saving.register_keras_serializable(package="tfhash")
 class UGACHImageEncoder(_UGACHEncoder):
-    """UGACH's image network: raw images -> `PixelPCA` features -> `TwoLayerHash`.
+    """UGACH's image network: raw images -> fixed features -> `TwoLayerHash`.
 
     Args:
         bits: code length K (multiple of 8).
         input_shape: raw image shape, pixels 0-255.
-        feature_dims: principal components kept as features.
+        feature_dims: principal components kept as features (`features="pixels"`).
         hidden_units: width of the common representation.
+        features: "pixels" (`PixelPCA`, fitted by `UGACH.adapt`) or a frozen
+            trunk's name, e.g. "EfficientNetLite0" (its pooled features).
+        feature_input_size: the side the trunk sees (default: the images').
+        feature_weights: the trunk's weights when built ("imagenet"); a saved
+            encoder restores them from its archive, never from here.
     """
 
-    def __init__(self, bits=32, input_shape=(64, 64, 3), feature_dims=512, hidden_units=1024, **kwargs):
+    def __init__(self, bits=32, input_shape=(64, 64, 3), feature_dims=512, hidden_units=1024, features="pixels",
+                 feature_input_size=None, feature_weights=None, **kwargs):
         super().__init__(**kwargs)
         self.bits = bits
         self.image_shape = tuple(int(d) for d in input_shape)
-        self.feature_dims, self.hidden_units = int(feature_dims), int(hidden_units)
-        self.pca = PixelPCA(self.feature_dims, self.image_shape, name="pixel_pca")
+        self.hidden_units = int(hidden_units)
+        self.feature_source, self.feature_input_size = features, feature_input_size
+        # Saved weights are keyed by attribute name: `pca` as before trunks existed, `trunk` for a trunk.
+        self.pca = self.trunk = None
+        if features == "pixels":
+            self.pca = PixelPCA(int(feature_dims), self.image_shape, name="pixel_pca")
+            self.feature_dims = int(feature_dims)
+        else:
+            self.trunk = Backbone(features, self.image_shape, weights=feature_weights,
+                                  input_size=feature_input_size, frozen=True, name="trunk")
+            self.feature_dims = int(self.trunk.compute_output_shape((None, *self.image_shape))[-1])
         self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
 
+    @classmethod
+    def from_config(cls, config):
+        # Weights come from the archive being loaded, never from a path or URL in its config.
+        return super().from_config({**config, "feature_weights": None})
+
+    def _extractor(self):
+        return self.pca if self.pca is not None else self.trunk
+
     def build(self, input_shape=None):
-        if not self.pca.built:
-            self.pca.build()
+        if not self._extractor().built:
+            self._extractor().build((None, *self.image_shape))
         if not self.head.built:
             self.head.build((None, self.feature_dims))
         self.built = True
 
     def features(self, images):
-        return self.pca(images)
+        """Raw images -> features; features computed earlier (rank 2) pass through."""
+        if len(images.shape) == 2:
+            return tf.cast(images, self.compute_dtype)
+        return self._extractor()(images)
 
     def get_config(self):
         return {
@@ -134,6 +162,8 @@ class UGACHImageEncoder(_UGACHEncoder):
             "input_shape": self.image_shape,
             "feature_dims": self.feature_dims,
             "hidden_units": self.hidden_units,
+            "features": self.feature_source,
+            "feature_input_size": self.feature_input_size,
         }
 
 
@@ -209,6 +239,9 @@ class UGACH(Trainer):
         vocabulary_size: V of the bags of words.
         feature_dims: `PixelPCA` components of the image features.
         hidden_units: width of every common layer.
+        features: the image features: "pixels" (their PCA, fitted by `adapt`)
+            or an ImageNet trunk, e.g. "EfficientNetLite0" (frozen, pooled).
+        feature_input_size: the side that trunk sees (default: the images').
         margin: m of the relevance hinge (default bits / 8, the code's).
         generator: False trains the discriminator with uniformly drawn
             negatives throughout (UGACH without its generator).
@@ -236,6 +269,8 @@ class UGACH(Trainer):
         vocabulary_size=1386,
         feature_dims=512,
         hidden_units=1024,
+        features="pixels",
+        feature_input_size=None,
         margin=None,
         generator=True,
         pretrain_steps=0,
@@ -250,7 +285,10 @@ class UGACH(Trainer):
         self.pretrain_steps = int(pretrain_steps)
         self.reward_baseline = bool(reward_baseline)
         self.seed = int(seed)
-        self.image_encoder = UGACHImageEncoder(bits, input_shape, feature_dims, hidden_units, name="image_encoder")
+        # ImageNet weights for a trunk, read when the trainer is built; the saved encoder carries them.
+        self.image_encoder = UGACHImageEncoder(
+            bits, input_shape, feature_dims, hidden_units, features=features, feature_input_size=feature_input_size,
+            feature_weights=None if features == "pixels" else "imagenet", name="image_encoder")
         self.text_encoder = UGACHTextEncoder(bits, vocabulary_size, hidden_units, name="text_encoder")
         self.generator_image = TwoLayerHash(bits, hidden_units, name="generator_image")
         self.generator_text = TwoLayerHash(bits, hidden_units, name="generator_text")
@@ -274,22 +312,28 @@ class UGACH(Trainer):
         return self.image_encoder(inputs["images"]), self.text_encoder(inputs["texts"])
 
     def adapt(self, images):
-        """Fits the image features (`PixelPCA`) on training images; no labels."""
+        """Fits the image features (`PixelPCA`) on training images; no labels. A trunk needs no fitting."""
         if not self.built:
             self.build()
-        self.image_encoder.pca.adapt(self.image_encoder.check_inputs(images))
+        if self.image_encoder.pca is not None:
+            self.image_encoder.pca.adapt(self.image_encoder.check_inputs(images))
         return self
 
     def image_features(self, images, batch_size=512):
-        """The fixed image features (NumPy), e.g. for `correlation_graph`."""
+        """The fixed image features (NumPy), e.g. for `correlation_graph` and
+        for `graph_batches` (computed once; a trunk's are cached on disk)."""
         self._check_adapted()
         images = self.image_encoder.check_inputs(images)
-        return tf.concat(
-            [self.image_encoder.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)], 0
-        ).numpy()
+        encoder = self.image_encoder
+        if encoder.pca is None:
+            from tfhash.models.backbones import pretrained_features
+
+            return pretrained_features(images, encoder.feature_source, input_size=encoder.feature_input_size)
+        return tf.concat([encoder.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)],
+                         0).numpy()
 
     def _check_adapted(self):
-        if not self.built or not self.image_encoder.pca.adapted:
+        if not self.built or (self.image_encoder.pca is not None and not self.image_encoder.pca.adapted):
             raise ValueError(
                 "The image features are not fitted: call model.adapt(train_images) before "
                 "image_features or fit (UGACH reads fixed PCA features of the pixels)."
@@ -434,6 +478,8 @@ class UGACH(Trainer):
             "vocabulary_size": self.text_encoder.vocabulary_size,
             "feature_dims": self.image_encoder.feature_dims,
             "hidden_units": self.image_encoder.hidden_units,
+            "features": self.image_encoder.feature_source,
+            "feature_input_size": self.image_encoder.feature_input_size,
             "margin": self.margin,
             "generator": self.use_generator,
             "pretrain_steps": self.pretrain_steps,
@@ -462,8 +508,9 @@ def training_plan(data, *, bits, seed, strategy, model, train):
         net.adapt(images)
         net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]),
                     g_optimizer=keras.optimizers.Adam(train["g_learning_rate"]))
-    graph = correlation_graph(net.image_features(images), texts.astype(np.float32), k=train["k"])
+    features = net.image_features(images)  # computed once; the encoder passes them through
+    graph = correlation_graph(features, texts.astype(np.float32), k=train["k"])
     held_out, _ = validation_rows(data.split, size=500, seed=0)
     keep = BestCheckpoint(lambda m: pair_retrieval_map(m.image_encoder, m.text_encoder, data.images[held_out],
                                                        data.texts[held_out]), name="val_pair_map")
-    return TrainingPlan(net, graph_batches(images, texts, graph, batch_size, seed=seed), train["epochs"], [keep])
+    return TrainingPlan(net, graph_batches(features, texts, graph, batch_size, seed=seed), train["epochs"], [keep])
