@@ -2,14 +2,18 @@
 
 import os
 import pathlib
+import re
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
 import pytest
 
 from tfhash import index as index_module
-from tfhash.index import PAD_DISTANCE, HammingIndex
+from tfhash.index import MAX_BITS, HammingIndex
 
 POPCOUNT = np.array([bin(b).count("1") for b in range(256)], np.int64)
 
@@ -71,16 +75,34 @@ def test_search_matches_brute_force_with_ties(bits, n, with_ids):
 
 
 @pytest.mark.parametrize("with_ids", [False, True])
-def test_search_pads_when_k_exceeds_ntotal(with_ids):
+def test_search_k_beyond_ntotal_returns_ntotal_columns(with_ids):
+    # "The 4 nearest" of a 2-code index are its 2 codes, ranked; no padding.
     index = HammingIndex(bits=8)
     index.add(
         np.array([[0b11], [0b01]], np.uint8),
         np.array([7, 9]) if with_ids else None,
     )
-    distances, ids = index.search(np.array([[0b01]], np.uint8), k=4)
-    np.testing.assert_array_equal(distances, [[0, 1, PAD_DISTANCE, PAD_DISTANCE]])
-    expected = [9, 7, -1, -1] if with_ids else [1, 0, -1, -1]
-    np.testing.assert_array_equal(ids, [expected])
+    distances, ids = index.search(np.array([[0b01], [0b11]], np.uint8), k=4)
+    assert distances.dtype == np.int32 and ids.dtype == np.int64
+    np.testing.assert_array_equal(distances, [[0, 1], [0, 1]])
+    expected = [[9, 7], [7, 9]] if with_ids else [[1, 0], [0, 1]]
+    np.testing.assert_array_equal(ids, expected)
+
+
+@pytest.mark.parametrize("k", [2**40, np.int64(2**62), np.uint64(2**64 - 1), 10**30])
+def test_search_memory_is_bounded_by_index_not_k(k):
+    # Before: faiss got k itself and allocated (nq, k) outputs: k=2**40 raised
+    # MemoryError (and k=2**31 got the process OOM-killed, so is not run here).
+    index = HammingIndex(bits=16)
+    index.add(np.array([[0, 0], [0, 1], [0, 3]], np.uint8))
+    start = time.perf_counter()
+    distances, ids = index.search(np.zeros((2, 2), np.uint8), k)
+    assert time.perf_counter() - start < 5
+    assert distances.shape == ids.shape == (2, 3)
+    np.testing.assert_array_equal(ids, [[0, 1, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(distances, [[0, 1, 2], [0, 1, 2]])
+    distances, ids = index.search(np.zeros((0, 2), np.uint8), k)
+    assert distances.shape == ids.shape == (0, 3)
 
 
 def test_search_no_queries():
@@ -171,9 +193,8 @@ def test_spare_capacity_is_never_returned():
     index.add(np.full((1, 2), 0xFF, np.uint8))
     assert index.code_bytes > 1001 * 2  # growth left spare rows
     distances, ids = index.search(np.zeros((1, 2), np.uint8), k=1004)
-    np.testing.assert_array_equal(ids[0, :1001], np.arange(1001))
-    np.testing.assert_array_equal(ids[0, 1001:], [-1, -1, -1])
-    np.testing.assert_array_equal(distances[0, :1001], 16)
+    np.testing.assert_array_equal(ids, [np.arange(1001)])
+    np.testing.assert_array_equal(distances, 16)
     lims, _, _ = index.range_search(np.zeros((1, 2), np.uint8), radius=16)
     assert lims[1] == 1001
 
@@ -336,14 +357,116 @@ def test_load_newer_version(saved):
         HammingIndex.load(path)
 
 
+def write_header(path, bits, n, flags=0, payload=b""):
+    """A file whose header checksum is valid, whatever its fields say."""
+    header = struct.pack("<8sIIIQ", b"TFHASHIX", 1, bits, flags, n)
+    header += struct.pack("<I", zlib.crc32(header))
+    path.write_bytes(header + payload + struct.pack("<I", zlib.crc32(payload)))
+
+
+@pytest.fixture
+def no_allocation(monkeypatch):
+    """Fails the test if load gets as far as allocating the code buffer."""
+
+    def refuse(bits, capacity):
+        raise AssertionError(f"allocated: bits={bits}, capacity={capacity}")
+
+    monkeypatch.setattr(HammingIndex, "_new_engine_for", staticmethod(refuse))
+
+
+@pytest.mark.parametrize("bits", [2**31, 2**32 - 8, MAX_BITS + 8, 12, 0])
+def test_load_header_bits_out_of_bounds(tmp_path, no_allocation, bits):
+    # Before: bits=2**31 with n=0 loaded "fine" (a 36-byte file), handing
+    # faiss a 2**31-bit index.
+    path = tmp_path / "bad.tfhi"
+    write_header(path, bits, n=0)
+    match = re.escape(
+        f"HammingIndex file {str(path)!r} has an invalid header: expected bits "
+        f"a multiple of 8 in [8, 4096], found bits={bits}."
+    )
+    with pytest.raises(ValueError, match=f"^{match}$"):
+        HammingIndex.load(path)
+
+
+@pytest.mark.parametrize("n", [1, 2**40, 2**64 - 1])
+@pytest.mark.parametrize("flags", [0, 1])
+def test_load_header_count_beyond_file_size(tmp_path, no_allocation, n, flags):
+    # An absurd n is refused from the file size alone, before allocating.
+    path = tmp_path / "bad.tfhi"
+    write_header(path, 64, n=n, flags=flags)
+    expected = 32 + n * 8 + (8 * n if flags else 0) + 4
+    match = re.escape(
+        f"HammingIndex file {str(path)!r} is truncated: its header (bits=64, "
+        f"n={n}, has_ids={bool(flags)}) implies {expected} bytes, found 36 bytes."
+    )
+    with pytest.raises(ValueError, match=f"^{match}$"):
+        HammingIndex.load(path)
+
+
+def test_load_header_unknown_flags(tmp_path, no_allocation):
+    path = tmp_path / "bad.tfhi"
+    write_header(path, 8, n=0, flags=2)
+    with pytest.raises(ValueError, match="invalid header: expected flags in \\{0, 1\\}, found flags=2.$"):
+        HammingIndex.load(path)
+
+
+def test_max_bits_round_trip(tmp_path):
+    # The bound on load is the constructor's: every index that can be built loads.
+    index = HammingIndex(bits=MAX_BITS)
+    index.add(np.full((2, MAX_BITS // 8), 0xA5, np.uint8))
+    index.save(tmp_path / "max.tfhi")
+    loaded = HammingIndex.load(tmp_path / "max.tfhi")
+    assert (loaded.bits, loaded.ntotal) == (MAX_BITS, 2)
+
+
+def dead_pid():
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are detected with POSIX kill(pid, 0)")
+def test_save_removes_stale_temporaries_of_dead_writers(tmp_path, monkeypatch):
+    # What six killed saves left behind: temporaries nobody would remove.
+    pid = dead_pid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    stale = [f".index.tfhi.{pid}-{'%08x' % i}.partial" for i in (1, 2)]
+    keep = [
+        f".index.tfhi.{os.getppid()}-0000000a.partial",  # live writer: still saving
+        f".index.tfhi.{os.getpid()}-0000000b.partial",  # a save in another thread
+        f".other.tfhi.{pid}-0000000c.partial",  # another file's temporary
+        f".index.tfhi.{pid}-0000000d.tmp",  # not a name tfhash writes
+        "index.tfhi.bak",
+    ]
+    for name in stale + keep:
+        (tmp_path / name).write_bytes(b"x" * 100)
+
+    written = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        written.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(index_module.os, "replace", recording_replace)
+    build(np.zeros((4, 1), np.uint8)).save(tmp_path / "index.tfhi")
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["index.tfhi"])
+    # The save's own temporary carries its pid, so a later save can tell (tfhash.io's naming).
+    assert re.fullmatch(rf"\.index\.tfhi\.{os.getpid()}-[0-9a-f]{{8}}\.partial", written[0])
+    assert HammingIndex.load(tmp_path / "index.tfhi").ntotal == 4
+
+
 # ----------------------------------------------------------------------
 # input checks: every rejected call leaves the index unchanged
 # ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bits", [12, 0, -8, 7.9, "64", True, None])
+@pytest.mark.parametrize("bits", [12, 0, -8, 7.9, "64", True, None, MAX_BITS + 8, 2**31])
 def test_bad_bits(bits):
-    with pytest.raises(ValueError, match=f"positive multiple of 8. Received: bits={bits!r}"):
+    match = f"Expected `bits` to be a positive multiple of 8, at most 4096. Received: bits={bits!r}$"
+    with pytest.raises(ValueError, match=match):
         HammingIndex(bits)
 
 
@@ -418,10 +541,11 @@ def test_bad_ids_rejected_unchanged(small):
     assert with_ids.ntotal == 6
 
 
-@pytest.mark.parametrize("k", [0, -1, 1.5, True, "3", None])
+@pytest.mark.parametrize("k", [0, -1, -(2**40), 1.5, True, "3", None, np.int64(-3)])
 def test_bad_k(small, k):
     index, queries, results = small
-    with pytest.raises(ValueError, match=f"`k` must be a positive int. Received: k={k!r}"):
+    match = re.escape(f"Expected `k` to be a positive int. Received: k={k!r}")
+    with pytest.raises(ValueError, match=f"^{match}$"):
         index.search(queries, k)
     assert_unchanged(index, queries, results)
 
@@ -441,9 +565,12 @@ def test_bad_radius(small, radius):
 
 
 def test_empty_index_search_raises():
+    # Documented choice: an empty index is an error, not a 0-column answer,
+    # whatever k (a huge k must not allocate either).
     index = HammingIndex(bits=16)
-    with pytest.raises(ValueError, match="Cannot search an empty HammingIndex"):
-        index.search(np.zeros((1, 2), np.uint8), 1)
+    for k in (1, 2**40):
+        with pytest.raises(ValueError, match="Cannot search an empty HammingIndex"):
+            index.search(np.zeros((1, 2), np.uint8), k)
     with pytest.raises(ValueError, match="Cannot range_search an empty HammingIndex"):
         index.range_search(np.zeros((1, 2), np.uint8), 1)
     index.add(np.zeros((0, 2), np.uint8))  # adding nothing is allowed
@@ -461,3 +588,44 @@ def test_path_like_save(tmp_path):
     index = build(np.arange(8, dtype=np.uint8)[:, None])
     index.save(pathlib.PurePath(tmp_path / "p.tfhi"))
     assert HammingIndex.load(str(tmp_path / "p.tfhi")).ntotal == 8
+
+
+# ----------------------------------------------------------------------
+# command line: `tfhash search`
+# ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_index(tmp_path):
+    index = HammingIndex(bits=16)
+    index.add(np.array([[0, 0], [0, 1], [0, 3]], np.uint8))
+    index.save(tmp_path / "i.tfhi")
+    np.save(tmp_path / "q.npy", np.zeros((1, 2), np.uint8))
+    return str(tmp_path / "i.tfhi"), str(tmp_path / "q.npy")
+
+
+@pytest.mark.parametrize("k", ["-3", "0"])
+@pytest.mark.parametrize("radius", [None, "0", "16"])
+def test_cli_search_rejects_k_below_one(cli_index, capsys, k, radius):
+    # Before: `--radius 0 -k -3` printed all but the last 3 ids.
+    from tfhash.cli import main
+
+    index, queries = cli_index
+    argv = ["search", index, "--queries", queries, "-k", k]
+    if radius is not None:
+        argv += ["--radius", radius]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"tfhash search: error: Expected -k to be a positive int. Received: -k {k}\n"
+
+
+def test_cli_search_huge_k_prints_every_code(cli_index, capsys):
+    # Before: a MemoryError traceback.
+    from tfhash.cli import main
+
+    index, queries = cli_index
+    assert main(["search", index, "--queries", queries, "-k", str(2**40)]) == 0
+    assert capsys.readouterr().out == "query 0: ids [0, 1, 2] distances [0, 1, 2]\n"
+    assert main(["search", index, "--queries", queries, "--radius", "16", "-k", "2"]) == 0
+    assert capsys.readouterr().out == "query 0: 3 within radius 16, nearest 2: [0, 1]\n"

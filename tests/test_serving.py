@@ -4,7 +4,9 @@ Requests go through the stock `tensorflow_serving.apis` stubs (raw protos) and
 through `tfhash.serving.Client`; codes are compared with `model.encode`.
 """
 
+import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -29,7 +32,8 @@ from tensorflow_serving.apis import (
 from tfhash.data import load_protocol
 from tfhash.export import export_savedmodel
 from tfhash.models import DHN
-from tfhash.serving import Client, ModelServer, ServingError
+from tfhash.serving import Client, ModelServer, ServingError, add_serve_command
+from tfhash.serving import server as server_module
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
@@ -77,6 +81,13 @@ def base_dir(tmp_path_factory, models):
 @pytest.fixture(scope="module")
 def server(base_dir):
     with ModelServer(base_dir, poll_seconds=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def small_server(base_dir):
+    """At most 10 rows per request, run 4 rows at a time."""
+    with ModelServer(base_dir, model_name="dhn", poll_seconds=0, max_batch=10, chunk_rows=4) as server:
         yield server
 
 
@@ -184,8 +195,9 @@ def with_spec(field, value):
         (with_spec("signature_name", "nope"), '"nope" not found in signature def. Expected one of [\'serving'),
         (lambda request: request.output_filter.append("hash"), "unknown outputs ['hash']"),
         (with_spec("version_label", "stable"), "Unrecognized servable version label: stable"),
+        (with_input("images", np.zeros((0, 8, 8, 1), "uint8")), "expected at least 1 row. Received: shape=(0, 8,"),
     ],
-    ids=["float32", "shape", "input_name", "signature", "output_filter", "version_label"],
+    ids=["float32", "shape", "input_name", "signature", "output_filter", "version_label", "empty"],
 )
 def test_invalid_argument_says_expected_and_received(channel, images, change, message):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -193,6 +205,81 @@ def test_invalid_argument_says_expected_and_received(channel, images, change, me
     change(request)
     code, details = rpc_error(stub.Predict, request)
     assert code == INVALID and message in details
+
+
+def raw_images(shape, int_val=(), content=b""):
+    """A uint8 TensorProto of `shape` holding only the given values, as a hand-made request may."""
+    proto = tf.make_tensor_proto(np.zeros((1, 8, 8, 1), np.uint8))
+    proto.ClearField("tensor_content")
+    proto.tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
+    proto.int_val.extend(int_val)
+    proto.tensor_content = content
+    return proto
+
+
+def with_raw(**kwargs):
+    return lambda request: request.inputs["images"].CopyFrom(raw_images(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (with_raw(shape=(4, 8, 8, 1), int_val=[1, 2, 3]), "expected 256 values (no padding, no implied zeros). "),
+        (with_raw(shape=(1000, 8, 8, 1)), "expected 64000 values (no padding, no implied zeros). Received: 0 values"),
+        (with_raw(shape=(4, 8, 8, 1), content=bytes(255)), "256 bytes of tensor_content (256 uint8 values). Rec"),
+        (with_raw(shape=(4, 8, 8, 1), content=bytes(257)), "256 bytes of tensor_content (256 uint8 values). Rec"),
+    ],
+    ids=["padding", "implied_zeros", "short_content", "long_content"],
+)
+def test_values_must_match_shape(channel, images, change, message):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_request(images[:4])
+    change(request)
+    code, details = rpc_error(stub.Predict, request)
+    received = len(request.inputs["images"].int_val or request.inputs["images"].tensor_content)
+    assert code == INVALID and message in details and f"Received: {received} " in details
+
+
+def test_values_in_int_val_are_decoded(channel, models, images):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_request(images[:4])
+    request.inputs["images"].CopyFrom(raw_images((4, 8, 8, 1), int_val=images[:4].ravel().tolist()))
+    codes = tf.make_ndarray(stub.Predict(request, timeout=10).outputs["binary_codes"])
+    np.testing.assert_array_equal(codes, models[0].encode(images[:4]))
+
+
+def test_rows_over_max_batch_resource_exhausted(server, small_server, channel, images):
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A few bytes asking for 100,000 images: refused from the shape alone.
+    request = predict_request(images[:1])
+    request.inputs["images"].CopyFrom(raw_images((100000, 8, 8, 1)))
+    code, details = rpc_error(prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict, request)
+    assert server.max_batch == server_module.DEFAULT_MAX_BATCH == 1024
+    assert code == exhausted and "expected at most 1024 rows per request" in details
+    assert "Received: 100000 rows" in details
+    with grpc.insecure_channel(small_server.address) as small:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(small)
+        code, details = rpc_error(stub.Predict, predict_request(images[:11]))
+        assert code == exhausted and "at most 10 rows per request (the server's max_batch). Received: 11" in details
+        assert tf.make_ndarray(stub.Predict(predict_request(images[:10]), timeout=10).outputs["codes"]).shape[0] == 10
+    with pytest.raises(ServingError, match="at most 10 rows.*lower max_batch, now 25") as error:
+        Client("dhn", target=small_server.address, max_batch=25).encode(images[:25])
+    assert error.value.code == exhausted
+
+
+def test_model_runs_in_chunks(small_server, models, images, monkeypatch):
+    servable = small_server.servable(model_pb2.ModelSpec(name="dhn"))
+    signature = servable.signatures["serving_default"]
+    calls = []
+
+    def spy(**inputs):
+        calls.append(len(inputs["images"]))
+        return signature(**inputs)
+
+    monkeypatch.setitem(servable.signatures, "serving_default", spy)
+    codes = Client("dhn", target=small_server.address).encode(images[:10])
+    assert calls == [4, 4, 2]
+    np.testing.assert_array_equal(codes, models[0].encode(images[:10]))
 
 
 def test_oversized_message_resource_exhausted(base_dir, images):
@@ -366,6 +453,34 @@ def test_broken_version_keeps_previous_served(tmp_path, models, images):
         assert code != 0 and message
 
 
+def test_failed_version_retried_when_its_files_change(tmp_path, base_dir, models, images, monkeypatch):
+    export_savedmodel(models[0], str(tmp_path), name="dhn")
+    loads, load = [], server_module.load_servable
+
+    def counting(name, version, path):
+        loads.append(version)
+        return load(name, version, path)
+
+    monkeypatch.setattr(server_module, "load_servable", counting)
+    with ModelServer(str(tmp_path), poll_seconds=0) as server:
+        broken = tmp_path / "dhn" / "2"
+        os.makedirs(broken)
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        for _ in range(5):
+            server.poll()
+        assert loads == [1, 2, 2, 2]  # three tries, then left alone while its files stay the same
+        assert server.served_versions() == {"dhn": [1]}
+        # The operator fixes version 2 in place (the other model's SavedModel): it is tried again.
+        shutil.rmtree(broken)
+        shutil.copytree(os.path.join(base_dir, "other", "1"), broken, copy_function=shutil.copyfile)
+        server.poll()
+        assert loads == [1, 2, 2, 2, 2]
+        assert server.served_versions() == {"dhn": [2]}
+        assert Client("dhn", target=server.address).status() == {1: "END", 2: "AVAILABLE"}
+        codes = Client("dhn", target=server.address).encode(images[:5])
+        np.testing.assert_array_equal(codes, models[1].encode(images[:5]))
+
+
 def test_stop_is_clean(base_dir, images):
     server = ModelServer(base_dir, model_name="dhn", poll_seconds=0.1).start()
     port = server.port
@@ -424,6 +539,35 @@ add_serve_command(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])
 args.run(args)
 """
+
+
+def test_serve_command_max_batch(monkeypatch, tmp_path):
+    parser = argparse.ArgumentParser(prog="tfhash")
+    add_serve_command(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["serve", "--base-dir", "x"]).max_batch == server_module.DEFAULT_MAX_BATCH
+    created = []
+
+    class Stopped(Exception):
+        pass
+
+    class FakeServer:
+        def __init__(self, base_dir, **kwargs):
+            created.append(kwargs)
+
+        def start(self):
+            raise Stopped
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(server_module, "ModelServer", FakeServer)
+    args = parser.parse_args(["serve", "--base-dir", str(tmp_path), "--max-batch", "7"])
+    with pytest.raises(Stopped):
+        args.run(args)
+    assert created[0]["max_batch"] == 7
+    args = parser.parse_args(["serve", "--base-dir", str(tmp_path), "--max-batch", "0"])
+    with pytest.raises(ValueError, match="--max-batch must be a positive number of rows. Received: 0"):
+        args.run(args)
 
 
 @pytest.mark.slow

@@ -7,6 +7,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfhash.io import write_bytes
+
+
+class TrainingDiverged(ArithmeticError):
+    """A loss became NaN or infinite: the run is stopped and nothing is saved."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` at the first batch whose logged losses are not
+    finite, naming the loss, epoch and step. Unlike Keras's `TerminateOnNaN`,
+    which ends `fit` normally, this stops the caller too, so a diverged model
+    is never saved, exported or scored."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+                raise TrainingDiverged(
+                    f"Training diverged: {name} = {float(np.asarray(value).mean())} at epoch {self.epoch + 1}, "
+                    f"step {batch + 1}. Expected finite losses; try a lower learning rate. Nothing was saved."
+                )
+
 
 class BetaSchedule(keras.callbacks.Callback):
     """Drives the beta of `AnnealedSign` layers on a schedule, and logs it.
@@ -169,8 +197,5 @@ class GeneratedImageGrid(keras.callbacks.Callback):
             return
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(tf.io.encode_png(self.grid()).numpy())
-        os.replace(tmp, path)
+        write_bytes(path, tf.io.encode_png(self.grid()).numpy())
         self.paths.append(path)

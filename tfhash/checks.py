@@ -18,7 +18,13 @@ def check_bits(bits):
 
 
 def check_images(images, input_shape, name="images"):
-    """Validates a batch of raw images; returns it as a NumPy array."""
+    """Validates a batch of raw images; returns it as a NumPy array.
+
+    Raw means pixels on a 0-255 scale, as every tfhash encoder, exported or
+    not, takes them: values outside it are refused (the message is the one
+    the exported encoders give), and float images that look normalized to
+    [0, 1] (all values in it, some fractional) get an error that says so.
+    """
     array = np.asarray(images)
     expected = (None, *input_shape)
     if array.ndim != len(expected) or tuple(array.shape[1:]) != tuple(input_shape):
@@ -38,6 +44,14 @@ def check_images(images, input_shape, name="images"):
             f"{name} must be finite. Received NaN or inf in {len(bad)} image(s), "
             f"first at index {bad[:5].tolist()}"
         )
+    low, high = array.min(), array.max()
+    if low < 0 or high > 255:
+        raise ValueError(f"{name} must hold pixel values 0-255. Received: dtype={array.dtype}, "
+                         f"values in [{low}, {high}]")
+    if np.issubdtype(array.dtype, np.floating) and high <= 1 and not np.all(array == np.round(array)):
+        raise ValueError(f"{name} look normalized to [0, 1]: expected raw pixels on a 0-255 scale (the encoder "
+                         f"preprocesses them itself); multiply by 255. Received: dtype={array.dtype}, "
+                         f"values in [{low}, {high}]")
     return array
 
 

@@ -55,7 +55,8 @@ def _train(args, extra=()):
     settings = {**_settings(extra), "epochs": args.epochs}
     result = training.train(
         args.method, args.protocol, recipe=recipe, bits=args.bits, seed=args.seed, data_dir=args.data_dir,
-        strategy=args.strategy, output_dir=args.output, verbose=2 if args.quiet else "auto", **settings,
+        strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite, verbose=2 if args.quiet else "auto",
+        **settings,
     )
     final = {key: values[-1] for key, values in result.history.items() if values and key.endswith("loss")}
     loss = ", ".join(f"{key} {value:.4f}" for key, value in final.items())
@@ -167,14 +168,12 @@ def _class_names(protocol):
 
 
 def _encode(args):
-    import numpy as np
-
     from tfhash import training
     from tfhash.index import HammingIndex
 
     model = training.load_model(args.model, args.modality)
     if args.inputs:
-        inputs = np.load(args.inputs, allow_pickle=False)
+        inputs = _load_array(args.inputs, "inputs")
         ids = None
     else:
         data = _run_data(args)
@@ -184,8 +183,11 @@ def _encode(args):
         ids = getattr(data.split, args.part)
     codes = model.encode(inputs, batch_size=args.batch_size, verbose=1)
     if args.output:
-        np.save(args.output, codes, allow_pickle=False)
-        print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {args.output}")
+        from tfhash.io import save_arrays
+
+        output = args.output if args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
+        save_arrays(output, codes)
+        print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {output}")
     if args.index:
         index = HammingIndex(codes.shape[1] * 8)
         index.add(codes, ids=ids)
@@ -193,13 +195,32 @@ def _encode(args):
         print(f"wrote Hamming index of {len(index)} codes to {args.index}")
 
 
-def _search(args):
+def _load_array(path, what):
+    """A `.npy` array, with a damaged or foreign file reported in one line."""
     import numpy as np
 
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OSError) as error:  # empty, truncated, pickled or not a .npy
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise ValueError(f"{path}: expected {what} in a .npy file (np.save). Received: an unreadable file of "
+                         f"{size} bytes ({type(error).__name__}: {' '.join(str(error).split())})") from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{path}: expected {what} in a .npy file. Received: a .npz archive")
+    return array
+
+
+def _search(args):
     from tfhash.index import HammingIndex
 
+    # Both modes: in radius mode -k slices the printed ids, and a negative
+    # slice would silently drop the last ones.
+    if args.k < 1:
+        raise ValueError(f"Expected -k to be a positive int. Received: -k {args.k}")
     index = HammingIndex.load(args.index)
-    queries = np.load(args.queries, allow_pickle=False)
+    queries = _load_array(args.queries, "query codes")
     if args.radius is not None:
         lims, distances, ids = index.range_search(queries, args.radius)
         for q in range(len(queries)):
@@ -208,8 +229,11 @@ def _search(args):
         return
     distances, ids = index.search(queries, args.k)
     if args.output:
-        np.savez(args.output, distances=distances, ids=ids)
-        print(f"wrote {ids.shape} neighbours to {args.output}")
+        from tfhash.io import save_arrays
+
+        output = args.output if args.output.endswith(".npz") else args.output + ".npz"  # as np.savez names it
+        save_arrays(output, distances=distances, ids=ids)
+        print(f"wrote {ids.shape} neighbours to {output}")
     else:
         for q in range(len(ids)):
             print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
@@ -230,6 +254,7 @@ def _add_training_args(p):
     p.add_argument("--epochs", type=int, help="default: the recipe's, else the method's")
     p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --output (else refused)")
 
 
 def build_parser():
@@ -289,7 +314,8 @@ def build_parser():
     p = sub.add_parser("search", help="k nearest codes (or all within a radius) in a saved index")
     p.add_argument("index", help="file written by `tfhash encode --index`")
     p.add_argument("--queries", required=True, help=".npy of packed uint8 query codes")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10,
+                   help="neighbours per query, >= 1; at most the index size are returned (radius mode: ids shown)")
     p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")
     p.add_argument("--output", help="write distances and ids to this .npz")
     p.set_defaults(run=_search)
@@ -371,6 +397,9 @@ def main(argv=None):
     except (ValueError, OSError, ZooError) as error:  # OSError: missing files, a port in use
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except ArithmeticError as error:  # training diverged: not bad input, but nothing was saved
+        print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

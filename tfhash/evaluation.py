@@ -1,5 +1,7 @@
 """Scoring a trained model on a protocol, and the plots that go with it."""
 
+import os
+
 import numpy as np
 
 from tfhash import metrics
@@ -67,7 +69,10 @@ def plot_precision_recall(curves, path, title="Precision-recall within Hamming r
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    from tfhash.io import write_atomically
+
+    # The format from the name's extension, as savefig(path) would pick it.
+    write_atomically(path, lambda partial: fig.savefig(partial, format=os.path.splitext(path)[1][1:] or "png"))
     plt.close(fig)
 
 

@@ -12,8 +12,6 @@ both formats:
 
 import os
 import re
-import shutil
-import tempfile
 import warnings
 
 import keras
@@ -23,6 +21,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from tfhash.layers import SignPack
 from tfhash.checks import check_bow, check_images
+from tfhash.io import temporary_folder, write_atomically, write_bytes
 
 SIGNATURE = "serving_default"
 QUANTIZATIONS = ("float32", "dynamic_int8", "int8")
@@ -83,14 +82,9 @@ def export_savedmodel(model, base_dir, name=None, version=None):
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists: versions are immutable, export a new one")
     os.makedirs(model_dir, exist_ok=True)
-    # TF Serving only loads all-digit directory names, so this one is invisible to it.
-    tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_encoder_savedmodel(model, tmp)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Written under a hidden temporary name (TF Serving only loads all-digit
+    # names), synced, then renamed: a server never sees half a version.
+    write_atomically(final, lambda partial: _write_encoder_savedmodel(model, partial))
     return final
 
 
@@ -149,7 +143,10 @@ def export_tflite(model, path, quantization="float32", representative_inputs=Non
             calibration = as_uint8_images(calibration, tuple(spec.shape[1:]), "representative_inputs")
         calibration = calibration[:num_calibration]
 
-    with tempfile.TemporaryDirectory(prefix="tfhash-tflite-") as workdir:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # The work folder sits beside `path`, named as a temporary of it, so a
+    # killed conversion's leftovers are removed by the next write there.
+    with temporary_folder(path, ".work") as workdir:
         # From a SavedModel the converter freezes the weights into constants
         # (folding /255 and batch norm into the convolutions). From the concrete
         # function it kept resource variables and, in TF 2.21, returned
@@ -169,21 +166,8 @@ def export_tflite(model, path, quantization="float32", representative_inputs=Non
             # The converter calibrates with tf.lite.Interpreter, which warns it is deprecated.
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
             content = converter.convert()
-    _write_bytes_atomically(content, path)
+    write_bytes(path, content)
     return path
-
-
-def _write_bytes_atomically(content, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def as_uint8_images(images, image_shape, name="images"):
@@ -192,16 +176,13 @@ def as_uint8_images(images, image_shape, name="images"):
     Exported encoders take uint8 pixels; integer or float arrays are accepted
     when every value is a whole number in 0-255, so the cast changes nothing.
     """
-    array = check_images(images, image_shape, name)
+    array = check_images(images, image_shape, name)  # the 0-255 range and the [0, 1] mistake
     if array.dtype == np.uint8:
         return array
-    low, high = array.min(), array.max()
-    whole = np.issubdtype(array.dtype, np.integer) or bool(np.all(array == np.round(array)))
-    if low < 0 or high > 255 or not whole:
+    if not (np.issubdtype(array.dtype, np.integer) or bool(np.all(array == np.round(array)))):
         raise ValueError(
             f"{name} must hold whole pixel values 0-255 (exported encoders take uint8). "
-            f"Received: dtype={array.dtype}, values in [{low}, {high}]"
-            + ("" if whole else ", with fractional values")
+            f"Received: dtype={array.dtype}, values in [{array.min()}, {array.max()}], with fractional values"
         )
     return array.astype(np.uint8)
 

@@ -4,24 +4,25 @@
   ``np.packbits`` (most significant bit first). Nothing is converted silently:
   any other dtype or shape raises ``ValueError``.
 * **Ranking** is by Hamming distance ascending, ties broken by insertion order,
-  so every result is deterministic.
+  so every result is deterministic. A k-NN result has `min(k, ntotal)`
+  columns, so its memory is bounded by the index, never by `k`.
 * **Files** use a small versioned binary format (no pickle), written
   atomically and checked on load; see :meth:`HammingIndex.save`.
 """
 
 import os
-import secrets
 import struct
 import zlib
 
 import faiss
 import numpy as np
 
-# Distance and id faiss writes into the slots of a row that has no neighbor
-# (k > ntotal). INT32_MAX, not -1, keeps every row sorted ascending, so a
-# filter such as `distances <= r` never picks up padding.
-PAD_DISTANCE = np.iinfo(np.int32).max
-PAD_ID = -1
+from tfhash.io import write_atomically
+
+# Longest code accepted, by the constructor and in a file header alike (so
+# every saved index loads). Learned hash codes are 16 to a few hundred bits;
+# the bound stops a corrupt header (bits=2**31) from reaching faiss.
+MAX_BITS = 4096
 
 # File layout, all integers little-endian:
 #   magic (8s) | version (u32) | bits (u32) | flags (u32) | n (u64) |
@@ -79,7 +80,8 @@ class HammingIndex:
     Searches may run concurrently with each other, not with `add`.
 
     Args:
-        bits: code length in bits, a positive multiple of 8.
+        bits: code length in bits, a positive multiple of 8, at most
+            `MAX_BITS` (4096).
 
     Attributes:
         bits: code length in bits.
@@ -101,9 +103,10 @@ class HammingIndex:
     """
 
     def __init__(self, bits):
-        if not _is_int(bits) or bits <= 0 or bits % 8:
+        if not _is_int(bits) or not 0 < bits <= MAX_BITS or bits % 8:
             raise ValueError(
-                f"`bits` must be a positive multiple of 8. Received: bits={bits!r}"
+                f"Expected `bits` to be a positive multiple of 8, at most "
+                f"{MAX_BITS}. Received: bits={bits!r}"
             )
         self.bits = int(bits)
         self.code_size = self.bits // 8
@@ -158,10 +161,10 @@ class HammingIndex:
             codes: `uint8` array of shape `(n, bits / 8)`, packed as
                 `np.packbits` does.
             ids: optional integer array of shape `(n,)`, non-negative, returned
-                by `search` in place of positions (`-1` is reserved for
-                padding). Either every `add` gives ids or none does. Ids are
-                not required to be unique. Without ids, a code's id is its
-                insertion position (0, 1, 2, ... across calls).
+                by `search` in place of positions. Either every `add` gives
+                ids or none does. Ids are not required to be unique. Without
+                ids, a code's id is its insertion position (0, 1, 2, ...
+                across calls).
 
         Examples:
 
@@ -208,15 +211,25 @@ class HammingIndex:
     def search(self, queries, k):
         """Finds the `k` nearest codes of each query, exactly.
 
+        A `k` larger than the index is not an error: the result has
+        `min(k, ntotal)` columns (every code, ranked), with no padding. So
+        "the 10 nearest" of a 3-code index are its 3 codes, and memory is
+        bounded by `nq * ntotal` whatever `k` is (`k=2**40` is fine).
+
         Args:
             queries: `uint8` array of shape `(nq, bits / 8)`.
-            k: number of neighbors, a positive int. If `k > ntotal`, each
-                row is padded like faiss does: distance `2**31 - 1`
-                (`PAD_DISTANCE`) and id `-1`, so rows stay sorted.
+            k: number of neighbors wanted, a positive int.
 
         Returns:
-            `(distances, ids)`: `int32` and `int64` arrays of shape `(nq, k)`,
-            sorted by distance, ties by insertion order.
+            `(distances, ids)`: `int32` and `int64` arrays of shape
+            `(nq, min(k, ntotal))`, sorted by distance, ties by insertion
+            order.
+
+        Raises:
+            ValueError: for malformed `queries`, a `k` that is not an int
+                `>= 1`, or an empty index (`ntotal == 0`): an empty database
+                is almost always a mistake upstream, so it is reported rather
+                than answered with 0 columns.
 
         Examples:
 
@@ -224,13 +237,14 @@ class HammingIndex:
         >>> index.add(np.array([[0b11], [0b01]], dtype=np.uint8))
         >>> d, i = index.search(np.array([[0b01]], dtype=np.uint8), k=3)
         >>> d.tolist(), i.tolist()
-        ([[0, 1, 2147483647]], [[1, 0, -1]])
+        ([[0, 1]], [[1, 0]])
         """
         queries = self._check_codes(queries, "queries")
         if not _is_int(k) or k <= 0:
-            raise ValueError(f"`k` must be a positive int. Received: k={k!r}")
-        k = int(k)
+            raise ValueError(f"Expected `k` to be a positive int. Received: k={k!r}")
         self._check_not_empty("search")
+        # faiss allocates (nq, k) outputs: never ask it for more than exists.
+        k = min(int(k), self.ntotal)
         if queries.shape[0] == 0:
             return np.empty((0, k), np.int32), np.empty((0, k), np.int64)
         distances, positions = self._index.search(queries, k)
@@ -285,9 +299,11 @@ class HammingIndex:
     def save(self, path):
         """Writes the index to `path`, atomically.
 
-        The file is written to a temporary file in the same folder, flushed
-        to disk, then renamed over `path`: readers see either the old file
-        or the complete new one, and a failed save leaves no partial file.
+        Through `tfhash.io.write_atomically`: written to a temporary file in
+        the same folder, flushed to disk, then renamed over `path`, so readers
+        see either the old file or the complete new one, and a failed save
+        leaves no partial file. Each save first removes the temporaries of
+        earlier saves to `path` killed outright (SIGKILL, power loss).
 
         Format (little-endian): magic `b"TFHASHIX"`, format version (u32),
         bits (u32), flags (u32, bit 0 = has ids), n (u64), CRC-32 of those 28
@@ -308,34 +324,22 @@ class HammingIndex:
         2
         """
         path = os.fspath(path)
-        folder, name = os.path.split(os.path.abspath(path))
         n = self.ntotal
         flags = FLAG_IDS if self._ids is not None else 0
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.bits, flags, n)
         header += _CRC.pack(zlib.crc32(header))
 
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-        # O_EXCL: never clobber a file we did not create; mode 0o666 lets the
-        # umask apply, as for any file opened with open().
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def write(partial):
+            with open(partial, "wb") as f:
                 f.write(header)
                 crc = 0
                 for chunk in self._payload_chunks():
                     crc = zlib.crc32(chunk, crc)
                     f.write(chunk)
                 f.write(_CRC.pack(crc))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(folder)
+
+        # Temporary, sync, rename, and removal of killed saves' temporaries: tfhash.io's one writer.
+        write_atomically(path, write)
 
     @classmethod
     def load(cls, path):
@@ -343,8 +347,10 @@ class HammingIndex:
 
         Refuses, with a `ValueError` saying what was expected and what was
         found: files that are not HammingIndex files (wrong magic), files from
-        a newer format version, truncated files and corrupted files (CRC-32
-        mismatch).
+        a newer format version, headers out of bounds (bits not a multiple of
+        8 in `[8, MAX_BITS]`, unknown flags, a count `n` the file size does
+        not hold), truncated files and corrupted files (CRC-32 mismatch).
+        Header fields are all checked before anything is allocated.
 
         Args:
             path: file written by `HammingIndex.save` (str or path-like).
@@ -446,11 +452,10 @@ class HammingIndex:
                 yield ids[start : start + _IO_CHUNK]
 
     def _to_ids(self, positions):
+        # k <= ntotal, so faiss fills every slot: no -1 positions to mask.
         if self._ids is None:
             return positions
-        ids = self._ids[positions]
-        ids[positions < 0] = PAD_ID
-        return ids
+        return self._ids[positions]
 
     def _check_not_empty(self, method):
         if self.ntotal == 0:
@@ -503,8 +508,8 @@ class HammingIndex:
             )
         if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int64).max):
             raise ValueError(
-                "`ids` must be in [0, 2**63 - 1] (-1 marks padding in "
-                f"results). Received: min={ids.min()}, max={ids.max()}"
+                "`ids` must be in [0, 2**63 - 1] (negative ids are reserved). "
+                f"Received: min={ids.min()}, max={ids.max()}"
             )
         return ids.astype(np.int64)
 
@@ -542,12 +547,18 @@ def _parse_header(path, head):
             f"expected 0x{stored:08x} as stored, found 0x{crc:08x}."
         )
     _, _, bits, flags, n = _HEADER.unpack_from(head)
-    # The header CRC matched, so these only fail for a file we did not write.
-    if bits <= 0 or bits % 8 or flags & ~FLAG_IDS:
+    # The header CRC matched, so these only fail for a file we did not write
+    # (or a crafted one). Checked before anything is allocated; `n` is checked
+    # against the file size by the caller, also before allocating.
+    if not 0 < bits <= MAX_BITS or bits % 8:
         raise ValueError(
             f"HammingIndex file {path!r} has an invalid header: expected "
-            f"bits a positive multiple of 8 and flags in {{0, {FLAG_IDS}}}, "
-            f"found bits={bits}, flags={flags}."
+            f"bits a multiple of 8 in [8, {MAX_BITS}], found bits={bits}."
+        )
+    if flags & ~FLAG_IDS:
+        raise ValueError(
+            f"HammingIndex file {path!r} has an invalid header: expected "
+            f"flags in {{0, {FLAG_IDS}}}, found flags={flags}."
         )
     return bits, flags, n
 
@@ -563,17 +574,3 @@ def _read_into(f, buffer):
                 f"{len(view)} more bytes, found {done}."
             )
         done += got
-
-
-def _fsync_dir(folder):
-    # Makes the rename itself durable; not possible on every platform.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

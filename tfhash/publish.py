@@ -9,7 +9,7 @@ ones an `_image` entry (scored image->text) and a `_text` entry (text->image).
 from pathlib import Path
 
 from tfhash import recipes, zoo
-from tfhash.io import write_json
+from tfhash.io import write_atomically, write_json
 from tfhash.training import train
 
 
@@ -49,7 +49,7 @@ def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
     for modality, name in names.items():
         encoder = result.encoders[modality]
         file = zoo_dir / "files" / f"{name}.keras"
-        encoder.save(str(file))
+        write_atomically(file, encoder.save, suffix=".keras")
         direction = result.direction(modality)
         metric = "map@all" if direction == "image" else f"map@all {direction}"
         manifest["entries"][name] = {

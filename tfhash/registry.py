@@ -154,7 +154,23 @@ def _checked(method, key, value, default):
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"Setting {key!r} of method {method!r} must be finite. Received: {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low = "positive" if _positive(key) else "non-negative"
+        if value < 0 or (value == 0 and low == "positive"):
+            raise ValueError(f"Setting {key!r} of method {method!r} must be {low}. Received: {value!r}")
     return value
+
+
+# Counts, sizes, rates and epochs must be above zero; loss weights, dropout and
+# graph-only warm-up epochs may be zero; nothing may be negative.
+_MAY_BE_ZERO = {"pretrain_epochs"}
+
+
+def _positive(key):
+    return key not in _MAY_BE_ZERO and (
+        key in {"batch_size", "k", "k1", "k2", "decay", "noise_dim", "backbone_input_size", "feature_input_size"}
+        or key.endswith(("learning_rate", "epochs", "_units", "_dims"))
+    )
 
 
 def parse_value(text):

@@ -23,7 +23,7 @@ import time
 
 from tfhash import recipes, registry
 from tfhash._version import __version__
-from tfhash.io import write_json
+from tfhash.io import write_atomically, write_json
 
 RUN_FILE = "run.json"
 ENCODER_FILE = "{modality}_encoder.keras"
@@ -92,8 +92,8 @@ def resolve(method=None, protocol=None, *, recipe=None, bits=None, seed=None, da
 
 
 def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data=None, data_dir=None,
-          data_options=None, strategy="one_device", output_dir=None, callbacks=(), verbose="auto", score=True,
-          **settings):
+          data_options=None, strategy="one_device", output_dir=None, overwrite=False, callbacks=(), verbose="auto",
+          score=True, **settings):
     """Trains a registered method and returns a `Result`.
 
     Args:
@@ -113,20 +113,30 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
             draws its randomness for the global batch, so N replicas take the
             steps one device takes.
         output_dir: the run directory; only the chief writes it.
+        overwrite: replace a run already in `output_dir` (else refused before any work).
         callbacks: extra Keras callbacks, after the method's own.
         verbose: `fit`'s verbosity.
         score: score the encoders on the protocol's queries after training.
         **settings: any setting of the method (`registry.get(method).defaults()`),
             e.g. `epochs=5`, `alpha=0.25`; None leaves it to the recipe/default.
+
+    Raises:
+        ValueError: an unknown setting or a value out of its range (checked before any work).
+        FileExistsError: `output_dir` holds a run and `overwrite` is False.
+        tfhash.callbacks.TrainingDiverged: a loss became NaN or infinite; nothing is saved.
     """
     import keras
 
+    from tfhash.callbacks import StopOnNonFinite
     from tfhash.data import load_protocol
     from tfhash.distribute import get_strategy, is_chief
 
     protocol = protocol or (data.protocol.name if data is not None else None)
     recipe = resolve(method, protocol, recipe=recipe, bits=bits, seed=seed, data_options=data_options, **settings)
     record = registry.get(recipe["method"])
+    if output_dir and not overwrite and os.path.exists(os.path.join(output_dir, RUN_FILE)):
+        raise FileExistsError(f"{output_dir} already holds a run. Expected a new folder, or overwrite=True "
+                              f"(--overwrite) to replace it. Received: output_dir={output_dir!r}")
     data = data or load_protocol(recipe["protocol"], data_dir, **recipe["data"])
     _check_modalities(record, data.protocol)
     keras.utils.set_random_seed(recipe["seed"])
@@ -137,7 +147,7 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
     start = time.time()
     # The pipelines shuffle (seeded) themselves.
     history = plan.model.fit(plan.batches, epochs=plan.epochs, verbose=verbose, shuffle=False,
-                             callbacks=[*plan.callbacks, *callbacks]).history
+                             callbacks=[StopOnNonFinite(), *plan.callbacks, *callbacks]).history
     seconds = round(time.time() - start, 1)
     encoders = plan.model.encoders()
     scores = score_encoders(encoders, data) if score else {}
@@ -179,8 +189,10 @@ def save_run(result, output_dir, strategy=None):
     import tensorflow as tf
 
     os.makedirs(output_dir, exist_ok=True)
+    # Each file whole or not replaced; the encoders first, so a run.json always has its encoders.
     for modality, encoder in result.encoders.items():
-        encoder.save(os.path.join(output_dir, ENCODER_FILE.format(modality=modality)))
+        write_atomically(os.path.join(output_dir, ENCODER_FILE.format(modality=modality)), encoder.save,
+                         suffix=".keras")
     record = {
         "recipe": result.recipe,
         "scores": result.scores,
@@ -205,16 +217,16 @@ def read_run(run_dir):
     path = os.path.join(run_dir, RUN_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable run record: expected JSON written by tfhash train. "
+                         f"Received: {error}") from None
 
 
 def load_model(path, modality="image"):
     """A trained encoder from a run directory (its `modality` encoder) or a `.keras` file."""
-    import keras
-
-    import tfhash.models  # noqa: F401  (registers the classes for deserialization)
-
     if os.path.isdir(path):
         file = os.path.join(path, ENCODER_FILE.format(modality=modality))
         if not os.path.exists(file):
@@ -226,4 +238,26 @@ def load_model(path, modality="image"):
         path = file
     elif not os.path.exists(path):
         raise FileNotFoundError(f"No model at {path}: expected a run directory or a .keras file")
-    return keras.saving.load_model(path)
+    return read_keras(path)
+
+
+def read_keras(path):
+    """`keras.saving.load_model(path, safe_mode=True)`, with a damaged file
+    reported as such (Keras says "File not found" for a truncated archive)."""
+    import zipfile
+
+    import keras
+
+    import tfhash.models  # noqa: F401  (registers the classes for deserialization)
+
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a zip file written by "
+                         f"model.save, truncated or corrupted otherwise. Received: a file that is not a zip archive")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError, ValueError) as error:
+        message = " ".join(str(error).split())  # one line
+        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a model saved by tfhash "
+                         f"(classes registered by `import tfhash.models`). Received: {type(error).__name__}: "
+                         f"{message}") from None

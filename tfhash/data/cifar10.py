@@ -18,6 +18,9 @@ def load_cifar10(data_dir=None):
     """
     import tensorflow_datasets as tfds
 
+    from tfhash.data.remote import require_tfds
+
+    require_tfds("cifar10", data_dir, "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz")
     images, labels = [], []
     for split in ("train", "test"):
         # Batches rather than batch_size=-1, which needs a known cardinality.

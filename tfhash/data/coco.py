@@ -26,6 +26,9 @@ def load_coco(data_dir=None, image_size=64):
         labels = tf.reduce_max(tf.one_hot(features["objects"]["label"], NUM_LABELS, dtype=tf.uint8), axis=0)
         return image, tf.reshape(labels, [NUM_LABELS])  # all zeros for an image without objects
 
+    from tfhash.data.remote import require_tfds
+
+    require_tfds("coco/2014", data_dir, "http://images.cocodataset.org/zips/train2014.zip")
     images, labels = [], []
     for split in ("train", "validation"):
         ds = tfds.load("coco/2014", split=split, data_dir=data_dir, shuffle_files=False)

@@ -200,6 +200,11 @@ class ImageHashModel(HashModel):
             "freeze_backbone": self.backbone.frozen,
         }
 
+    @classmethod
+    def from_config(cls, config):
+        # Weights come from the archive being loaded, never from a path or URL in its config.
+        return super().from_config({**config, "backbone_weights": None})
+
     def trunk_arguments(self):
         """The trunk's constructor arguments, for a harness's config (weights: the saved model's)."""
         config = self.get_config()

@@ -24,7 +24,7 @@ class ServingError(RuntimeError):
     Attributes:
         code: the `grpc.StatusCode`, e.g. NOT_FOUND (unknown model or version),
             INVALID_ARGUMENT (inputs that do not fit the signature),
-            RESOURCE_EXHAUSTED (message over the size limit).
+            RESOURCE_EXHAUSTED (message over the size limit, or more rows than the server's max_batch).
         details: the server's message.
     """
 

@@ -20,6 +20,13 @@ def add_serve_command(subparsers):
     p.add_argument("--poll-seconds", type=float, default=2.0, help="poll for new versions, 0: never (default: 2)")
     p.add_argument("--num-versions", type=int, default=1, help="highest versions kept loaded per model (default: 1)")
     p.add_argument("--max-message-mb", type=float, default=64, help="largest request or reply (default: %(default)s)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=1024,  # server.DEFAULT_MAX_BATCH, not imported here: the server module loads TensorFlow
+        help="most rows (images) per Predict request; more get RESOURCE_EXHAUSTED. Memory stays bounded "
+        "either way: the model runs on at most 256 rows at a time (default: %(default)s)",
+    )
     p.set_defaults(run=serve_command)
     return p
 
@@ -29,6 +36,8 @@ def serve_command(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be positive. Received: {args.max_message_mb}")
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be a positive number of rows. Received: {args.max_batch}")
     from tfhash.serving.server import ModelServer  # here: it loads TensorFlow
 
     server = ModelServer(
@@ -37,6 +46,7 @@ def serve_command(args):
         port=args.port,
         host=args.host,
         max_message_bytes=int(args.max_message_mb * 2**20),
+        max_batch=args.max_batch,
         poll_seconds=args.poll_seconds,
         num_versions=args.num_versions,
     )

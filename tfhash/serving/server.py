@@ -13,23 +13,31 @@ highest `num_versions` versions on disk are served; a new version is loaded
 first and swapped in only once loaded, then older ones are unloaded (a request
 naming an unloaded version gets NOT_FOUND). A version that fails to load is
 retried on the next two polls, reported by GetModelStatus as END with its
-error, and the versions already loaded stay served. Version labels are not
-configurable here: a request with `version_label` gets INVALID_ARGUMENT
-("Unrecognized servable version label"), as TF Serving answers for a label
-missing from its config.
+error, and the versions already loaded stay served; once its files change
+(newest mtime, total size or count), it gets three more tries. Version labels
+are not configurable here: a request with `version_label` gets
+INVALID_ARGUMENT ("Unrecognized servable version label"), as TF Serving
+answers for a label missing from its config.
+
+Limits: a Predict request carries at most `max_batch` rows (more get
+RESOURCE_EXHAUSTED) and `max_message_bytes`; every input must hold exactly the
+values its shape implies, checked before any is decoded; the model runs on at
+most `chunk_rows` rows at a time, so memory stays bounded whatever is accepted.
 
 Not a replacement for TF Serving: no request batching, model warmup, REST API,
-monitoring, config file or resource limits (see serving/README.md).
+monitoring or config file (see serving/README.md).
 """
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import threading
 from concurrent import futures
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
@@ -44,6 +52,8 @@ from tensorflow_serving.apis import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+DEFAULT_MAX_BATCH = 1024  # rows per Predict request; the Client sends 256 by default
+DEFAULT_CHUNK_ROWS = 256  # rows per model call
 SIGNATURE_DEF = "signature_def"
 MAX_LOAD_ATTEMPTS = 3
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -99,6 +109,24 @@ def versions_on_disk(model_dir):
     return sorted(int(d) for d in names if re.fullmatch(r"\d+", d) and os.path.isdir(os.path.join(model_dir, d)))
 
 
+def files_fingerprint(path):
+    """(newest mtime in ns, total size, count) of the files and folders under `path`.
+
+    Cheap to take every poll, and it changes when a version's files are
+    replaced, added or removed: a version that failed to load is retried once
+    someone fixes it.
+    """
+    newest, total, count = 0, 0, 0
+    for folder, _, files in os.walk(path):
+        for entry in [folder, *(os.path.join(folder, f) for f in files)]:
+            try:
+                stat = os.stat(entry)
+            except OSError:  # removed while we walk: the next poll sees the change
+                continue
+            newest, total, count = max(newest, stat.st_mtime_ns), total + stat.st_size, count + 1
+    return newest, total, count
+
+
 class _Abort(Exception):
     """A gRPC error status to answer with."""
 
@@ -126,8 +154,33 @@ def _dtype_name(enum):
         return f"dtype enum {enum}"
 
 
-def _convert_input(name, tensor, info):
-    """TensorProto -> ndarray, checked against the signature's TensorInfo."""
+# The TensorProto field holding each dtype's values (as `tf.make_ndarray` reads
+# them) and its entries per value; the other integer types use int_val.
+_VALUE_FIELDS = {
+    "float16": ("half_val", 1),
+    "bfloat16": ("half_val", 1),
+    "float32": ("float_val", 1),
+    "float64": ("double_val", 1),
+    "int64": ("int64_val", 1),
+    "uint32": ("uint32_val", 1),
+    "uint64": ("uint64_val", 1),
+    "bool": ("bool_val", 1),
+    "string": ("string_val", 1),
+    "complex64": ("scomplex_val", 2),
+    "complex128": ("dcomplex_val", 2),
+    "float8_e5m2": ("float8_val", 1),
+    "float8_e4m3fn": ("float8_val", 1),
+    "float4_e2m1fn": ("float8_val", 1),
+}
+
+
+def _check_input(name, tensor, info, max_batch):
+    """Checks a TensorProto against the signature's TensorInfo and the row cap; returns its shape.
+
+    Reads only the proto's header (dtype, shape, length of its values), never
+    decodes a value: `tf.make_ndarray` pads short values and fills absent ones
+    with zeros, so a few bytes could otherwise ask for gigabytes.
+    """
     if tensor.dtype != info.dtype:
         raise _Abort(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -140,10 +193,62 @@ def _convert_input(name, tensor, info):
             grpc.StatusCode.INVALID_ARGUMENT,
             f"input '{name}' must have shape {shown} (-1: any size). Received: shape={received}",
         )
+    if received is None or None in received:
+        raise _Abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input '{name}': expected a shape with every size known. Received: shape={received}",
+        )
+    if not received or received[0] < 1:
+        raise _Abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}': expected at least 1 row. Received: shape={received}"
+        )
+    if received[0] > max_batch:
+        raise _Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"input '{name}': expected at most {max_batch} rows per request (the server's max_batch). "
+            f"Received: {received[0]} rows",
+        )
+    count = math.prod(received)
+    dtype = tf.dtypes.as_dtype(tensor.dtype)
+    if tensor.tensor_content:
+        if len(tensor.tensor_content) != count * dtype.size:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input '{name}' of shape {received}: expected {count * dtype.size} bytes of tensor_content "
+                f"({count} {dtype.name} values). Received: {len(tensor.tensor_content)} bytes",
+            )
+        return received
+    field, entries = _VALUE_FIELDS.get(dtype.name, ("int_val", 1))
+    if len(getattr(tensor, field)) != count * entries:
+        raise _Abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input '{name}' of shape {received}: expected {count} values (no padding, no implied zeros). "
+            f"Received: {len(getattr(tensor, field)) // entries} values in {field}",
+        )
+    return received
+
+
+def _decode_input(name, tensor):
+    """TensorProto -> ndarray, once `_check_input` has passed."""
     try:
         return tf.make_ndarray(tensor)
-    except Exception as error:  # inconsistent content, e.g. tensor_content of the wrong length
+    except Exception as error:  # e.g. a dtype make_ndarray cannot decode
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}' is not a valid TensorProto: {error}")
+
+
+def run_in_chunks(function, inputs, output_names, chunk_rows):
+    """Calls a signature on at most `chunk_rows` rows at a time; returns {output name: ndarray}.
+
+    Activations grow with the rows of a call, so chunking bounds the memory of
+    a large accepted request; the outputs are concatenated in row order.
+    """
+    rows = len(next(iter(inputs.values()))) if inputs else 1
+    parts = {name: [] for name in output_names}
+    for start in range(0, rows, chunk_rows):
+        outputs = function(**{key: value[start : start + chunk_rows] for key, value in inputs.items()})
+        for name in output_names:
+            parts[name].append(outputs[name].numpy())
+    return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):
@@ -192,12 +297,23 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
                 f"output_filter names unknown outputs {unknown}: "
                 f"signature '{signature_name}' has outputs {sorted(signature.outputs)}",
             )
-        inputs = {name: _convert_input(name, request.inputs[name], signature.inputs[name]) for name in signature.inputs}
-        outputs = servable.signatures[signature_name](**inputs)
+        # Every input is checked before any is decoded.
+        shapes = {
+            name: _check_input(name, request.inputs[name], signature.inputs[name], self.server.max_batch)
+            for name in signature.inputs
+        }
+        rows = {name: shape[0] for name, shape in sorted(shapes.items())}
+        if len(set(rows.values())) > 1:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"expected inputs with the same number of rows. Received: {rows}"
+            )
+        inputs = {name: _decode_input(name, request.inputs[name]) for name in signature.inputs}
+        names = list(request.output_filter or signature.outputs)
+        outputs = run_in_chunks(servable.signatures[signature_name], inputs, names, self.server.chunk_rows)
         response = predict_pb2.PredictResponse()
         self._fill_spec(response.model_spec, servable, signature_name)
-        for name in request.output_filter or signature.outputs:
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name].numpy()))
+        for name in names:
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
         return response
 
     def _metadata(self, request):
@@ -257,12 +373,15 @@ class ModelServer:
         port: TCP port; 0 picks a free one (read it from `.port` after `start()`).
         host: address to bind; the default accepts local clients only.
         max_message_bytes: largest request or reply; larger ones get RESOURCE_EXHAUSTED.
+        max_batch: most rows per Predict request; more get RESOURCE_EXHAUSTED.
+        chunk_rows: most rows per model call: larger requests run in chunks,
+            which bounds the memory a request takes.
         poll_seconds: seconds between file-system polls; 0 or None loads once at start.
         num_versions: how many of the highest versions stay loaded per model.
         max_workers: threads answering requests concurrently.
 
     Examples:
-    >>> with ModelServer("export/models", port=0) as server:
+    >>> with ModelServer("export/models", port=0, max_batch=1024) as server:
     ...     client = Client("dhn", target=server.address)
     ...     codes = client.encode(images)
     """
@@ -274,6 +393,8 @@ class ModelServer:
         port=0,
         host="127.0.0.1",
         max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch=DEFAULT_MAX_BATCH,
+        chunk_rows=DEFAULT_CHUNK_ROWS,
         poll_seconds=2.0,
         num_versions=1,
         max_workers=8,
@@ -282,18 +403,23 @@ class ModelServer:
             raise ValueError(f"num_versions must be a positive int. Received: num_versions={num_versions!r}")
         if not isinstance(max_message_bytes, int) or max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be a positive int. Received: {max_message_bytes!r}")
+        for key, value in (("max_batch", max_batch), ("chunk_rows", chunk_rows)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a positive int. Received: {key}={value!r}")
         self.base_dir = base_dir
         self.model_name = model_name
         self.host = host
         self.requested_port = port
         self.max_message_bytes = max_message_bytes
+        self.max_batch = max_batch
+        self.chunk_rows = chunk_rows
         self.poll_seconds = poll_seconds
         self.num_versions = num_versions
         self.max_workers = max_workers
         self.port = None
         self._models = {}  # name -> {version: Servable}; replaced, never mutated, under _lock
         self._states = {}  # name -> {version: (State, error code, message)}
-        self._load_attempts = {}  # (name, version) -> failed loads
+        self._failed_loads = {}  # (name, version) -> (failed loads, fingerprint of the files tried)
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()  # one poll at a time (thread or `poll()`)
         self._stopping = threading.Event()
@@ -423,21 +549,25 @@ class ModelServer:
     def _sync_model(self, name, on_disk):
         with self._lock:
             current = self._models.get(name, {})
-        candidates = [v for v in on_disk if self._load_attempts.get((name, v), 0) < MAX_LOAD_ATTEMPTS]
+        candidates = [v for v in on_disk if self._may_load(name, v)]
         loaded = dict(current)
         for version in candidates[-self.num_versions:]:
             if version in loaded:
                 continue
             path = os.path.join(self.base_dir, name, str(version))
             self._set_state(name, version, State.LOADING)
+            # Taken before loading: files changed during a failed load count as a change.
+            fingerprint = files_fingerprint(path)
             try:
                 # Load outside the lock: requests keep going to the versions already served.
                 loaded[version] = load_servable(name, version, path)
             except Exception as error:
-                self._load_attempts[(name, version)] = self._load_attempts.get((name, version), 0) + 1
+                attempts = self._failed_loads.get((name, version), (0, None))[0]
+                self._failed_loads[(name, version)] = (attempts + 1, fingerprint)
                 logger.warning("loading %s version %d failed: %s", name, version, error)
                 self._set_state(name, version, State.END, getattr(error, "error_code", 2), str(error))
                 continue
+            self._failed_loads.pop((name, version), None)
             logger.info("loaded %s version %d from %s", name, version, path)
             self._set_state(name, version, State.AVAILABLE)
         # Serve the highest num_versions that loaded: a new version that failed
@@ -451,6 +581,17 @@ class ModelServer:
         for version in sorted(set(current) - set(keep)):
             logger.info("unloaded %s version %d", name, version)
             self._set_state(name, version, State.END)
+
+    def _may_load(self, name, version):
+        """False for a version that failed MAX_LOAD_ATTEMPTS times, until its files change."""
+        attempts, fingerprint = self._failed_loads.get((name, version), (0, None))
+        if attempts < MAX_LOAD_ATTEMPTS:
+            return True
+        if files_fingerprint(os.path.join(self.base_dir, name, str(version))) == fingerprint:
+            return False
+        logger.info("%s version %d changed on disk since it failed to load: retrying", name, version)
+        del self._failed_loads[(name, version)]
+        return True
 
     def _set_state(self, name, version, state, code=0, message=""):
         with self._lock:

@@ -28,11 +28,10 @@ import importlib.resources
 import json
 import os
 import re
-import tempfile
 import urllib.error
 from pathlib import Path
 
-from tfhash.io import sha256
+from tfhash.io import sha256, write_atomically
 
 URL_ENV = "TFHASH_ZOO_URL"
 CACHE_ENV = "TFHASH_ZOO_CACHE"
@@ -136,12 +135,10 @@ def download(name, *, manifest=None, force=False):
         path.unlink()  # corrupted or stale in the cache: fetch again
     path.parent.mkdir(parents=True, exist_ok=True)
     origin = base_url(manifest) + item["file"]
-    # get_file writes where it is told: a temporary name in the cache folder, so
-    # the rename into place is atomic and nothing partial is ever at `path`.
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    os.unlink(partial)
-    try:
+
+    def fetch(partial):
+        # get_file writes where it is told: the temporary name beside `path`,
+        # checked before the rename, so nothing partial or wrong is ever at `path`.
         keras.utils.get_file(os.path.basename(partial), origin, cache_dir=str(path.parent), cache_subdir=".")
         got = sha256(partial)
         if got != item["sha256"]:
@@ -150,7 +147,9 @@ def download(name, *, manifest=None, force=False):
                 f"received {got} ({os.path.getsize(partial)} bytes; expected {item['size']}). "
                 "The file was removed."
             )
-        os.replace(partial, path)
+
+    try:
+        write_atomically(path, fetch)
     except ZooError:
         raise
     except Exception as e:  # get_file wraps URL errors in a bare Exception
@@ -159,9 +158,6 @@ def download(name, *, manifest=None, force=False):
             raise ZooError(f"Could not download zoo entry {name!r} from {origin}: {e}. "
                            f"Check the network, or set {URL_ENV} to a mirror or an offline copy.") from None
         raise
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return str(path)
 
 
