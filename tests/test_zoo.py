@@ -18,7 +18,7 @@ import pytest
 
 from tfhash import cli, publish, recipes, registry, training, zoo
 from tfhash.data import load_protocol, pairwise_batches
-from tfhash.models import DHN, BGANEncoder, HashModel
+from tfhash.models import BGAN, DHN, UGACH, BGANEncoder, HashModel
 
 NAME = "dhn_digits_16"
 
@@ -171,8 +171,34 @@ def test_from_preset_checks_the_class(served, digits):
     images, _ = digits.subset("query")
     np.testing.assert_array_equal(DHN.from_preset(NAME).encode(images), model.encode(images))
     assert isinstance(HashModel.from_preset(NAME), DHN)
-    with pytest.raises(ValueError, match=f"Zoo entry '{NAME}' holds a DHN, not a BGANEncoder"):
+    with pytest.raises(ValueError, match=f"Preset '{NAME}' holds a DHN: expected a BGANEncoder"):
         BGANEncoder.from_preset(NAME)
+    with pytest.raises(ValueError, match=f"Preset '{NAME}' holds a DHN: expected an encoder of BGAN"):
+        BGAN.from_preset(NAME)
+
+
+def test_from_preset_takes_a_keras_file_a_run_folder_and_overrides(served, digits, tmp_path):
+    _, model, _ = served
+    images, _ = digits.subset("query")
+    model.save(str(tmp_path / "mine.keras"))
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(str(run / "image_encoder.keras"))
+    (run / "run.json").write_text("{}")
+    single = tmp_path / "single"
+    single.mkdir()
+    model.save(str(single / "whatever.keras"))
+    for preset in (tmp_path / "mine.keras", run, str(single)):
+        np.testing.assert_array_equal(DHN.from_preset(preset).encode(images), model.encode(images))
+    renamed = HashModel.from_preset(tmp_path / "mine.keras", name="renamed")
+    assert renamed.name == "renamed"
+    np.testing.assert_array_equal(renamed.encode(images), model.encode(images))  # the weights kept
+    with pytest.raises(ValueError, match=r"Unknown config key \['nope'\] for DHN"):
+        DHN.from_preset(tmp_path / "mine.keras", nope=1)
+    with pytest.raises(FileNotFoundError, match="No preset at .*absent.keras"):
+        DHN.from_preset(str(tmp_path / "absent.keras"))
+    with pytest.raises(FileNotFoundError, match="No text encoder in the run directory"):
+        DHN.from_preset(run, modality="text")
 
 
 def test_load_needs_the_class_registered(tmp_path, monkeypatch):
@@ -216,11 +242,12 @@ def test_publish_then_build_reproduces_the_manifest_map(tmp_path, monkeypatch, c
     """A maintainer publishes a recipe; `tfhash zoo build` re-runs it from the
     manifest and gets the same mAP (one machine, seeded: exactly)."""
     zoo_dir = tmp_path / "zoo"
-    (zoo_dir / "recipes").mkdir(parents=True)
     recipe = {"name": "dhn_digits_16", "method": "dhn", "protocol": "digits", "bits": 16, "seed": 0,
               "settings": {"alpha": 0.25, "balanced": True, "epochs": 2, "batch_size": 50}}
-    (zoo_dir / "recipes" / "dhn_digits_16.json").write_text(json.dumps(recipe))
-    assert cli.main(["zoo", "publish", str(zoo_dir / "recipes" / "dhn_digits_16.json"), "--zoo-dir", str(zoo_dir)]) == 0
+    # The recipe may sit anywhere: publish copies it into the zoo folder.
+    (tmp_path / "dhn_digits_16.json").write_text(json.dumps(recipe))
+    assert cli.main(["zoo", "publish", str(tmp_path / "dhn_digits_16.json"), "--zoo-dir", str(zoo_dir)]) == 0
+    assert json.loads((zoo_dir / "recipes" / "dhn_digits_16.json").read_text()) == recipe
     monkeypatch.setenv(zoo.MANIFEST_ENV, str(zoo_dir / "manifest.json"))
     (item,) = zoo.list()
     published = zoo.entry("dhn_digits_16")
@@ -247,7 +274,7 @@ def test_publish_then_build_reproduces_the_manifest_map(tmp_path, monkeypatch, c
 
 
 @pytest.mark.slow
-def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits):
+def test_a_published_zoo_folder_serves_as_is(tmp_path, digits, monkeypatch):
     from tfhash.data import CrossModalData
 
     # Digits as image-text pairs (the 64 pixels thresholded to words), to keep it fast; the protocol
@@ -257,13 +284,17 @@ def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits)
     protocol = dataclasses.replace(digits.protocol, modalities=("image", "text"))
     pairs = CrossModalData(protocol, images, texts, np.eye(10, dtype=np.uint8)[labels], digits.split)
     zoo_dir = tmp_path / "zoo"
-    (zoo_dir / "recipes").mkdir(parents=True)
     recipe = {"name": "ugach_digits_16", "method": "ugach", "protocol": "digits", "bits": 16, "seed": 0,
               "settings": {"feature_dims": 32, "hidden_units": 32, "epochs": 2, "pretrain_epochs": 1,
                            "batch_size": 50}}
-    path = zoo_dir / "recipes" / "ugach_digits_16.json"
+    path = tmp_path / "ugach_digits_16.json"
     path.write_text(json.dumps(recipe))
     names = publish.publish(path, zoo_dir=zoo_dir, data=pairs)
+    # DHN beside it: one zoo folder, two methods.
+    dhn = {"name": "dhn_digits_16", "method": "dhn", "protocol": "digits", "bits": 16, "seed": 0,
+           "settings": {"epochs": 1, "batch_size": 50}}
+    (tmp_path / "dhn_digits_16.json").write_text(json.dumps(dhn))
+    assert publish.publish(tmp_path / "dhn_digits_16.json", zoo_dir=zoo_dir, data=digits) == ["dhn_digits_16"]
     assert names == ["ugach_digits_16_image", "ugach_digits_16_text"]
     manifest = zoo.read_manifest(zoo_dir / "manifest.json")
     image, text = (manifest["entries"][n] for n in names)
@@ -272,6 +303,23 @@ def test_cross_modal_recipes_publish_an_image_and_a_text_entry(tmp_path, digits)
     assert image["input"]["shape"] == [8, 8, 1] and text["input"] == {
         "name": "bow", "shape": [64], "dtype": "float32",
         "preprocessing": "bag-of-words vector over the training vocabulary (tfhash.data protocol order)"}
+
+    # The folder is a zoo as it is: served over HTTP, TFHASH_ZOO_URL is the one setting a user needs.
+    monkeypatch.delenv(zoo.MANIFEST_ENV, raising=False)
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    server = _Server(zoo_dir)
+    monkeypatch.setenv(zoo.URL_ENV, server.url)
+    try:
+        assert [item["name"] for item in zoo.list()] == ["dhn_digits_16", *names]
+        query_images, query_texts, _ = pairs.subset("query")
+        for name, cls, inputs in (("dhn_digits_16", DHN, query_images), (names[0], UGACH, query_images),
+                                  (names[1], UGACH, query_texts)):
+            model = cls.from_preset(name)
+            assert model.encode(inputs).shape == (len(inputs), 2)
+            assert zoo.verify(name)
+        assert server.requests[0] == "/manifest.json" and "/files/dhn_digits_16.keras" in server.requests
+    finally:
+        server.close()
 
 
 @pytest.mark.slow
@@ -307,7 +355,7 @@ def test_the_published_manifest_is_complete_and_consistent(monkeypatch):
         assert recipe == recipes.published(recipe["name"]), name  # `tfhash reproduce NAME` runs it
         assert name in (recipe["name"], f"{recipe['name']}_image", f"{recipe['name']}_text"), name
         assert (item["bits"], item["protocol"]) == (recipe["bits"], recipe["protocol"])
-        assert item["file"] == f"{name}.keras" and len(item["sha256"]) == 64 and item["size"] > 0
+        assert item["file"] == f"files/{name}.keras" and len(item["sha256"]) == 64 and item["size"] > 0
         published.add((recipe["method"], recipe["bits"]))
     assert published == {(m, b) for m in registry.names() for b in (32, 64)}
     # Where the files were built on this machine, they are the ones the manifest names.

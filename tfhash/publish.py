@@ -27,46 +27,61 @@ def input_contract(encoder):
             "preprocessing": encoder.preprocessing}
 
 
-def publish(recipe_path, *, zoo_dir=None, tolerance=0.01, data=None):
-    """Trains a recipe file, writes its encoders to `zoo_dir/files/` and their
-    entries to `zoo_dir/manifest.json` (default: the packaged zoo's folder).
+DEFAULT_ZOO_DIR = "zoo"
+
+
+def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbose=0):
+    """Trains a recipe and adds its encoders to the zoo folder `zoo_dir`
+    (created if needed): `files/NAME.keras`, `recipes/RECIPE.json` (a copy
+    of the recipe) and their entries in `manifest.json`, so
+    the folder is a zoo that can be served as it is (`TFHASH_ZOO_URL`).
+
+    Args:
+        recipe: a published recipe name or a recipe JSON file (anywhere).
+        zoo_dir: the zoo folder (default `./zoo`; the package's own is
+            `tfhash/zoo` in a source checkout).
+        tolerance: the mAP difference `build` accepts.
 
     Returns the names of the entries written.
     """
-    zoo_dir = Path(zoo_dir or zoo.manifest_path().parent)
-    recipe_path = Path(recipe_path).resolve()
-    try:
-        relative = recipe_path.relative_to(zoo_dir.resolve())
-    except ValueError:
-        raise ValueError(f"The recipe must sit inside the zoo folder {zoo_dir}, so its manifest can name it. "
-                         f"Received: {recipe_path}") from None
-    result = train(recipe=recipes.read(recipe_path), data=data, verbose=0)
+    zoo_dir = Path(zoo_dir)
+    recipe = recipes.load(str(recipe))  # checked before any training
+    result = train(recipe=recipe, data=data, verbose=verbose)
     path = zoo_dir / "manifest.json"
-    manifest = zoo.read_manifest(path) if path.exists() else {"format": zoo.MANIFEST_FORMAT, "base_url": None,
-                                                               "entries": {}}
+    manifest = zoo.read_manifest(path) if path.exists() else {"format": zoo.MANIFEST_FORMAT, "entries": {}}
     (zoo_dir / "files").mkdir(parents=True, exist_ok=True)
+    (zoo_dir / "recipes").mkdir(exist_ok=True)
+    recipe_file = Path("recipes") / f"{recipe['name']}.json"
+    write_json(recipe, zoo_dir / recipe_file)  # as written, its "why" included
     names = entry_names(result.recipe, result.encoders)
     for modality, name in names.items():
         encoder = result.encoders[modality]
-        file = zoo_dir / "files" / f"{name}.keras"
-        write_atomically(file, encoder.save, suffix=".keras")
+        file = Path("files") / f"{name}.keras"
+        write_atomically(zoo_dir / file, encoder.save, suffix=".keras")
         direction = result.direction(modality)
         metric = "map@all" if direction == "image" else f"map@all {direction}"
         manifest["entries"][name] = {
             "class": type(encoder).__name__,
-            "file": file.name,
-            "sha256": zoo.sha256(file),
-            "size": file.stat().st_size,
+            "file": file.as_posix(),
+            "sha256": zoo.sha256(zoo_dir / file),
+            "size": (zoo_dir / file).stat().st_size,
             "bits": result.recipe["bits"],
             "input": input_contract(encoder),
             "protocol": result.recipe["protocol"],
             "metric": {"name": metric, "value": round(result.scores[modality]["map"], 4), "tolerance": tolerance},
-            "recipe": str(relative),
+            "recipe": recipe_file.as_posix(),
             "config": encoder.get_config(),
             "train_seconds": result.seconds,
         }
-    write_json(manifest, path, sort_keys=True)
+    # The manifest last: it only ever names files that are already whole.
+    zoo.write_manifest(manifest, path)
     return sorted(names.values())
+
+
+def publish_all(*, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, verbose=0):
+    """Publishes every recipe the package ships (`tfhash.recipes.published_names()`)."""
+    return [name for recipe in recipes.published_names()
+            for name in publish(recipe, zoo_dir=zoo_dir, tolerance=tolerance, verbose=verbose)]
 
 
 def build(name, *, manifest_file=None, data=None):

@@ -1,12 +1,20 @@
 """The pretrained zoo: named encoders, downloaded, verified and cached.
 
-Each entry of the manifest (`tfhash/zoo/manifest.json`, package data) names a `.keras` file (the
-encoder only, ready for `encode` and export), its sha256 and size, the input
-contract, the code length and the mAP its recipe reached on the protocol it
-was measured on. Files come from a base URL (the manifest's `base_url`, or
-the `TFHASH_ZOO_URL` environment variable for a mirror or an offline copy,
-e.g. `file:///srv/tfhash-zoo/` or `http://127.0.0.1:8000/`) and are cached
-under `~/.keras/tfhash_zoo/` (or `TFHASH_ZOO_CACHE`).
+A zoo is a folder, served as it is (over HTTP, or as a `file://` copy):
+
+    manifest.json        one entry per encoder: its file, sha256 and size, the
+                         input contract, the code length and the mAP its recipe
+                         reached on the protocol it was measured on
+    files/NAME.keras     the encoders (JSON config + HDF5 weights, no pickle)
+    recipes/NAME.json    the recipes that made them
+
+`tfhash zoo publish` writes one. `TFHASH_ZOO_URL` pointing at such a folder
+(`http://host/zoo/`, `file:///srv/zoo/`) is the only setting a user needs:
+the manifest is read from there and each file fetched beside it. Without it,
+the manifest shipped in the package lists the published entries and their
+figures, and its files are looked for beside it (a source checkout after
+`zoo publish`) or at its `base_url`. Files are cached under
+`~/.keras/tfhash_zoo/` (or `TFHASH_ZOO_CACHE`).
 
 A download is written to a temporary name, checked against the manifest's
 sha256 and only then renamed into the cache, so the cache never holds a
@@ -46,26 +54,71 @@ class ZooError(Exception):
 
 
 def manifest_path():
-    """The manifest in use: `TFHASH_ZOO_MANIFEST`, else the one shipped in the package."""
+    """The local manifest in use: `TFHASH_ZOO_MANIFEST`, else the one shipped in the package."""
     return Path(os.environ.get(MANIFEST_ENV) or importlib.resources.files(__name__) / "manifest.json")
 
 
+def _folder_url(url):
+    return url if url.endswith("/") else url + "/"
+
+
 def read_manifest(path=None):
-    """The manifest as a dict, checked for the fields every entry needs."""
-    path = Path(path or manifest_path())
+    """The manifest as a dict, checked for the fields every entry needs.
+
+    From `path` if given, else `TFHASH_ZOO_MANIFEST`, else the zoo at
+    `TFHASH_ZOO_URL` (`URL/manifest.json`), else the packaged manifest. The
+    folder its files are relative to is kept under the key "_base" (not
+    written back): `TFHASH_ZOO_URL` if set (a mirror of a local manifest's
+    files), else the manifest's `base_url`, else the manifest's own folder.
+    """
+    url = os.environ.get(URL_ENV)
+    if path is None and url and not os.environ.get(MANIFEST_ENV):
+        base = _folder_url(url)
+        text, where = _fetch_text(base + "manifest.json"), base + "manifest.json"
+    else:
+        path = Path(path or manifest_path())
+        where, base = str(path), _folder_url(url) if url else path.resolve().parent.as_uri() + "/"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ZooError(f"No zoo manifest at {path}: expected a zoo folder's manifest.json "
+                           f"(set {URL_ENV} to a zoo folder or URL)") from None
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ZooError(f"No zoo manifest at {path}: set {MANIFEST_ENV} to a manifest.json") from None
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ZooError(f"The zoo manifest {path} is not valid JSON: {e}") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ZooError(f"The zoo manifest {where} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ZooError(f"The zoo manifest {path} has format {manifest.get('format')!r}; expected {MANIFEST_FORMAT}")
     for name, entry in manifest.get("entries", {}).items():
         missing = [key for key in _REQUIRED if key not in entry]
         if missing or not _NAME.match(name):
             raise ZooError(f"Zoo manifest entry {name!r} is malformed: missing {missing}")
+    if path is not None and not url and manifest.get("base_url"):  # a local manifest, its files hosted elsewhere
+        base = manifest["base_url"]
+    manifest["_base"] = base
     return manifest
+
+
+def write_manifest(manifest, path):
+    """Writes a manifest (atomically), without the keys `read_manifest` adds."""
+    from tfhash.io import write_json
+
+    write_json({k: v for k, v in manifest.items() if not k.startswith("_")}, path, sort_keys=True)
+
+
+# Seconds to wait for a zoo server before giving up.
+TIMEOUT = 30
+
+
+def _fetch_text(url):
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return response.read().decode("utf-8")
+    except (urllib.error.URLError, OSError, UnicodeDecodeError) as e:
+        raise ZooError(f"Could not read the zoo manifest {url}: {e}. Expected a zoo folder (manifest.json, files/) "
+                       f"there: check {URL_ENV}") from None
 
 
 def list(manifest=None):  # noqa: A001  (zoo.list(), as torch.hub.list)
@@ -98,17 +151,18 @@ def cache_dir():
 
 
 def base_url(manifest):
-    url = os.environ.get(URL_ENV) or manifest.get("base_url")
+    """The folder the manifest's file paths are relative to."""
+    url = manifest.get("_base") or manifest.get("base_url")
     if not url:
-        raise ZooError(f"No base URL for the zoo: set {URL_ENV} or the manifest's base_url")
-    return url if url.endswith("/") else url + "/"
+        raise ZooError(f"No base URL for the zoo: set {URL_ENV} to a zoo folder or URL")
+    return _folder_url(url)
 
 
 def _cached_path(item, cache):
-    """Where an entry's file lives in the cache; refuses names that leave it."""
+    """Where an entry's file lives in the cache; refuses names that leave the zoo."""
     cache = cache.resolve()
-    path = (cache / item["file"]).resolve()
-    if cache not in path.parents:
+    path = (cache / Path(item["file"]).name).resolve()
+    if cache not in path.parents or item["file"].startswith("/") or ".." in Path(item["file"]).parts:
         raise ZooError(
             f"Zoo entry {item['name']!r} names the file {item['file']!r}, which escapes the cache {cache}: refused"
         )

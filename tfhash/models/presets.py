@@ -1,0 +1,65 @@
+"""`from_preset`: a trained encoder from a zoo name, a `.keras` file or a folder.
+
+As keras-hub's `from_preset`, one call takes what a user has at hand:
+
+- a zoo entry name (`tfhash zoo list`), fetched from the zoo at
+  `TFHASH_ZOO_URL` (or the packaged manifest's files), sha256-verified, cached;
+- a local `.keras` file (`encoder.save`);
+- a folder: a run directory (`tfhash train --output`: `run.json` and
+  `{modality}_encoder.keras`) or any folder holding exactly one `.keras` file.
+
+Every file is loaded with `safe_mode=True`; weights come from the archive,
+never from a path in its config. Keyword arguments override the saved
+config (e.g. `name=`, `dtype=`), the weights being kept.
+"""
+
+import os
+
+
+def load_preset(preset, *, expected=None, modality="image", **overrides):
+    """The encoder `preset` names (see the module docstring).
+
+    Args:
+        preset: zoo entry name, `.keras` file or folder.
+        expected: a predicate on the loaded model and a description of what
+            it accepts, `(check, "a DHN encoder")`; the caller's class.
+        modality: which encoder of a run directory ("image" or "text").
+        **overrides: config keys to replace; the weights are kept.
+    """
+    from tfhash import training, zoo
+
+    import tfhash.models  # noqa: F401  (registers the classes a file may hold)
+
+    path = os.fspath(preset)
+    if os.path.isdir(path):
+        keras_files = sorted(f for f in os.listdir(path) if f.endswith(".keras"))
+        if os.path.exists(os.path.join(path, training.RUN_FILE)) or len(keras_files) != 1:
+            model = training.load_model(path, modality)
+        else:
+            model = training.read_keras(os.path.join(path, keras_files[0]))
+    elif os.path.isfile(path):
+        model = training.read_keras(path)
+    elif path.endswith(".keras") or os.sep in path:
+        raise FileNotFoundError(f"No preset at {path}: expected a zoo entry name, a .keras file or a folder")
+    else:
+        model = zoo.load(path)
+    if expected is not None and not expected[0](model):
+        raise ValueError(f"Preset {path!r} holds a {type(model).__name__}: expected {expected[1]}")
+    return _override(model, overrides) if overrides else model
+
+
+def _override(model, overrides):
+    config = model.get_config()
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"Unknown config key{'s' if len(unknown) > 1 else ''} {unknown} for "
+                         f"{type(model).__name__}. Expected some of: {sorted(config)}")
+    new = type(model).from_config({**config, **overrides})
+    if not new.built:
+        new.build(None)
+    try:
+        new.set_weights(model.get_weights())
+    except ValueError as error:
+        raise ValueError(f"The overrides {sorted(overrides)} change {type(model).__name__}'s weights, which the "
+                         f"preset cannot fill: {error}") from None
+    return new
