@@ -32,8 +32,8 @@ data:
 # Main job: DHN, 32 bits, Fashion-MNIST protocol; prints mAP@all, P@100, a query's
 # neighbours, and writes the precision-recall plot.
 demo: setup
-	$(BIN)/tfhash train --recipe dhn_fashion_mnist_32 --output $(RUN_DIR) --quiet
-	$(BIN)/tfhash evaluate $(RUN_DIR) --protocol fashion_mnist --plot $(RUN_DIR)/precision_recall.png --json $(RUN_DIR)/metrics.json
+	$(BIN)/tfhash train --recipe dhn_fashion_mnist_32 --output $(RUN_DIR) --overwrite --quiet
+	$(BIN)/tfhash evaluate $(RUN_DIR) --protocol fashion_mnist --plot $(RUN_DIR)/precision_recall.png --show $(RUN_DIR)/neighbours.png --json $(RUN_DIR)/metrics.json
 
 test: setup
 	$(BIN)/pytest -n 2 --dist loadfile -q

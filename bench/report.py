@@ -13,12 +13,16 @@ Writes `OUTPUT/README.md` with:
 - `pr_fashion_mnist_32.png`: precision-recall within Hamming radius of the
   32-bit image models on the Fashion-MNIST protocol, from the zoo encoders
   (tfhash/zoo/files/, or downloaded: see tfhash/zoo/README.md);
+- `bench/figures/bgan_fashion_mnist.png` (`--bgan-figure`), redrawn from
+  `bench/bgan.py`'s results (`--bgan-results`, default bench/results/bgan.json)
+  when that file exists (`plot_bgan(results, path)` draws it);
 - throughput: the side-by-side ratios of `bench/encode.py` and
   `bench/index.py`, run here, with their output as printed.
 """
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -59,28 +63,49 @@ def rows_from_manifest(manifest, rerun):
 
 
 def plot_map_vs_bits(rows, path):
-    import matplotlib
+    """mAP against bits, a line per method, protocol and direction; returns the `Figure`.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Lines are drawn from the highest mAP down, so close ones (ugach I->T and
+    T->I) are consecutive and differ in width, marker and dash
+    (`tfhash.evaluation.line_style`); each legend entry, outside the axes,
+    gives the line's mAP at every code length.
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    from tfhash.evaluation import describe, line_style, save_figure
+
     lines = {}
     for row in rows:
-        key = f"{row['method']} ({row['protocol']}, {row['direction']})"
+        key = (row["method"], row["protocol"], row["direction"])
         lines.setdefault(key, []).append((row["bits"], row["measured"] or row["map"]))
-    for key, points in sorted(lines.items()):
-        points.sort()
-        ax.plot([b for b, _ in points], [m for _, m in points], marker="o", label=key)
+    order = sorted(lines, key=lambda key: (-max(m for _, m in lines[key]), key))
+    figure = Figure(figsize=(8.2, 4.4), dpi=120, layout="constrained")
+    ax = figure.subplots()
+    for i, key in enumerate(order):
+        points = sorted(lines[key])
+        method, protocol, direction = key
+        values = " / ".join(f"{m:.4f}" for _, m in points)
+        ax.plot([b for b, _ in points], [m for _, m in points], **line_style(i),
+                label=f"{method}, {protocol} {direction}: {values}")
+    bits = sorted({row["bits"] for row in rows})
+    protocols = {}
+    for method, protocol, direction in order:
+        protocols.setdefault(protocol, set()).add(direction)
     ax.set_xlabel("bits")
     ax.set_ylabel("mAP@all")
-    ax.set_xticks(sorted({row["bits"] for row in rows}))
+    ax.set_xticks(bits)
+    ax.margins(x=0.08)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    ax.set_title("mAP against code length (zoo entries)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    figure.legend(loc="outside right center", fontsize=7, frameon=False,
+                  title=f"method, protocol direction: mAP@all at {' / '.join(map(str, bits))} bits", title_fontsize=7)
+    source = "re-run" if any(row["measured"] for row in rows) else "zoo manifest"
+    ax.set_title(
+        f"mAP@all against code length, {describe(bits=bits)} ({source})\n"
+        + "; ".join(f"{describe(protocol)}: {', '.join(sorted(d))}" for protocol, d in sorted(protocols.items())),
+        fontsize=9,
+    )
+    save_figure(figure, path)
+    return figure
 
 
 def plot_pr(rows, path):
@@ -93,9 +118,59 @@ def plot_pr(rows, path):
     for row in rows:
         if row["protocol"] == "fashion_mnist" and row["bits"] == 32:
             result, _, _ = evaluate_model(HashModel.from_preset(row["entry"]), data)
-            curves[f"{row['method']}, mAP {result['map']:.3f}"] = result["pr_curve"]
-    plot_precision_recall(curves, path, title="Fashion-MNIST protocol, 32 bits")
-    return sorted(curves)
+            curves[row["method"]] = result  # pr_curve, map, bits and protocol: legend and title name them
+    plot_precision_recall(curves, path)
+    return [f"{method}, mAP {result['map']:.3f}" for method, result in sorted(curves.items())]
+
+
+def plot_bgan(results, path, protocol="fashion_mnist"):
+    """`bench/bgan.py`'s figure: BGAN's mAP@all per epoch for each code length,
+    beside the LSH and untrained-encoder baselines (horizontal lines, each
+    labelled in the legend and at its right end) and beta (right axis).
+    Returns the `Figure`.
+
+    Args:
+        results: {bits: {"map", "lsh", "untrained", "per_epoch": [{"epoch", "beta", "map"}]}},
+            as `bench/bgan.py` writes them (JSON keys are strings).
+        path: output PNG (written atomically).
+    """
+    from matplotlib.figure import Figure
+
+    from tfhash.evaluation import describe, save_figure
+
+    results = {int(bits): r for bits, r in sorted(results.items(), key=lambda item: int(item[0]))}
+    figure = Figure(figsize=(7, 5), dpi=120, layout="constrained")
+    ax = figure.subplots()
+    beta_axis = ax.twinx()
+    ax.set_zorder(beta_axis.get_zorder() + 1)  # the mAP lines over the beta steps
+    ax.patch.set_visible(False)
+    last_epoch = max(e["epoch"] for r in results.values() for e in r["per_epoch"])
+    for i, (bits, r) in enumerate(results.items()):
+        color = f"C{i}"
+        epochs = [e["epoch"] for e in r["per_epoch"]]
+        ax.plot(epochs, [e["map"] for e in r["per_epoch"]], color=color, marker="os"[i % 2], markerfacecolor="none",
+                linewidth=2.4 - 1.0 * (i % 2), label=f"BGAN {bits} bits (final {r['map']:.4f})", zorder=3 + i)
+        for name, value, dash in (("LSH", r["lsh"], ":"), ("untrained encoder", r.get("untrained"), "-.")):
+            if value is None:
+                continue
+            ax.axhline(value, color=color, linestyle=dash, linewidth=1.3, label=f"{name}, {bits} bits ({value:.4f})")
+            ax.annotate(f"{name} {bits}", (last_epoch, value), xytext=(0, 2), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=7, color=color)
+    beta_axis.step(epochs, [e["beta"] for e in r["per_epoch"]], where="post", color="black", alpha=0.4,
+                   linewidth=1.2, label="beta (right axis)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP@all")
+    beta_axis.set_ylabel("beta")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0] + beta_axis.get_legend_handles_labels()[0]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=7, frameon=False)
+    ax.set_title(
+        "BGAN: mAP@all per epoch as beta anneals, beside LSH and the untrained encoder\n"
+        + describe(protocol, list(results), {f"{bits} bits": r["map"] for bits, r in results.items()}),
+        fontsize=9,
+    )
+    save_figure(figure, path)
+    return figure
 
 
 def throughput():
@@ -112,6 +187,9 @@ def main():
     parser.add_argument("--rerun", action="store_true", help="train every recipe again for fresh figures")
     parser.add_argument("--no-throughput", action="store_true", help="skip bench/encode.py and bench/index.py")
     parser.add_argument("--output", default="bench/report")
+    parser.add_argument("--bgan-results", default="bench/results/bgan.json",
+                        help="bench/bgan.py's JSON; when it exists, its figure is redrawn")
+    parser.add_argument("--bgan-figure", default="bench/figures/bgan_fashion_mnist.png")
     args = parser.parse_args()
     from tfhash import zoo
 
@@ -124,6 +202,10 @@ def main():
     rows = rows_from_manifest(manifest, args.rerun)
     plot_map_vs_bits(rows, output / "map_vs_bits.png")
     pr_models = plot_pr(rows, output / "pr_fashion_mnist_32.png")
+    if os.path.exists(args.bgan_results):
+        with open(args.bgan_results) as f:
+            plot_bgan(json.load(f), args.bgan_figure)
+        print(f"wrote {args.bgan_figure} from {args.bgan_results}")
 
     import tensorflow as tf
 

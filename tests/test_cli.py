@@ -226,3 +226,13 @@ def test_multi_worker_training_with_two_local_processes(tmp_path):
     # in-process MirroredStrategy tests' job.
     one = training.train("dhn", "digits", bits=16, epochs=2, batch_size=50, verbose=0, score=False)
     np.testing.assert_allclose(record["history"]["loss"][0], one.history["loss"][0], rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_evaluate_show_writes_the_neighbours_picture(run_dir, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "neighbours.png"
+    assert main(["evaluate", run_dir, "--protocol", "digits", "--show", str(picture), "--quiet"]) == 0
+    with Image.open(picture) as image:
+        assert image.width > image.height > 0  # 5 query rows, a query and 10 neighbours per row

@@ -17,6 +17,7 @@ from tfhash._version import __version__
 # tfhash import from their own modules, never these names from `tfhash`.
 _LAZY = {
     "HammingIndex": ("tfhash.index", "HammingIndex"),
+    "Retriever": ("tfhash.retrieval", "Retriever"),
     "metrics": ("tfhash.metrics", None),
     "zoo": ("tfhash.zoo", None),
     "methods": ("tfhash.registry", None),

@@ -159,9 +159,10 @@ class GeneratedImageGrid(keras.callbacks.Callback):
     """Saves a PNG grid of a conditional generator's images after each epoch.
 
     Row c holds `per_class` images generated for class c, from the same noise
-    every epoch, so successive files show the generator learning. Works with
-    any model that has `num_classes`, `noise_dim`, `multi_label` and
-    `generate(labels, noise)` (`tfhash.models.DSHGAN`).
+    every epoch, so successive files show the generator learning. Each row is
+    labelled with its class and the title names the model, its code length and
+    the epoch. Works with any model that has `num_classes`, `noise_dim`,
+    `multi_label` and `generate(labels, noise)` (`tfhash.models.DSHGAN`).
 
     Args:
         directory: where `epoch_001.png`, `epoch_002.png`, ... are written
@@ -169,16 +170,26 @@ class GeneratedImageGrid(keras.callbacks.Callback):
         per_class: images per class (grid columns).
         every: write every this many epochs.
         seed: seeds the fixed noise.
+        class_names: the row labels, one per class (e.g.
+            `tfhash.data.fashion_mnist.CLASS_NAMES`); default "class 0", "class 1", ...
+        label_rows: draw the grid with its row labels and title (matplotlib);
+            False writes the bare pixel grid of `grid()`, one pixel per pixel.
+        title: the title's first words; default "<model name>: generated images".
 
     Attributes:
         paths: the files written so far.
+
+    Example:
+        >>> dsh.fit(batches, epochs=20, callbacks=[GeneratedImageGrid("runs/dsh_gan/grids", class_names=CLASS_NAMES)])
     """
 
-    def __init__(self, directory, per_class=8, every=1, seed=0):
+    def __init__(self, directory, per_class=8, every=1, seed=0, class_names=None, label_rows=True, title=None):
         super().__init__()
         if int(per_class) < 1 or int(every) < 1:
             raise ValueError(f"per_class and every must be >= 1. Received: per_class={per_class}, every={every}")
         self.directory, self.per_class, self.every, self.seed = directory, int(per_class), int(every), seed
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.label_rows, self.title = bool(label_rows), title
         self.paths = []
 
     def grid(self):
@@ -192,10 +203,50 @@ class GeneratedImageGrid(keras.callbacks.Callback):
         tiles = images.reshape(model.num_classes, self.per_class, height, width, channels)
         return tiles.transpose(0, 2, 1, 3, 4).reshape(model.num_classes * height, self.per_class * width, channels)
 
+    def row_labels(self):
+        """The label of each row: its class name, or "class c"."""
+        num_classes = self.model.num_classes
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ValueError(f"class_names must name the model's {num_classes} classes. "
+                             f"Received: {len(self.class_names)} names")
+        return list(self.class_names) if self.class_names is not None else [f"class {c}" for c in range(num_classes)]
+
+    def figure(self, epoch=None):
+        """The grid as a matplotlib `Figure`: a class label per row (the y tick
+        labels), and a title naming the model, its bits and the epoch (1-based)."""
+        from matplotlib.figure import Figure
+
+        model, grid, labels = self.model, self.grid(), self.row_labels()
+        rows, height = len(labels), grid.shape[0] // len(labels)
+        figure = Figure(figsize=(0.45 * self.per_class + 1.8, 0.45 * rows + 1.1), dpi=120, layout="constrained")
+        ax = figure.subplots()
+        if grid.shape[-1] == 1:
+            ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(grid, interpolation="nearest")
+        ax.set_yticks([(c + 0.5) * height - 0.5 for c in range(rows)], labels, fontsize=8)
+        ax.tick_params(axis="y", length=0)
+        ax.set_xticks([])
+        for c in range(1, rows):
+            ax.axhline(c * height - 0.5, color="#888888", linewidth=0.6)
+        ax.set_ylabel("class (one row each)")
+        ax.set_xlabel(f"{self.per_class} images per class, the same noise every epoch (seed {self.seed})", fontsize=8)
+        bits = getattr(model, "bits", None) or getattr(getattr(model, "encoder", None), "bits", None)
+        heading = self.title or f"{model.name}: generated images"
+        details = ", ".join(part for part in (
+            f"{bits} bits" if bits else "", f"epoch {epoch}" if epoch is not None else "") if part)
+        ax.set_title(heading + (f"\n{details}" if details else ""), fontsize=10)
+        return figure
+
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
-        write_bytes(path, tf.io.encode_png(self.grid()).numpy())
+        if self.label_rows:
+            from tfhash.evaluation import save_figure
+
+            save_figure(self.figure(epoch + 1), path)  # atomically, through tfhash.io.write_atomically
+        else:
+            write_bytes(path, tf.io.encode_png(self.grid()).numpy())
         self.paths.append(path)

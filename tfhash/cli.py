@@ -17,10 +17,9 @@ import argparse
 import os
 import sys
 
+from tfhash._version import __version__
+from tfhash.console import import_tensorflow, keras_verbose, silence_tensorflow
 from tfhash.io import write_json
-
-# Quiet TF's C++ start-up chatter unless the user asked for it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _add_protocol_args(parser):
@@ -55,17 +54,19 @@ def _train(args, extra=()):
     settings = {**_settings(extra), "epochs": args.epochs}
     result = training.train(
         args.method, args.protocol, recipe=recipe, bits=args.bits, seed=args.seed, data_dir=args.data_dir,
-        strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite, verbose=2 if args.quiet else "auto",
-        **settings,
+        strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite,
+        verbose=keras_verbose(args.quiet, "fit"), **settings,
     )
+    # One summary line: what a log or a script greps for.
     final = {key: values[-1] for key, values in result.history.items() if values and key.endswith("loss")}
-    loss = ", ".join(f"{key} {value:.4f}" for key, value in final.items())
-    print(f"{result.recipe['name']}: trained {result.recipe['method']} on {result.recipe['protocol']} "
-          f"({result.recipe['bits']} bits) in {result.seconds:.0f} s; final {loss}")
-    for modality, score in result.scores.items():
-        print(f"  mAP@all ({result.direction(modality)}): {score['map']:.4f}, P@100 {score['precision@100']:.4f}")
+    parts = [f"{result.recipe['name']}: trained {result.recipe['method']} on {result.recipe['protocol']} "
+             f"({result.recipe['bits']} bits) in {result.seconds:.0f} s",
+             "final " + ", ".join(f"{key} {value:.4f}" for key, value in final.items())]
+    parts += [f"mAP@all ({result.direction(modality)}): {score['map']:.4f}, P@100 {score['precision@100']:.4f}"
+              for modality, score in result.scores.items()]
     if args.output:
-        print(f"saved the run to {args.output}; evaluate it with: tfhash evaluate {args.output}")
+        parts.append(f"saved to {args.output}; evaluate it with: tfhash evaluate {args.output}")
+    print("; ".join(parts))
 
 
 def _methods(args):
@@ -127,15 +128,32 @@ def _evaluate(args):
             raise ValueError(f"--modality text needs an image-text protocol. Received: {data.protocol.name}")
         model = training.load_model(args.model)
         print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
-        result, query_codes, database_codes = evaluate_model(model, data, verbose=0, **options)
+        result, query_codes, database_codes = evaluate_model(model, data, verbose=keras_verbose(args.quiet, "predict"),
+                                                             **options)
         _print_scores("image", result, args)
         _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
         if args.plot:
-            plot_precision_recall({f"{model.name}, {result['bits']} bits": result["pr_curve"]}, args.plot)
+            plot_precision_recall({model.name: result}, args.plot)  # titled: protocol, bits, mAP
             print(f"wrote precision-recall plot to {args.plot}")
+        if args.show:
+            from tfhash.evaluation import neighbour_picture
+
+            (query_images, query_labels), (database_images, database_labels) = (data.subset("query"),
+                                                                                data.subset("database"))
+            neighbour_picture(query_codes, database_codes, query_images, database_images, query_labels,
+                              database_labels, args.show, n_queries=5, k=10, label_names=_class_names(data),
+                              protocol=data.protocol.name, map=result["map"], map_k=result["map_k"])
+            print(f"wrote the first 5 queries and their 10 nearest database images to {args.show}")
     if args.json:
         write_json(result, args.json)
         print(f"wrote metrics to {args.json}")
+
+
+def _class_names(data):
+    """The protocol's class names, when its loader module has them (`CLASS_NAMES`)."""
+    import importlib
+
+    return getattr(importlib.import_module(data.protocol.loader.split(":")[0]), "CLASS_NAMES", None)
 
 
 def _print_scores(direction, result, args):
@@ -148,7 +166,8 @@ def _print_scores(direction, result, args):
 
 
 def _show_neighbours(data, query_codes, database_codes, query, index_class, k=10):
-    names = _class_names(data.protocol.name)
+    known = _class_names(data)
+    names = (lambda label: known[int(label)]) if known else (lambda label: str(int(label)))
     index = index_class(query_codes.shape[1] * 8)
     index.add(database_codes, ids=data.split.database)
     distances, ids = index.search(query_codes[query : query + 1], k)
@@ -157,14 +176,6 @@ def _show_neighbours(data, query_codes, database_codes, query, index_class, k=10
     for rank, (d, i) in enumerate(zip(distances[0], ids[0]), 1):
         mark = "+" if data.labels[i] == data.labels[q] else " "
         print(f"  {rank:2d}. image {i:6d}  hamming {d:3d}  {mark} {names(data.labels[i])}")
-
-
-def _class_names(protocol):
-    if protocol == "fashion_mnist":
-        from tfhash.data.fashion_mnist import CLASS_NAMES
-
-        return lambda label: CLASS_NAMES[int(label)]
-    return lambda label: str(int(label))
 
 
 def _encode(args):
@@ -181,7 +192,7 @@ def _encode(args):
         # Image-text protocols give (images, texts, labels); the modality picks the column.
         inputs = part[0] if args.modality == "image" else part[1]
         ids = getattr(data.split, args.part)
-    codes = model.encode(inputs, batch_size=args.batch_size, verbose=1)
+    codes = model.encode(inputs, batch_size=args.batch_size, verbose=keras_verbose(args.quiet, "predict"))
     if args.output:
         from tfhash.io import save_arrays
 
@@ -239,6 +250,10 @@ def _search(args):
             print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
 
 
+QUIET_HELP = ("no progress output, only the results (by default: a progress bar on a terminal; in a log, "
+              "one line per epoch when training)")
+VERBOSE_HELP = "TensorFlow's own logging too (by default: its errors only, and none of its start-up lines)"
+
 SETTINGS_HELP = ("Any setting of the method is a flag too: --NAME VALUE, VALUE read as JSON (0.25, true, "
                  "[2, 5]); `tfhash methods NAME` lists them and their defaults. Precedence: flags, then the "
                  "recipe, then the method's defaults.")
@@ -253,7 +268,7 @@ def _add_training_args(p):
     p.add_argument("--seed", type=int, help="default: the recipe's, else 0")
     p.add_argument("--epochs", type=int, help="default: the recipe's, else the method's")
     p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
-    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output (else refused)")
 
 
@@ -262,11 +277,13 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="tfhash", description="Deep learning to hash with TensorFlow.",
                                      allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"tfhash {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="the methods tfhash trains; with a NAME, its settings and defaults")
     p.add_argument("name", nargs="?", choices=registry.names())
-    p.set_defaults(run=_methods)
+    p.set_defaults(run=_methods, loads_tensorflow=False)
 
     p = sub.add_parser("train", help="train any method on a protocol's training split", epilog=SETTINGS_HELP,
                        allow_abbrev=False)
@@ -296,7 +313,9 @@ def build_parser():
     p.add_argument("--no-relevant", choices=["zero", "drop"], default="zero")
     p.add_argument("--sample-query", type=int, default=0, help="query whose neighbours are shown")
     p.add_argument("--plot", help="write the precision-recall curve to this PNG")
+    p.add_argument("--show", help="write a picture of 5 queries beside their 10 nearest database images (PNG)")
     p.add_argument("--json", help="write all metrics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("encode", help="encode images (or texts) to packed binary codes")
@@ -309,6 +328,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--output", help="write codes to this .npy file")
     p.add_argument("--index", help="write a HammingIndex of the codes to this file")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_encode)
 
     p = sub.add_parser("search", help="k nearest codes (or all within a radius) in a saved index")
@@ -318,7 +338,7 @@ def build_parser():
                    help="neighbours per query, >= 1; at most the index size are returned (radius mode: ids shown)")
     p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")
     p.add_argument("--output", help="write distances and ids to this .npz")
-    p.set_defaults(run=_search)
+    p.set_defaults(run=_search, loads_tensorflow=False)
 
     from tfhash.serving.command import add_serve_command
 
@@ -330,19 +350,35 @@ def build_parser():
 
     p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify, build, publish")
     zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
-    zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list)
+    zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list,
+                                                                                          loads_tensorflow=False)
     for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
                             ("verify", _zoo_verify, "check an entry's cached file against its sha256"),
                             ("build", _zoo_build, "re-train an entry's recipe; check its mAP against the manifest")):
         q = zoo_sub.add_parser(name, help=text)
         q.add_argument("name", help="entry name (see `tfhash zoo list`)")
-        q.set_defaults(run=run)
-    q = zoo_sub.add_parser("publish", help="train a recipe; write its encoders and manifest entries (maintainers)")
-    q.add_argument("recipe", help="a recipe JSON file inside the zoo folder, e.g. tfhash/zoo/recipes/NAME.json")
-    q.add_argument("--zoo-dir", default=None, help="folder with manifest.json and files/ (default: the package's)")
+        q.set_defaults(run=run, loads_tensorflow=run is _zoo_build)
+    q = zoo_sub.add_parser("publish", help="train recipes into a zoo folder that can be served as it is")
+    q.add_argument("recipe", nargs="?", help="a published recipe name or a recipe JSON file")
+    q.add_argument("--all", action="store_true", help="every published recipe: the whole zoo")
+    q.add_argument("--zoo-dir", default="zoo", help="the zoo folder: manifest.json, files/, recipes/ (default: ./zoo)")
     q.add_argument("--tolerance", type=float, default=0.01, help="mAP tolerance `build` allows (default: 0.01)")
+    q.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     q.set_defaults(run=_zoo_publish)
+    _accept_everywhere(parser, "--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
+
+
+def _accept_everywhere(parser, *names, **options):
+    """Adds a top-level flag to every command too, so it may also come after the
+    command (`tfhash train ... --verbose`), where `train` would read it as a setting.
+    Unset there, it leaves the top-level value alone (default SUPPRESS)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in {id(p): p for p in action.choices.values()}.values():  # aliases: one parser
+                if not any(name in command._option_string_actions for name in names):  # its own flag wins
+                    command.add_argument(*names, **options, default=argparse.SUPPRESS)
+                _accept_everywhere(command, *names, **options)
 
 
 def _zoo_list(args):
@@ -371,10 +407,19 @@ def _zoo_build(args):
 
 
 def _zoo_publish(args):
+    from pathlib import Path
+
     from tfhash import publish
 
-    for name in publish.publish(args.recipe, zoo_dir=args.zoo_dir, tolerance=args.tolerance):
+    if args.all == (args.recipe is not None):
+        raise ValueError(f"Expected a recipe or --all. Received: recipe={args.recipe!r}, --all={args.all}")
+    verbose = keras_verbose(args.quiet, "fit")
+    names = (publish.publish_all(zoo_dir=args.zoo_dir, tolerance=args.tolerance, verbose=verbose) if args.all
+             else publish.publish(args.recipe, zoo_dir=args.zoo_dir, tolerance=args.tolerance, verbose=verbose))
+    for name in names:
         print(f"published {name}")
+    print(f"serve {args.zoo_dir} as it is and set TFHASH_ZOO_URL to its URL "
+          f"(here: TFHASH_ZOO_URL={Path(args.zoo_dir).resolve().as_uri()}/)")
 
 
 def _zoo_verify(args):
@@ -392,6 +437,10 @@ def main(argv=None):
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_settings", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # Before anything loads TensorFlow (parsing does not): it reads its log level once, as it loads.
+    silence_tensorflow(args.verbose)
+    if getattr(args, "loads_tensorflow", True):
+        import_tensorflow(args.verbose)
     try:
         args.run(args, extra) if getattr(args, "takes_settings", False) else args.run(args)
     except (ValueError, OSError, ZooError) as error:  # OSError: missing files, a port in use

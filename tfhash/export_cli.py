@@ -6,10 +6,15 @@
 Heavy imports happen inside the commands, so building the parser stays cheap.
 """
 
+import contextlib
 import os
+
+from tfhash.console import filtered_stderr
 
 DEFAULT_BASE_DIR = os.path.join("export", "models")
 QUANTIZATIONS = ("float32", "dynamic_int8", "int8")  # tfhash.export.QUANTIZATIONS, without importing TF
+# Exporting shows no progress; the flag is there so that every long command takes it.
+QUIET_HELP = "no progress output, only the line saying what was written"
 
 
 def add_export_commands(subparsers):
@@ -31,6 +36,7 @@ def add_export_commands(subparsers):
     p.add_argument("--base-dir", default=DEFAULT_BASE_DIR, help="directory that gets NAME/VERSION/ (default: %(default)s)")
     p.add_argument("--name", help="model name (default: the model's name, e.g. dhn)")
     p.add_argument("--version", type=int, help="version number (default: one above the highest existing)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_export_savedmodel)
 
     p = formats.add_parser("tflite", help="TFLite file for LiteRT (builtin ops only)")
@@ -46,6 +52,7 @@ def add_export_commands(subparsers):
     p.add_argument("--data-dir", default=None, help="directory with the dataset's local files")
     p.add_argument("--num-calibration", type=int, default=200, help="int8 calibration images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="draws the calibration images (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_export_tflite)
     return export
 
@@ -87,7 +94,9 @@ def _export_tflite(args):
         # A seeded sample of the training split: all classes, and the same file every time.
         calibration = images[np.random.default_rng(args.seed).choice(len(images), n, replace=False)]
         note = f", calibrated on {n} {protocol} training images (seed {args.seed})"
-    export_tflite(model, output, args.quantization, representative_inputs=calibration, num_calibration=n)
+    # The converter prints its quantizer's settings straight to stderr; --verbose keeps them.
+    with contextlib.nullcontext() if getattr(args, "verbose", False) else filtered_stderr():
+        export_tflite(model, output, args.quantization, representative_inputs=calibration, num_calibration=n)
     size = os.path.getsize(output) / 1024
     print(f"wrote {output} ({args.quantization}, {size:.0f} KiB{note}; signature serving_default: {_contract(model)})")
 

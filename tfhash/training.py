@@ -24,9 +24,7 @@ import time
 from tfhash import recipes, registry
 from tfhash._version import __version__
 from tfhash.io import write_atomically, write_json
-
-RUN_FILE = "run.json"
-ENCODER_FILE = "{modality}_encoder.keras"
+from tfhash.rundir import ENCODER_FILE, RUN_FILE  # noqa: F401  (the run directory's names, re-exported)
 
 
 @dataclasses.dataclass
@@ -226,38 +224,8 @@ def read_run(run_dir):
 
 
 def load_model(path, modality="image"):
-    """A trained encoder from a run directory (its `modality` encoder) or a `.keras` file."""
-    if os.path.isdir(path):
-        file = os.path.join(path, ENCODER_FILE.format(modality=modality))
-        if not os.path.exists(file):
-            found = sorted(f for f in os.listdir(path) if f.endswith(".keras"))
-            raise FileNotFoundError(
-                f"No {modality} encoder in the run directory {path}: expected "
-                f"{os.path.basename(file)}. Received: {found or 'no .keras file'}"
-            )
-        path = file
-    elif not os.path.exists(path):
-        raise FileNotFoundError(f"No model at {path}: expected a run directory or a .keras file")
-    return read_keras(path)
+    """A trained encoder from a run directory (its `modality` encoder) or a `.keras` file
+    (`tfhash.models.presets.load_encoder`)."""
+    from tfhash.models.presets import load_encoder
 
-
-def read_keras(path):
-    """`keras.saving.load_model(path, safe_mode=True)`, with a damaged file
-    reported as such (Keras says "File not found" for a truncated archive)."""
-    import zipfile
-
-    import keras
-
-    import tfhash.models  # noqa: F401  (registers the classes for deserialization)
-
-    size = os.path.getsize(path)
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a zip file written by "
-                         f"model.save, truncated or corrupted otherwise. Received: a file that is not a zip archive")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except (zipfile.BadZipFile, EOFError, KeyError, OSError, ValueError) as error:
-        message = " ".join(str(error).split())  # one line
-        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a model saved by tfhash "
-                         f"(classes registered by `import tfhash.models`). Received: {type(error).__name__}: "
-                         f"{message}") from None
+    return load_encoder(path, modality)

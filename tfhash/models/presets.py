@@ -15,6 +15,37 @@ config (e.g. `name=`, `dtype=`), the weights being kept.
 
 import os
 
+from tfhash import rundir
+
+
+def read_keras(path):
+    """`keras.saving.load_model(path, safe_mode=True)`, with a damaged file
+    reported as such (Keras says "File not found" for a truncated archive)."""
+    import zipfile
+
+    import keras
+
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a zip file written by "
+                         f"model.save, truncated or corrupted otherwise. Received: a file that is not a zip archive")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError, ValueError) as error:
+        message = " ".join(str(error).split())  # one line
+        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a model saved by tfhash "
+                         f"(classes registered by `import tfhash.models`). Received: {type(error).__name__}: "
+                         f"{message}") from None
+
+
+def load_encoder(path, modality="image"):
+    """A trained encoder from a run directory (its `modality` encoder) or a `.keras` file."""
+    if os.path.isdir(path):
+        path = rundir.encoder_file(path, modality)
+    elif not os.path.exists(path):
+        raise FileNotFoundError(f"No model at {path}: expected a run directory or a .keras file")
+    return read_keras(path)
+
 
 def load_preset(preset, *, expected=None, modality="image", **overrides):
     """The encoder `preset` names (see the module docstring).
@@ -26,19 +57,17 @@ def load_preset(preset, *, expected=None, modality="image", **overrides):
         modality: which encoder of a run directory ("image" or "text").
         **overrides: config keys to replace; the weights are kept.
     """
-    from tfhash import training, zoo
-
-    import tfhash.models  # noqa: F401  (registers the classes a file may hold)
+    from tfhash import zoo
 
     path = os.fspath(preset)
     if os.path.isdir(path):
         keras_files = sorted(f for f in os.listdir(path) if f.endswith(".keras"))
-        if os.path.exists(os.path.join(path, training.RUN_FILE)) or len(keras_files) != 1:
-            model = training.load_model(path, modality)
+        if os.path.exists(os.path.join(path, rundir.RUN_FILE)) or len(keras_files) != 1:
+            model = load_encoder(path, modality)
         else:
-            model = training.read_keras(os.path.join(path, keras_files[0]))
+            model = read_keras(os.path.join(path, keras_files[0]))
     elif os.path.isfile(path):
-        model = training.read_keras(path)
+        model = read_keras(path)
     elif path.endswith(".keras") or os.sep in path:
         raise FileNotFoundError(f"No preset at {path}: expected a zoo entry name, a .keras file or a folder")
     else:

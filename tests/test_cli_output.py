@@ -1,0 +1,146 @@
+"""What the `tfhash` command prints: its results, without TensorFlow's start-up
+lines, and progress only on a terminal (issue 22)."""
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfhash import console
+from tfhash._version import __version__
+from tfhash.cli import build_parser
+
+REPO = str(Path(__file__).resolve().parents[1])
+NOISE = ("\x1b[", "\r", "cuInit", "oneDNN", "cudart", "absl::InitializeLog", "cpu_feature_guard")
+
+
+def _tfhash(args, log, cwd):
+    """Runs `python -m tfhash.cli ARGS` with stdout and stderr in the file `log`,
+    as a user's shell would, and returns (exit code, what the log holds)."""
+    # The user's environment, less the test session's TF_CPP_MIN_LOG_LEVEL (conftest):
+    # the command's own default is what is tested.
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    with open(log, "w") as f:
+        code = subprocess.run([sys.executable, "-m", "tfhash.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=env, cwd=cwd, timeout=600).returncode
+    with open(log, newline="") as f:  # newline="": a \r stays a \r
+        return code, f.read()
+
+
+def _assert_clean(text):
+    found = [noise for noise in NOISE if noise in text]
+    assert not found, f"{found} in:\n{text}"
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_write_clean_logs_ending_in_the_summary(tmp_path):
+    run = tmp_path / "run"
+    train = ["train", "--method", "dhn", "--protocol", "digits", "--epochs", "1", "--bits", "16", "--output", str(run)]
+    code, text = _tfhash(train, tmp_path / "train.log", tmp_path)
+    assert code == 0, text
+    _assert_clean(text)
+    lines = text.splitlines()
+    # Not a terminal: one line per epoch instead of a progress bar, then one summary line.
+    assert len([line for line in lines if re.match(r"\d+/\d+ - \d+s - .*loss: ", line)]) == 1, text
+    assert re.fullmatch(rf"dhn_digits_16: trained dhn on digits \(16 bits\) in \d+ s; final loss \d+\.\d+.*; "
+                        rf"mAP@all \(image\): \d\.\d+, P@100 \d\.\d+; saved to {re.escape(str(run))}; "
+                        rf"evaluate it with: tfhash evaluate {re.escape(str(run))}", lines[-1]), text
+
+    code, text = _tfhash(["evaluate", str(run), "--quiet"], tmp_path / "evaluate.log", tmp_path)
+    assert code == 0, text
+    _assert_clean(text)
+    assert re.search(r"^image: mAP@all \(retrieved, no_relevant=zero\): \d\.\d+$", text, re.M), text
+
+    # --quiet: the summary line and nothing else.
+    code, text = _tfhash([*train, "--overwrite", "--quiet"], tmp_path / "quiet.log", tmp_path)
+    assert code == 0, text
+    assert len(text.splitlines()) == 1 and text.startswith("dhn_digits_16: trained dhn on digits"), text
+
+
+def test_version_prints_the_version_and_loads_no_tensorflow(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    out = subprocess.run([sys.executable, "-m", "tfhash.cli", "--version"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"tfhash {__version__}\n", "")
+    code = ("import sys\nfrom tfhash import cli\ntry:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=60)
+    assert out.stdout.splitlines()[-1] == "False False"
+
+
+def test_verbose_is_accepted_before_and_after_any_command():
+    parser = build_parser()
+    train = ["train", "--method", "dhn", "--output", "r"]
+    for argv, verbose in ((train, False), (["--verbose", *train], True), ([*train, "--verbose"], True),
+                          (["evaluate", "r", "--verbose", "--quiet"], True),
+                          (["export", "tflite", "r", "--verbose"], True), (["zoo", "list"], False)):
+        args, extra = parser.parse_known_args(argv)
+        assert (args.verbose, extra) == (verbose, []), argv
+    # Every long command takes --quiet.
+    for argv in (train, ["reproduce", "x"], ["evaluate", "r"], ["encode", "r"], ["export", "savedmodel", "r"],
+                 ["export", "tflite", "r"], ["zoo", "publish", "x"]):
+        assert parser.parse_known_args([*argv, "--quiet"])[0].quiet is True, argv
+
+
+def test_silence_tensorflow_keeps_the_users_settings_and_verbose_changes_nothing(monkeypatch):
+    from absl import logging as absl_logging
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    console.silence_tensorflow(verbose=True)
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    logger, verbosity = logging.getLogger("tensorflow"), absl_logging.get_verbosity()
+    level = logger.level
+    try:
+        console.silence_tensorflow()
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3" and logger.level == logging.ERROR
+        assert absl_logging.get_verbosity() == absl_logging.ERROR
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+        console.silence_tensorflow()
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    finally:
+        logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
+
+
+def test_filtered_stderr_drops_cpp_lines_below_the_log_level_and_keeps_the_rest(monkeypatch, capfd):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with console.filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1796049090.213845    3252 port.cc:153] oneDNN custom operations are on.\n"
+                    b"W0000 00:00:1796049090.213845    3252 x.cc:1] a warning\n"
+                    b"E0000 00:00:1796049093.379632    3252 cuda_platform.cc:52] an error\n"
+                    b"fully_quantize: 0, inference_type: 6\n"
+                    b"a Python warning\n")
+    err = capfd.readouterr().err
+    assert err.splitlines() == ["E0000 00:00:1796049093.379632    3252 cuda_platform.cc:52] an error",
+                                "a Python warning"]
+    # What the block wrote comes back when it raises, too.
+    with pytest.raises(ImportError), console.filtered_stderr():
+        os.write(2, b"why the import failed\n")
+        raise ImportError("no")
+    assert capfd.readouterr().err == "why the import failed\n"
+
+
+class _Stdout(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_keras_progress_is_drawn_on_a_terminal_only(monkeypatch):
+    for tty, fit, predict in ((True, 1, 1), (False, 2, 0)):
+        monkeypatch.setattr(sys, "stdout", _Stdout(tty))
+        assert (console.keras_verbose(False, "fit"), console.keras_verbose(False, "predict")) == (fit, predict)
+        assert console.keras_verbose(True, "fit") == console.keras_verbose(True, "predict") == 0
+    with pytest.raises(ValueError, match="Expected kind 'fit' or 'predict'. Received: 'train'"):
+        console.keras_verbose(False, "train")

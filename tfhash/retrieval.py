@@ -1,0 +1,570 @@
+"""One object for retrieval: an encoder, a Hamming index, ids and metadata.
+
+`Retriever` is what tensorflow/similarity users reach for: add items, search
+with queries, get distances, ids and metadata back, save and load the lot.
+It encodes with a tfhash encoder (any `HashModel`), ranks with
+`tfhash.index.HammingIndex` (exact, ties by insertion order) and keeps each
+row's id and JSON metadata beside it.
+
+    >>> retriever = Retriever(encoder)                  # e.g. model.encoders()["image"]
+    >>> retriever.add(images, metadata=labels)          # ids: 0, 1, 2, ...
+    >>> results = retriever.search(queries, k=10)       # .distances, .ids, .metadata
+    >>> retriever.save("runs/retriever")                # a folder, written atomically
+    >>> retriever = Retriever.load("runs/retriever", encoder=encoder)
+
+Importing this module does not import TensorFlow (the encoder brings it).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from tfhash.index import HammingIndex
+from tfhash.io import remove_stale_temporaries, save_arrays, write_atomically, write_json
+
+# The folder `Retriever.save` writes. Each part keeps its own format, readable
+# with its own tool: the index with `HammingIndex.load`, the rest as JSON,
+# `.npy` or a Keras archive.
+FORMAT = "tfhash.Retriever"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "index.tfhi"
+IDS_FILE = "ids.npy"
+METADATA_FILE = "metadata.json"
+ENCODER_FILE = "encoder.keras"
+
+# Spare rows kept when the id buffer grows (as HammingIndex does for codes).
+_GROWTH_DIVISOR = 8
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _json_default(value):
+    """NumPy values in metadata (a label array, an np.int64) as plain JSON."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encoder_identity(encoder):
+    """What identifies the encoder that made a retriever's codes: class name,
+    bits, input shapes and the sha256 of its weights (dtype, shape and bytes
+    of each, in order). A dict of JSON values."""
+    digest = hashlib.sha256()
+    for weight in encoder.get_weights():
+        weight = np.ascontiguousarray(weight)
+        digest.update(f"{weight.dtype.str}{weight.shape};".encode())
+        digest.update(weight.tobytes())
+    return {
+        "class": type(encoder).__name__,
+        "bits": int(encoder.bits),
+        "inputs": {name: list(shape) for name, shape in _input_shapes(encoder).items()},
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+def _input_shapes(encoder):
+    """{input name: shape of one item}, e.g. {"images": (8, 8, 1)} or {"bow": (V,)}."""
+    if hasattr(encoder, "serving_inputs"):
+        return {name: tuple(int(d) for d in spec.shape[1:]) for name, spec in encoder.serving_inputs().items()}
+    if hasattr(encoder, "image_shape"):
+        return {"images": tuple(int(d) for d in encoder.image_shape)}
+    return {}
+
+
+def _describe(identity):
+    if identity is None:
+        return "no encoder recorded (codes only)"
+    inputs = ", ".join(f"{name} {tuple(shape)}" for name, shape in identity["inputs"].items())
+    return (f"{identity['class']}(bits={identity['bits']}, inputs: {inputs or 'unknown'}, "
+            f"weights sha256 {identity['weights_sha256'][:12]})")
+
+
+@dataclasses.dataclass(eq=False)
+class SearchResults:
+    """What `Retriever.search` returns; unpacks as `distances, ids, metadata`.
+
+    Attributes:
+        distances: int32 array (nq, min(k, size)), Hamming distances, ascending.
+        ids: int64 array, same shape, the ids of the rows found.
+        metadata: list of nq lists, `metadata[i][j]` the metadata of the row
+            with id `ids[i, j]` (None for a row added without metadata).
+    """
+
+    distances: np.ndarray
+    ids: np.ndarray
+    metadata: list
+
+    def __iter__(self):
+        return iter((self.distances, self.ids, self.metadata))
+
+
+class Retriever:
+    """Encode, index, search, save: exact Hamming retrieval in one object.
+
+    Wraps a tfhash encoder and a `HammingIndex`. Rows are ranked by Hamming
+    distance, ties broken by insertion order (the index's rule), and each
+    row carries an id (default: its insertion position 0, 1, 2, ...) and
+    optional metadata (anything JSON can hold: a label, a file name, a dict).
+
+    **Inputs or codes.** `add_codes` / `search_codes` take packed codes, always.
+    `add` / `search` take what the encoder takes (images, or bags of words for
+    a text encoder), and packed codes too: an array is read as codes when it
+    is `uint8`, 2-D, with `bits / 8` columns. The one case that rule cannot
+    settle, an encoder whose own input is 2-D with `bits / 8` columns (a text
+    encoder with that vocabulary) given a `uint8` array, is refused with an
+    error: use `add_codes` / `search_codes`, or pass the bags of words as
+    float32. Without an encoder, only codes are accepted.
+
+    **Metadata** is kept as its JSON form from the moment it is added
+    (NumPy values become plain numbers or lists, tuples become lists, dict
+    keys strings), so `search` returns the same before and after
+    `save` / `load`. It may be given in some `add` calls and not others
+    (rows without it get None). `ids` are all-or-nothing, as in
+    `HammingIndex`: every `add` gives them or none does. Ids need not be
+    unique. A rejected `add` leaves the retriever unchanged.
+
+    **Encoder identity.** The encoder's class name, bits, input shapes and a
+    sha256 of its weights are recorded at the first `add`; `save` writes
+    them and `load` refuses an encoder that does not match (its codes would
+    not be comparable). An encoder whose weights change after the first
+    `add` is refused by later `add` calls and by `save` for the same reason.
+
+    Args:
+        encoder: a tfhash encoder (a `HashModel`: `encode` and `bits`), e.g.
+            `model.encoders()["image"]`; None for codes only.
+        bits: the code length; required without an encoder, checked against
+            the encoder's otherwise.
+
+    Attributes:
+        encoder: the encoder, or None.
+        bits: code length in bits.
+        size: number of rows held (also `len(retriever)`).
+        index: the `HammingIndex` holding the codes, its ids the insertion
+            positions that `ids` and metadata are looked up by (read it; add
+            through the Retriever).
+
+    Examples:
+
+    >>> net = DHN(bits=16, input_shape=(8, 8, 1))
+    >>> retriever = Retriever(net.encoders()["image"])
+    >>> retriever.add(images, metadata=labels)              # raw images, encoded
+    >>> distances, ids, metadata = retriever.search(queries, k=5)
+    >>> retriever.save("runs/digits_retriever")
+    >>> retriever = Retriever.load("runs/digits_retriever", encoder=net)
+    >>> codes_only = Retriever(bits=16)                     # no encoder: codes in, codes out
+    >>> codes_only.add_codes(np.zeros((3, 2), np.uint8), ids=np.array([7, 8, 9]))
+    """
+
+    def __init__(self, encoder=None, bits=None):
+        if encoder is not None and not (hasattr(encoder, "encode") and hasattr(encoder, "bits")):
+            raise ValueError(
+                "Expected `encoder` to be a tfhash encoder (a HashModel with `encode` and `bits`), "
+                f"e.g. model.encoders()['image']. Received: {type(encoder).__name__}"
+            )
+        if encoder is None and bits is None:
+            raise ValueError("Expected `bits` (the code length) for a Retriever without an encoder. "
+                             "Received: encoder=None, bits=None")
+        if encoder is not None:
+            if bits is not None and bits != encoder.bits:
+                raise ValueError(f"Expected `bits` to equal the encoder's bits ({encoder.bits}), or None. "
+                                 f"Received: bits={bits!r}")
+            bits = int(encoder.bits)
+        self.encoder = encoder
+        self.index = HammingIndex(bits)  # validates bits
+        self.bits = self.index.bits
+        self._ids = None  # int64 buffer (spare rows past size), only with custom ids
+        self._metadata = None  # list, one JSON value per row, once any metadata is given
+        self._identity = None  # the encoder identity, pinned at the first add (or read on load)
+
+    # ------------------------------------------------------------------
+    # Size
+    # ------------------------------------------------------------------
+
+    @property
+    def size(self):
+        return self.index.ntotal
+
+    def __len__(self):
+        return self.size
+
+    @property
+    def has_ids(self):
+        return self._ids is not None
+
+    def __repr__(self):
+        encoder = "None" if self.encoder is None else type(self.encoder).__name__
+        return (f"Retriever(encoder={encoder}, bits={self.bits}, size={self.size}, has_ids={self.has_ids}, "
+                f"has_metadata={self._metadata is not None})")
+
+    # ------------------------------------------------------------------
+    # Adding
+    # ------------------------------------------------------------------
+
+    def add(self, items, ids=None, metadata=None):
+        """Encodes `items` (unless they are packed codes) and appends them.
+
+        Args:
+            items: a batch of the encoder's inputs (raw images on a 0-255 scale,
+                or bags of words), or packed codes, `uint8` (n, bits / 8); see
+                the class docstring for how the two are told apart.
+            ids: optional integer array (n,), non-negative, returned by
+                `search` in place of insertion positions. Every `add` gives
+                ids or none does.
+            metadata: optional sequence of n JSON-serializable values (a NumPy
+                array is fine), one per row, returned by `search`.
+        """
+        self._add(self._codes_of(items, "items", "add"), ids, metadata)
+
+    def add_codes(self, codes, ids=None, metadata=None):
+        """Appends packed codes, `uint8` (n, bits / 8) as `np.packbits` packs
+        them; `ids` and `metadata` as in `add`."""
+        self._add(self._check_codes(codes, "codes"), ids, metadata)
+
+    def _add(self, codes, ids, metadata):
+        n = codes.shape[0]
+        ids = self._check_ids(ids, n)
+        metadata = self._check_metadata(metadata, n)
+        identity = self._identity
+        if identity is None and self.encoder is not None:
+            identity = encoder_identity(self.encoder)
+        if n == 0:
+            return
+        # Everything is checked: build the new state aside, then commit.
+        old = self.size
+        id_buffer = self._ids
+        if ids is not None:
+            capacity = 0 if id_buffer is None else len(id_buffer)
+            if old + n > capacity:
+                id_buffer = np.empty(max(old + n, capacity + capacity // _GROWTH_DIVISOR), np.int64)
+                if old:
+                    id_buffer[:old] = self._ids[:old]
+            id_buffer[old : old + n] = ids
+        self.index.add(codes)
+        self._ids = id_buffer
+        if metadata is not None:
+            if self._metadata is None:
+                self._metadata = [None] * old
+            self._metadata.extend(metadata)
+        elif self._metadata is not None:
+            self._metadata.extend([None] * n)
+        self._identity = identity
+
+    # ------------------------------------------------------------------
+    # Searching
+    # ------------------------------------------------------------------
+
+    def search(self, queries, k=10):
+        """The `k` nearest rows of each query, exactly.
+
+        Args:
+            queries: a batch of the encoder's inputs, or packed codes (as in `add`).
+            k: neighbours wanted, a positive int; the results have
+                `min(k, size)` columns.
+
+        Returns:
+            `SearchResults(distances, ids, metadata)`: int32 and int64 arrays
+            (nq, min(k, size)), ranked by Hamming distance, ties by insertion
+            order, and the rows' metadata as a list of lists aligned with `ids`.
+        """
+        return self._search(self._codes_of(queries, "queries", "search"), k)
+
+    def search_codes(self, codes, k=10):
+        """`search` for packed query codes, `uint8` (nq, bits / 8)."""
+        return self._search(self._check_codes(codes, "queries"), k)
+
+    def _search(self, queries, k):
+        if not _is_int(k) or k <= 0:
+            raise ValueError(f"Expected `k` to be a positive int. Received: k={k!r}")
+        if self.size == 0:
+            raise ValueError("Expected a Retriever holding rows to search; add() some first. Received: size=0")
+        distances, positions = self.index.search(queries, k)
+        ids = positions if self._ids is None else self._ids[positions]
+        if self._metadata is None:
+            metadata = [[None] * positions.shape[1] for _ in range(positions.shape[0])]
+        else:
+            metadata = [[self._metadata[p] for p in row] for row in positions.tolist()]
+        return SearchResults(distances, ids, metadata)
+
+    # ------------------------------------------------------------------
+    # Saving and loading
+    # ------------------------------------------------------------------
+
+    def save(self, path, include_encoder=False):
+        """Writes the retriever to the folder `path`, atomically.
+
+        A folder, not one file: each part keeps its own, already checked
+        format, readable with its own tool, and no container format is
+        invented. Through `tfhash.io.write_atomically`, the folder is written
+        beside `path` under a temporary name, synced, then renamed into place
+        (an old folder is renamed aside first and removed after), so `path`
+        holds the old retriever or the new one, whole, whenever the writer is
+        killed. No pickle anywhere:
+
+            manifest.json   format, version, bits, size, the files present and
+                            the encoder's identity (class, bits, input shapes,
+                            weights sha256)
+            index.tfhi      the codes, in `HammingIndex`'s format
+            ids.npy         the custom ids, int64 (if any were given)
+            metadata.json   one JSON value per row (if any was given)
+            encoder.keras   the encoder (only with `include_encoder=True`)
+
+        Args:
+            path: the folder to write. It may exist only as a folder written
+                by `Retriever.save` (replaced) or an empty one: anything else
+                is refused rather than deleted.
+            include_encoder: also save the encoder, so `load` needs none.
+        """
+        path = os.fspath(path)
+        _check_destination(path)
+        identity = self._identity
+        if self.encoder is not None:
+            identity = encoder_identity(self.encoder) if identity is None else self._check_encoder_unchanged()
+        if include_encoder and self.encoder is None:
+            raise ValueError("Expected a Retriever with an encoder for include_encoder=True. Received: encoder=None")
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "bits": self.bits,
+            "size": self.size,
+            "has_ids": self.has_ids,
+            "has_metadata": self._metadata is not None,
+            "has_encoder": bool(include_encoder),
+            "encoder": identity,
+        }
+        size = self.size
+
+        def write(folder):
+            os.makedirs(folder)
+            self.index.save(os.path.join(folder, INDEX_FILE))
+            if self._ids is not None:
+                save_arrays(os.path.join(folder, IDS_FILE), self._ids[:size])
+            if self._metadata is not None:
+                write_json(self._metadata, os.path.join(folder, METADATA_FILE), indent=None,
+                           separators=(",", ":"), allow_nan=False)
+            if include_encoder:
+                write_atomically(os.path.join(folder, ENCODER_FILE), self.encoder.save, suffix=".keras")
+            write_json(manifest, os.path.join(folder, MANIFEST_FILE))
+
+        write_atomically(path, write)
+
+    @classmethod
+    def load(cls, path, encoder=None):
+        """Reads a folder written by `save`.
+
+        Args:
+            path: the folder.
+            encoder: the encoder to attach. It must match the one recorded
+                (class, bits, input shapes, weights sha256), or a `ValueError`
+                says what was expected and what was received. None: the saved
+                `encoder.keras` if there is one (loaded with `safe_mode=True`),
+                else a codes-only retriever. An encoder given to a folder that
+                recorded none (codes only) is checked for bits only.
+
+        A save killed between moving the old folder aside and the new one
+        in leaves no folder at `path`: `load` then moves the old one back
+        first, so it finds the old retriever or the new one.
+
+        Raises:
+            FileNotFoundError: no retriever folder at `path`.
+            ValueError: a folder from a newer format version, a damaged or
+                inconsistent folder, or a mismatched encoder.
+        """
+        path = os.fspath(path)
+        manifest = _read_manifest(path)
+        identity = manifest["encoder"]
+        if encoder is None and manifest["has_encoder"]:
+            from tfhash.models.presets import read_keras
+
+            encoder = read_keras(os.path.join(path, ENCODER_FILE))
+        if encoder is not None:
+            retriever = cls(encoder)
+            received = encoder_identity(encoder)
+            expected = identity or {"bits": manifest["bits"]}
+            if any(received[key] != value for key, value in expected.items()):
+                raise ValueError(
+                    f"Expected the encoder that made the codes in {path!r}: "
+                    f"{_describe(identity) if identity else 'bits=' + str(manifest['bits'])}. "
+                    f"Received: {_describe(received)}"
+                )
+        else:
+            retriever = cls(bits=manifest["bits"])
+        index = HammingIndex.load(os.path.join(path, INDEX_FILE))
+        size = manifest["size"]
+        if index.bits != manifest["bits"] or index.ntotal != size or index.has_ids:
+            raise ValueError(f"Retriever folder {path!r} is inconsistent: expected an index of {size} codes of "
+                             f"{manifest['bits']} bits without ids. Received: {index!r}")
+        ids = None
+        if manifest["has_ids"]:
+            ids = np.load(os.path.join(path, IDS_FILE), allow_pickle=False)
+            if ids.dtype != np.int64 or ids.shape != (size,):
+                raise ValueError(f"Retriever folder {path!r} is inconsistent: expected {IDS_FILE} of int64, shape "
+                                 f"({size},). Received: dtype={ids.dtype}, shape={ids.shape}")
+        metadata = None
+        if manifest["has_metadata"]:
+            with open(os.path.join(path, METADATA_FILE), encoding="utf-8") as f:
+                metadata = json.load(f)
+            if not isinstance(metadata, list) or len(metadata) != size:
+                got = f"{len(metadata)} items" if isinstance(metadata, list) else type(metadata).__name__
+                raise ValueError(f"Retriever folder {path!r} is inconsistent: expected {METADATA_FILE} to hold a "
+                                 f"list of {size} items. Received: {got}")
+        retriever.index, retriever._ids, retriever._metadata = index, ids, metadata
+        retriever._identity = identity if identity is not None or encoder is None else encoder_identity(encoder)
+        return retriever
+
+    # ------------------------------------------------------------------
+    # Checks
+    # ------------------------------------------------------------------
+
+    def _looks_like_codes(self, array):
+        return (array is not None and array.dtype == np.uint8 and array.ndim == 2
+                and array.shape[1] == self.index.code_size)
+
+    def _codes_of(self, items, name, method):
+        """Packed codes for `items`: themselves if they are codes, else encoded."""
+        array = _as_array(items)
+        shapes = {} if self.encoder is None else _input_shapes(self.encoder)
+        if self._looks_like_codes(array):
+            if (self.index.code_size,) in shapes.values():
+                raise ValueError(
+                    f"Expected `{name}` to be unambiguous: a uint8 array of shape {array.shape} is both packed "
+                    f"{self.bits}-bit codes and input of this encoder ({type(self.encoder).__name__}). Use "
+                    f"{method}_codes() for codes, or pass float32 inputs. Received: dtype=uint8, shape={array.shape}"
+                )
+            return np.ascontiguousarray(array)
+        if self.encoder is None:
+            return self._check_codes(items, name)
+        if array is not None and shapes and tuple(array.shape[1:]) not in shapes.values():
+            inputs = " or ".join(f"{key} {(None, *shape)}" for key, shape in shapes.items())
+            raise ValueError(
+                f"Expected `{name}` to be this encoder's inputs ({inputs}) or packed codes, a uint8 array of shape "
+                f"(n, {self.index.code_size}). Received: dtype={array.dtype}, shape={array.shape}"
+            )
+        if self._identity is not None and method == "add":
+            self._check_encoder_unchanged()
+        return self.encoder.encode(items)
+
+    def _check_encoder_unchanged(self):
+        """Refuses an encoder whose weights changed since the first add: its new codes would not compare."""
+        current = encoder_identity(self.encoder)
+        if current != self._identity:
+            raise ValueError(
+                f"Expected the encoder that made this Retriever's codes: {_describe(self._identity)}. Received: "
+                f"{_describe(current)} (changed after the first add; re-encode everything into a new Retriever)"
+            )
+        return current
+
+    def _check_codes(self, codes, name):
+        array = _as_array(codes)
+        if not self._looks_like_codes(array):
+            received = ("an object of type " + type(codes).__name__ if array is None
+                        else f"dtype={array.dtype}, shape={array.shape}")
+            encoder = "" if self.encoder is not None else " (this Retriever has no encoder)"
+            raise ValueError(
+                f"Expected `{name}` to be packed codes{encoder}: a uint8 array of shape (n, {self.index.code_size}) "
+                f"for bits={self.bits}, packed as np.packbits. Received: {received}"
+            )
+        return np.ascontiguousarray(array)
+
+    def _check_ids(self, ids, n):
+        if ids is None:
+            if self._ids is not None:
+                raise ValueError("Expected `ids` in every add(): this Retriever was given ids before. "
+                                 "Received: ids=None")
+            return None
+        if self.size and self._ids is None:
+            raise ValueError("Expected no `ids`: this Retriever's rows so far have their positions as ids. "
+                             f"Received: ids with shape {np.shape(ids)}")
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.shape[0] != n:
+            raise ValueError(f"Expected `ids` to be a 1-D integer array of length {n} (one per row). "
+                             f"Received: dtype={ids.dtype}, shape={ids.shape}")
+        if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int64).max):
+            raise ValueError(f"Expected `ids` in [0, 2**63 - 1]. Received: min={ids.min()}, max={ids.max()}")
+        return ids.astype(np.int64)
+
+    def _check_metadata(self, metadata, n):
+        if metadata is None:
+            return None
+        if isinstance(metadata, (str, bytes, dict)) or not hasattr(metadata, "__len__"):
+            raise ValueError(f"Expected `metadata` to be a sequence of {n} items, one per row. "
+                             f"Received: {type(metadata).__name__}")
+        if len(metadata) != n:
+            raise ValueError(f"Expected `metadata` to hold {n} items, one per row. Received: {len(metadata)} items")
+        try:
+            text = json.dumps(list(metadata), default=_json_default, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Expected `metadata` items that JSON can hold (numbers, strings, lists, dicts, None). "
+                             f"Received: {error}") from None
+        return json.loads(text)
+
+
+def _as_array(items):
+    """`items` as a NumPy array when it is one or converts plainly (lists, tensors); else None."""
+    if isinstance(items, np.ndarray):
+        return items
+    if isinstance(items, (list, tuple)) or hasattr(items, "__array__"):
+        try:
+            return np.asarray(items)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _check_destination(path):
+    """Refuses to replace anything but a Retriever folder or an empty folder."""
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise ValueError(f"Expected `path` to be a new folder or one written by Retriever.save. "
+                         f"Received: {path!r}, an existing file")
+    if os.listdir(path) and not _is_retriever_folder(path):
+        raise ValueError(f"Expected `path` to be a new folder or one written by Retriever.save; refusing to replace "
+                         f"another folder. Received: {path!r}, a folder without a Retriever {MANIFEST_FILE}")
+
+
+def _is_retriever_folder(path):
+    try:
+        with open(os.path.join(path, MANIFEST_FILE), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_manifest(path):
+    file = os.path.join(path, MANIFEST_FILE)
+    if not os.path.lexists(path):
+        # A save killed between moving the old folder aside and the new one in:
+        # put the old one back (what the next save to `path` would do first).
+        remove_stale_temporaries(path)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"No Retriever at {path!r}: expected a folder written by Retriever.save, with "
+                                f"{MANIFEST_FILE}. Received: "
+                                f"{'a folder without it' if os.path.isdir(path) else 'no such folder'}")
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except ValueError as error:
+        raise ValueError(f"Retriever folder {path!r} is damaged: expected {MANIFEST_FILE} to be JSON. "
+                         f"Received: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"Expected a Retriever folder (format {FORMAT!r}) at {path!r}. Received: format {found!r}")
+    version = manifest.get("version")
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        newer = " (written by a newer tfhash?)" if _is_int(version) and version > FORMAT_VERSION else ""
+        raise ValueError(f"Retriever folder {path!r} has format version {version!r}{newer}; this tfhash reads "
+                         f"version {FORMAT_VERSION}. Expected version <= {FORMAT_VERSION}. Received: {version!r}")
+    keys = ("bits", "size", "has_ids", "has_metadata", "has_encoder", "encoder")
+    missing = [key for key in keys if key not in manifest]
+    if missing:
+        raise ValueError(f"Retriever folder {path!r} is damaged: expected {MANIFEST_FILE} with {list(keys)}. "
+                         f"Received: no {missing}")
+    return manifest
