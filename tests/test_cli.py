@@ -236,3 +236,18 @@ def test_evaluate_show_writes_the_neighbours_picture(run_dir, tmp_path):
     assert main(["evaluate", run_dir, "--protocol", "digits", "--show", str(picture), "--quiet"]) == 0
     with Image.open(picture) as image:
         assert image.width > image.height > 0  # 5 query rows, a query and 10 neighbours per row
+
+
+@pytest.mark.slow
+def test_evaluate_reuses_the_database_codes_of_an_unchanged_model(run_dir, monkeypatch, capsys):
+    from tfhash.models import base
+
+    assert main(["evaluate", run_dir, "--protocol", "digits", "--quiet"]) == 0
+    first = capsys.readouterr().out
+    (cached,) = os.listdir(os.path.join(run_dir, "codes"))
+    encoded = []
+    real = base.HashModel.encode
+    monkeypatch.setattr(base.HashModel, "encode", lambda self, x, **kw: encoded.append(len(x)) or real(self, x, **kw))
+    assert main(["evaluate", run_dir, "--protocol", "digits", "--quiet"]) == 0
+    assert encoded == [100]  # the 100 digits queries only; the 1,697 database codes came from codes/
+    assert capsys.readouterr().out == first and os.listdir(os.path.join(run_dir, "codes")) == [cached]

@@ -128,8 +128,10 @@ def _evaluate(args):
             raise ValueError(f"--modality text needs an image-text protocol. Received: {data.protocol.name}")
         model = training.load_model(args.model)
         print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
+        # A run directory keeps its database codes (codes/), reused while the model is unchanged.
+        cache = os.path.join(args.model, "codes") if os.path.isdir(args.model) else None
         result, query_codes, database_codes = evaluate_model(model, data, verbose=keras_verbose(args.quiet, "predict"),
-                                                             **options)
+                                                             codes_cache=cache, **options)
         _print_scores("image", result, args)
         _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
         if args.plot:

@@ -121,3 +121,40 @@ def keras_verbose(quiet=False, kind="fit"):
     if sys.stdout is not None and sys.stdout.isatty():
         return 1
     return 2 if kind == "fit" else 0
+
+
+class Progress:
+    """A count of work done on stderr: redrawn in place on a terminal, else
+    one line per tenth of the work (a log gets no carriage returns).
+
+    >>> with Progress("decoding Open Clip Art", 6886) as progress:
+    ...     progress.advance()
+    """
+
+    def __init__(self, what, total, stream=None):
+        import sys
+
+        self.what, self.total, self.done = what, int(total), 0
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._reported = -1
+
+    def advance(self, n=1):
+        self.done += n
+        tenth = self.done * 10 // max(self.total, 1)
+        if self.tty:
+            self.stream.write(f"\r{self.what}: {self.done}/{self.total}")
+        elif tenth > self._reported:
+            self.stream.write(f"{self.what}: {self.done}/{self.total}\n")
+        else:
+            return
+        self._reported = tenth
+        self.stream.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

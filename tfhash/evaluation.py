@@ -1,5 +1,6 @@
 """Scoring a trained model on a protocol, and the plots that go with it."""
 
+import hashlib
 import os
 import typing
 
@@ -8,23 +9,45 @@ import numpy as np
 from tfhash import metrics
 
 
-def encode_protocol(model, data, batch_size=512, verbose=0):
-    """Packed codes of the query and database parts of a `RetrievalData`."""
+def encode_protocol(model, data, batch_size=512, verbose=0, codes_cache=None):
+    """Packed codes of the query and database parts of a `RetrievalData`.
+
+    With `codes_cache` (a folder), the database codes are kept there, keyed by
+    the sha256 of the model's weights and of the database images, and reused
+    while neither changes: a second evaluation encodes the queries only.
+    """
     query_images, _ = data.subset("query")
     database_images, _ = data.subset("database")
-    return (
-        model.encode(query_images, batch_size=batch_size, verbose=verbose),
-        model.encode(database_images, batch_size=batch_size, verbose=verbose),
-    )
+    query_codes = model.encode(query_images, batch_size=batch_size, verbose=verbose)
+    path = None
+    if codes_cache is not None:
+        key = hashlib.sha256()
+        for weights in model.get_weights():
+            key.update(np.ascontiguousarray(weights).tobytes())
+        key.update(np.ascontiguousarray(database_images).tobytes())
+        path = os.path.join(codes_cache, f"database_{data.protocol.name}_{key.hexdigest()[:24]}.npy")
+        if os.path.isfile(path):
+            codes = np.load(path, allow_pickle=False)
+            if codes.shape == (len(database_images), query_codes.shape[1]):
+                return query_codes, codes
+    database_codes = model.encode(database_images, batch_size=batch_size, verbose=verbose)
+    if path is not None:
+        from tfhash.io import save_arrays
+
+        os.makedirs(codes_cache, exist_ok=True)
+        save_arrays(path, database_codes)
+    return query_codes, database_codes
 
 
-def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, **metric_options):
+def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, codes_cache=None, **metric_options):
     """Encodes a protocol's queries and database and scores the ranking.
 
     Args:
         model: a `tfhash.models.HashModel`.
         data: `tfhash.data.RetrievalData`.
         curve: also compute the precision-recall curve over radius 0..K.
+        codes_cache: a folder keeping the database codes for the next
+            evaluation of the same model (`encode_protocol`).
         **metric_options: passed to `tfhash.metrics.evaluate` (ks, map_k,
             radius, normalization, no_relevant, empty); map_k and
             normalization default to the protocol's (the papers' variant).
@@ -33,7 +56,7 @@ def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, **metr
         `(result, query_codes, database_codes)`; `result` is the metrics dict
         with "pr_curve" added when `curve` is set.
     """
-    query_codes, database_codes = encode_protocol(model, data, batch_size, verbose)
+    query_codes, database_codes = encode_protocol(model, data, batch_size, verbose, codes_cache)
     query_labels, database_labels = data.labels[data.split.query], data.labels[data.split.database]
     metric_options = {**data.protocol.metric_options, **metric_options}
     result = metrics.evaluate(query_codes, database_codes, query_labels, database_labels, **metric_options)

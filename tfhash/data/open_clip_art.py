@@ -446,14 +446,108 @@ def _png_size(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
+# PNGs above this many pixels are decoded in strips (`_reduced_rgba`).
+_STRIP_PIXELS = _HUGE_PIXELS
+_STRIP_ROWS = 512
+# Colour types whose 8-bit rows a strip can carry as they are: grey, RGB, grey + alpha, RGBA.
+_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+
+
+def _png_header(path):
+    """(width, height, bit depth, colour type, interlace) from the IHDR chunk."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(33)
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    return width, height, depth, colour, interlace
+
+
+def _png_strips(path, rows):
+    """A big PNG as small PNGs of `rows` rows each, in order, decoded one at a
+    time: its zlib stream is inflated incrementally and each strip's filtered
+    rows re-wrapped, after the row above them (stored unfiltered), which the
+    row filters refer to. Yields (top row, RGBA-or-other PIL image)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    width, height, depth, colour, _ = _png_header(path)
+    row_bytes = 1 + width * _CHANNELS[colour]
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def idat_payloads():
+        with open(path, "rb") as f:
+            f.seek(8)
+            while True:
+                length, kind = struct.unpack(">I4s", f.read(8))
+                data = f.read(length)
+                f.seek(4, 1)
+                if kind == b"IDAT":
+                    yield data
+                elif kind == b"IEND":
+                    return
+
+    inflate, compressed, top, above = zlib.decompressobj(), b"", 0, None
+    payloads = idat_payloads()
+    while top < height:
+        n = min(rows, height - top)
+        strip = b""
+        while len(strip) < n * row_bytes:  # inflate no more than the strip: 2.7 MB of IDAT hold 2.5 GB
+            compressed = compressed or next(payloads)
+            strip += inflate.decompress(compressed, n * row_bytes - len(strip))
+            compressed = inflate.unconsumed_tail
+        prefix = b"" if above is None else b"\x00" + above
+        header = struct.pack(">IIBBBBB", width, n + (above is not None), depth, colour, 0, 0, 0)
+        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(prefix + strip, 1))
+               + chunk(b"IEND", b""))
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+            decoded = image if above is None else image.crop((0, 1, width, n + 1))
+        above = np.asarray(decoded)[-1].tobytes()
+        yield top, decoded
+        top += n
+
+
+def _reduced_rgba(path, size, reducing_gap=3.0):
+    """What `rgba.resize(size, LANCZOS, reducing_gap=3.0)` gives for the PNG at
+    `path` (the same pixels: Pillow's premultiplied box reduction, then its
+    Lanczos step), without holding the full image: strips of `_STRIP_ROWS`
+    rows, a multiple of the reduction factor, are reduced one at a time."""
+    from PIL import Image
+
+    width, height, _, _, _ = _png_header(path)
+    fx = int(width / size[0] / reducing_gap) or 1
+    fy = int(height / size[1] / reducing_gap) or 1
+    rows = max(fy, _STRIP_ROWS // fy * fy)
+    reduced = Image.new("RGBa", (-(-width // fx), -(-height // fy)))
+    for top, strip in _png_strips(path, rows):
+        reduced.paste(strip.convert("RGBA").convert("RGBa").reduce((fx, fy)), (0, top // fy))
+    return reduced.resize(size, Image.Resampling.LANCZOS, box=(0, 0, width / fx, height / fy)).convert("RGBA")
+
+
 def _decode(path, image_size):
     from PIL import Image
+
+    width, height, depth, colour, interlace = _png_header(path)
+    if width * height > _STRIP_PIXELS and depth == 8 and colour in _CHANNELS and not interlace:
+        # Decoded whole, the two 623-megapixel drawings take 2.5 GB, and Pillow's
+        # premultiplied copy for resizing as much again.
+        scale = image_size / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return _on_white(_reduced_rgba(path, size), image_size)
 
     with Image.open(path) as image:
         image.load()
         if image.mode in ("I", "I;16", "I;16B", "F"):  # 16-bit grey: scale to 8 bits first.
             image = Image.fromarray((np.asarray(image, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-        rgba = image.convert("RGBA")
+        # convert() copies even to the same mode: an RGBA drawing of 623
+        # megapixels is 2.5 GB, so it is kept as it is (the same pixels).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     # Resize in RGBA (Pillow premultiplies alpha, so transparent pixels' colours
     # do not bleed in), then pad with transparent pixels: resizing first never
     # allocates the padded square of a huge drawing.
@@ -461,14 +555,23 @@ def _decode(path, image_size):
     size = (max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale)))
     resized = rgba.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     del rgba
+    return _on_white(resized, image_size)
+
+
+def _on_white(resized, image_size):
+    """A resized RGBA picture centred on a white `image_size` square, as RGB uint8."""
+    from PIL import Image
+
     small = Image.new("RGBA", (image_size, image_size), (0, 0, 0, 0))
-    small.paste(resized, ((image_size - size[0]) // 2, (image_size - size[1]) // 2))
+    small.paste(resized, ((image_size - resized.width) // 2, (image_size - resized.height) // 2))
     white = Image.new("RGBA", small.size, (255, 255, 255, 255))
     return np.asarray(Image.alpha_composite(white, small).convert("RGB"), np.uint8)
 
 
-def _decode_all(directory, items, image_size):
+def _decode_all(directory, items, image_size, progress=True):
     from concurrent.futures import ThreadPoolExecutor
+
+    from tfhash.console import Progress
 
     images = np.empty((len(items), image_size, image_size, 3), np.uint8)
 
@@ -476,8 +579,11 @@ def _decode_all(directory, items, image_size):
         images[row] = decode_image(os.path.join(directory, "png", f"{items[row].name}.png"), image_size)
 
     # Pillow releases the GIL while decoding and resizing.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(decode, range(len(items))))
+    what = f"decoding Open Clip Art at {image_size} px (once; then read from the cache)"
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, Progress(what, len(items)) as shown:
+        for _ in pool.map(decode, range(len(items))):
+            if progress:
+                shown.advance()
     return images
 
 
@@ -539,7 +645,7 @@ def load_open_clip_art(data_dir=None, image_size=64, indices=None, cache_dir=Non
         if indices.size and (indices.min() < -len(items) or indices.max() >= len(items)):
             raise ValueError(f"indices must be in [0, {len(items)}). Received: min {indices.min()}, max {indices.max()}")
         items, texts, labels = [items[i] for i in indices], texts[indices], labels[indices]
-    images = _decode_all(directory, items, image_size)
+    images = _decode_all(directory, items, image_size, progress=indices is None)
     if indices is None:
         _write_cache(path, key, images, texts, labels)
     return images, texts, labels
