@@ -279,3 +279,18 @@ def test_damaged_arrays_are_reported_in_one_line(encoder, tmp_path, capsys, cont
     err = capsys.readouterr().err
     assert f"expected inputs in a .npy file (np.save). Received: an unreadable file of {len(content)} bytes" in err
     assert err.count("\n") == 1 and not (tmp_path / "codes.npy").exists()
+
+
+def test_max_epochs_caps_every_trainer_and_says_so(digits_data, monkeypatch, capsys):
+    from tfhash.data import pairwise_batches
+    from tfhash.models import DHN
+
+    monkeypatch.setenv("TFHASH_MAX_EPOCHS", "1")
+    net = DHN(bits=16, input_shape=(8, 8, 1))
+    net.compile(optimizer="adam")
+    images, labels = digits_data.subset("train")
+    history = net.fit(pairwise_batches(images, labels, 100), epochs=30, verbose=0)
+    assert len(history.history["loss"]) == 1 and "TFHASH_MAX_EPOCHS=1: training 1 of 30 epochs" in capsys.readouterr().out
+    monkeypatch.setenv("TFHASH_MAX_EPOCHS", "zero")
+    with pytest.raises(ValueError, match="TFHASH_MAX_EPOCHS must be a positive int. Received: 'zero'"):
+        net.fit(pairwise_batches(images, labels, 100), epochs=2, verbose=0)

@@ -55,6 +55,26 @@ def _write_encoder_savedmodel(model, directory):
     archive.write_out(directory, verbose=False)
 
 
+def write_savedmodel(model, path):
+    """Writes the encoder as a SavedModel at `path` itself, with the
+    `serving_default` signature (what `HashModel.export` writes;
+    `export_savedmodel` puts it in TF Serving's NAME/VERSION layout).
+
+    The folder appears whole (`write_atomically`), replacing one there.
+
+    Args:
+        model: a `tfhash.models.HashModel`.
+        path: the SavedModel folder (parent folders are made).
+
+    Returns:
+        `path`.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda partial: _write_encoder_savedmodel(model, partial))
+    return path
+
+
 def export_savedmodel(model, base_dir, name=None, version=None):
     """Writes `base_dir/<name>/<version>/`, a SavedModel TF Serving can load.
 

@@ -3,6 +3,7 @@ and the cross-replica gather that makes pairwise losses strategy-independent."""
 
 import contextlib
 import dataclasses
+import os
 
 import keras
 import tensorflow as tf
@@ -101,12 +102,39 @@ def build_for_fit(model, optimizers):
                 optimizer.build(variables)
 
 
+def finish_construction(model, cls):
+    """Ends `cls.__init__`: builds `model`, so a model is usable as soon as it
+    is made (`summary`, `count_params`, `save`, `BackupAndRestore`), before any data.
+
+    Skipped while a subclass's own `__init__` still runs: a subclass that
+    overrides `__init__` calls it last, with its own class. Initial weights
+    are those of building later: initializers draw their seeds when layers
+    are made, not when weights are.
+    An encoder (`HashModel`) is built for its serving inputs and called once
+    on symbolic ones, so it has `input`/`output` (and `inputs`/`outputs`) as
+    a functional model does.
+    """
+    if type(model).__init__ is not cls.__init__:
+        return
+    if isinstance(model, HashModel):
+        [(name, spec)] = model.serving_inputs().items()
+        model.build(tuple(spec.shape))
+        model(keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name, name=name))
+    else:
+        model.build()
+
+
 class HashModel(keras.Model):
     """Base class of hashing encoders: `call` gives relaxed codes z in
     [-1, 1]^bits; `encode` gives packed binary codes, `np.packbits(z >= 0)`.
 
     Image encoders take raw images; encoders of other inputs (text) override
-    `serving_inputs` and `check_inputs`."""
+    `serving_inputs` and `check_inputs`.
+
+    Encoders are built when made (`finish_construction`), and keep Keras's
+    habits: `inputs`/`outputs` are the serving input (e.g. uint8 `images`)
+    and the relaxed codes; `export` writes the `serving_default` signature
+    `tfhash export` writes (`tfhash.export`)."""
 
     bits: int
     image_shape: tuple
@@ -115,17 +143,85 @@ class HashModel(keras.Model):
     preprocessing = "raw pixels on a 0-255 scale; the model does its own preprocessing"
 
     @classmethod
-    def from_preset(cls, name):
-        """A pretrained encoder from the zoo (`tfhash.zoo.load`), checked to be a `cls`.
+    def from_preset(cls, preset, *, modality="image", **overrides):
+        """A trained encoder from a zoo entry name, a `.keras` file or a folder
+        (a run directory), checked to be a `cls` (`tfhash.models.presets`).
 
-        `HashModel.from_preset(name)` accepts any entry; `DHN.from_preset(name)` only DHN ones.
+        `HashModel.from_preset(name)` accepts any encoder; `DHN.from_preset(name)` only DHN ones.
+        `overrides` replace config keys, the weights being kept.
         """
-        from tfhash import zoo
+        from tfhash.models.presets import load_preset
 
-        model = zoo.load(name)
-        if not isinstance(model, cls):
-            raise ValueError(f"Zoo entry {name!r} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        return load_preset(preset, expected=(lambda m: isinstance(m, cls), f"a {cls.__name__}"), modality=modality,
+                           **overrides)
+
+    @property
+    def inputs(self):
+        """[the symbolic serving input], as a functional model's `inputs`
+        (from the symbolic call made at construction)."""
+        return [self.input]
+
+    @property
+    def outputs(self):
+        """[the symbolic relaxed codes (None, bits)], as a functional model's `outputs`."""
+        return [self.output]
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Exports the encoder for inference, as `tfhash export` does.
+
+        - "tf_saved_model": a SavedModel at `filepath` with TF Serving's
+          `serving_default` signature: the `serving_inputs()` (uint8 `images`,
+          or float32 `bow`) in, float32 `codes` and uint8 `binary_codes` out
+          (`tfhash.export.write_savedmodel`; `export_savedmodel` adds TF
+          Serving's NAME/VERSION layout).
+        - "litert": a TFLite file with the same signature
+          (`tfhash.export.export_tflite`); `kwargs` are its `quantization`,
+          `representative_inputs` and `num_calibration`.
+        - "onnx", "openvino": Keras's own export of `call` (relaxed codes only),
+          for the `serving_inputs()` unless `input_signature` is given.
+
+        Args:
+            filepath: the SavedModel folder or the file to write.
+            format: one of the above.
+            verbose: print what was written (default True, as Keras).
+            input_signature: only for "onnx" and "openvino"; the others take
+                the encoder's `serving_inputs()`.
+        """
+        from tfhash import export as exporting
+
+        if format in ("tf_saved_model", "litert"):
+            if input_signature is not None:
+                raise ValueError(
+                    f"format={format!r} writes the serving signature for the encoder's own inputs "
+                    f"({_describe_specs(self.serving_inputs())}): input_signature is not taken. "
+                    f"Received: input_signature={input_signature!r}"
+                )
+            if format == "tf_saved_model":
+                if kwargs:
+                    raise ValueError(f"format='tf_saved_model' takes no other options. Received: {sorted(kwargs)}")
+                path = exporting.write_savedmodel(self, filepath)
+            else:
+                allowed = {"quantization", "representative_inputs", "num_calibration"}
+                if set(kwargs) - allowed:
+                    raise ValueError(
+                        f"format='litert' writes through tfhash.export.export_tflite, which takes "
+                        f"{sorted(allowed)}. Received: {sorted(set(kwargs) - allowed)}"
+                    )
+                path = exporting.export_tflite(self, filepath, **kwargs)
+            if verbose is None or verbose:
+                print(f"Saved {format} artifact at {path} (signature {exporting.SIGNATURE!r}: "
+                      f"{_describe_specs(self.serving_inputs())} -> codes float32 (None, {self.bits}), "
+                      f"binary_codes uint8 (None, {self.bits // 8}))")
+            return
+        if format in ("onnx", "openvino"):
+            if input_signature is None:
+                input_signature = list(self.serving_inputs().values())
+            return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature,
+                                  **kwargs)
+        raise ValueError(
+            f"format must be 'tf_saved_model' or 'litert' (tfhash's serving signature), or 'onnx' or "
+            f"'openvino' (Keras's export of the relaxed codes). Received: format={format!r}"
+        )
 
     def serving_inputs(self):
         """Named inputs of the exported encoder: raw uint8 images, batch free.
@@ -147,6 +243,10 @@ class HashModel(keras.Model):
     def encode_real(self, inputs, batch_size=256, verbose=0):
         """Relaxed codes z (n, bits), float32, before the sign."""
         return self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
+
+
+def _describe_specs(specs):
+    return ", ".join(f"{name} {spec.dtype.name} {tuple(spec.shape)}" for name, spec in specs.items())
 
 
 class ImageHashModel(HashModel):
@@ -177,7 +277,10 @@ class ImageHashModel(HashModel):
                                  frozen=freeze_backbone, name="backbone")
 
     def build(self, input_shape=None):
-        """Builds the trunk; subclasses then build their heads on `feature_shape`."""
+        """Builds the trunk; subclasses then build their heads on `feature_shape`
+        (each returning first when built: models are built when made)."""
+        if self.built:
+            return
         if not self.backbone.built:
             self.backbone.build((None, *self.image_shape))
         self.built = True
@@ -268,8 +371,9 @@ class Trainer(keras.Model):
     - `optimizer_roles`: compile's optimizer arguments and their defaults,
       e.g. {"optimizer": "adam", "d_optimizer": "adam"}; `compile` keeps each
       as an attribute of that name, and `optimizer_variables` says what each trains.
-    - Model and optimizers are built inside the strategy's scope before `fit`
-      (`build_for_fit`), once for every subclass.
+    - The model is built when made (each subclass's `__init__` ends with
+      `finish_construction`); its optimizers inside the strategy's scope
+      before `fit` (`build_for_fit`), once for every subclass.
     - `encoders()`: what is exported, by modality ("image", "text"); a method,
       not a property, so Keras's saving walk does not follow it back to the model.
 
@@ -290,6 +394,29 @@ class Trainer(keras.Model):
     def encoders(self):
         """{"image": encoder} (and "text" for image-text methods): the exported `HashModel`s."""
         return {"image": self.encoder}
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, modality="image",
+               **kwargs):
+        """Exports the encoder of `modality` (`encoders()`), as `tfhash export --modality`
+        does: see `HashModel.export`. The training harness is never exported."""
+        encoders = self.encoders()
+        if modality not in encoders:
+            raise ValueError(f"modality must be one of {sorted(encoders)} for {type(self).__name__}. "
+                             f"Received: modality={modality!r}")
+        # A trainer that is its own encoder (DHN) takes HashModel's export, which this one hides.
+        export = encoders[modality].export if encoders[modality] is not self else super(Trainer, self).export
+        return export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+
+    @classmethod
+    def from_preset(cls, preset, *, modality="image", **overrides):
+        """A trained encoder of this method (what the zoo holds: `BGAN.from_preset`
+        gives a `BGANEncoder`) from a zoo entry name, a `.keras` file or a folder
+        (`tfhash.models.presets`); `modality` picks an image-text method's encoder."""
+        from tfhash.models.presets import load_preset
+
+        # A method's encoders are defined beside it, in its module.
+        return load_preset(preset, expected=(lambda m: type(m).__module__ == cls.__module__,
+                                             f"an encoder of {cls.__name__}"), modality=modality, **overrides)
 
     def compile(self, **kwargs):
         """Takes one optimizer per role in `optimizer_roles` (a name, an
@@ -320,6 +447,23 @@ class Trainer(keras.Model):
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         build_for_fit(self, self.optimizer_variables)
+
+    def fit(self, *args, epochs=1, **kwargs):
+        """`keras.Model.fit`; `$TFHASH_MAX_EPOCHS` (e.g. 1) caps the epochs of
+        every tfhash trainer, saying so, so the README's examples and the CLI
+        run in seconds in tests (tests/test_readme.py)."""
+        cap = os.environ.get(MAX_EPOCHS_ENV)
+        if cap:
+            if not cap.isdigit() or int(cap) < 1:
+                raise ValueError(f"{MAX_EPOCHS_ENV} must be a positive int. Received: {cap!r}")
+            if epochs > int(cap):
+                print(f"{MAX_EPOCHS_ENV}={cap}: training {cap} of {epochs} epochs")
+                epochs = int(cap)
+        return super().fit(*args, epochs=epochs, **kwargs)
+
+
+# Caps every trainer's epochs when set (see `Trainer.fit`).
+MAX_EPOCHS_ENV = "TFHASH_MAX_EPOCHS"
 
 
 class EncoderHarness(Trainer):

@@ -41,6 +41,7 @@ from tfhash.models.base import (
     EncoderHarness,
     ImageHashModel,
     TrainingPlan,
+    finish_construction,
     gather_across_replicas,
     real_fake_loss,
     record_losses,
@@ -65,8 +66,11 @@ class BGANEncoder(ImageHashModel):
         super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
         self.projection = layers.Dense(bits, name="fch")
         self.sign = AnnealedSign(beta=beta, name="annealed_sign")
+        finish_construction(self, BGANEncoder)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         super().build()
         self.projection.build(self.feature_shape)
         self.sign.build((None, self.bits))
@@ -150,9 +154,10 @@ class BGAN(EncoderHarness):
         self.neighbour_weight = float(neighbour_weight)
         self.content_weight = float(content_weight)
         self.adversarial_weight = float(adversarial_weight)
+        finish_construction(self, BGAN)
 
     def build(self, input_shape=None):
-        if not self.encoder.built:  # encode() may have built it already
+        if not self.encoder.built:  # built when made, unless a subclass's __init__ skipped it
             self.encoder.build()
         self.built = True
 

@@ -24,7 +24,14 @@ import tensorflow as tf
 from tfhash.layers import HashLayer
 from tfhash.losses import PairwiseCrossEntropy, QuantizationLoss
 from tfhash.models.backbones import SMALL_CNN
-from tfhash.models.base import ImageHashModel, Trainer, TrainingPlan, gather_across_replicas, record_losses
+from tfhash.models.base import (
+    ImageHashModel,
+    Trainer,
+    TrainingPlan,
+    finish_construction,
+    gather_across_replicas,
+    record_losses,
+)
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
@@ -82,8 +89,11 @@ class DHN(Trainer, ImageHashModel):
         self.hash_layer = HashLayer(bits, name="hash")
         self.pairwise_loss = PairwiseCrossEntropy(alpha=alpha, balanced=balanced)
         self.quantization_loss = QuantizationLoss(quantization)
+        finish_construction(self, DHN)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         super().build()
         self.hash_layer.build(self.feature_shape)
 

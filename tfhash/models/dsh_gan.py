@@ -48,6 +48,7 @@ from tfhash.models.base import (
     EncoderHarness,
     ImageHashModel,
     TrainingPlan,
+    finish_construction,
     gather_across_replicas,
     real_fake_loss,
     record_losses,
@@ -74,8 +75,11 @@ class DSHGANEncoder(ImageHashModel):
                  dropout=0.0, **kwargs):
         super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
         self.hash_head = layers.Dense(bits, name="hash")
+        finish_construction(self, DSHGANEncoder)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         super().build()
         if not self.hash_head.built:
             self.hash_head.build(self.feature_shape)
@@ -188,8 +192,11 @@ class DSHGAN(EncoderHarness):
             batch_norm=generator_batch_norm,
         )
         self.generator_batch_norm = bool(generator_batch_norm)
+        finish_construction(self, DSHGAN)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         if not self.encoder.built:
             self.encoder.build()
         width = self.encoder.feature_shape

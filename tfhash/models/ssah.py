@@ -57,6 +57,7 @@ from tfhash.models.base import (
     ImageHashModel,
     Trainer,
     TrainingPlan,
+    finish_construction,
     gather_across_replicas,
     real_fake_loss,
     record_losses,
@@ -106,8 +107,11 @@ class LabNet(keras.Model):
         self.hidden_units, self.feature_units = int(hidden_units), int(feature_units)
         self.hidden = layers.Dense(self.hidden_units, activation="relu", name="hidden")
         self.head = _semantic_head(bits, self.num_labels, self.feature_units, "lab")
+        finish_construction(self, LabNet)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         self.hidden.build((None, self.num_labels))
         _build_head(self.head, self.hidden_units, self.feature_units)
         self.built = True
@@ -153,8 +157,11 @@ class SSAHImageEncoder(ImageHashModel):
         super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
         self.num_labels, self.feature_units = int(num_labels), int(feature_units)
         self.head = _semantic_head(bits, self.num_labels, self.feature_units, "img")
+        finish_construction(self, SSAHImageEncoder)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         super().build()
         _build_head(self.head, self.feature_shape[-1], self.feature_units)
 
@@ -257,8 +264,11 @@ class SSAHTextEncoder(BowEncoder):
         self.fusion = MultiScaleFusion(scales, name="multi_scale_fusion")
         self.hidden = layers.Dense(self.hidden_units, activation="relu", name="hidden")
         self.head = _semantic_head(bits, self.num_labels, self.feature_units, "txt")
+        finish_construction(self, SSAHTextEncoder)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         self.fusion.build((None, self.vocabulary_size))
         self.hidden.build((None, self.vocabulary_size))
         _build_head(self.head, self.hidden_units, self.feature_units)
@@ -406,6 +416,7 @@ class SSAH(Trainer):
         }
         self.phase = "label"
         self._phase_functions = {}
+        finish_construction(self, SSAH)
 
     @property
     def round_epochs(self):
@@ -421,6 +432,8 @@ class SSAH(Trainer):
             position -= self.epochs_per_phase[phase]
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         for net in (self.lab_net, self.image_encoder, self.text_encoder):
             if not net.built:
                 net.build()

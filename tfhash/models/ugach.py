@@ -50,6 +50,7 @@ from tfhash.models.base import (
     HashModel,
     Trainer,
     TrainingPlan,
+    finish_construction,
     gather_across_replicas,
     record_losses,
     replica_share,
@@ -133,6 +134,7 @@ class UGACHImageEncoder(_UGACHEncoder):
                                   input_size=feature_input_size, frozen=True, name="trunk")
             self.feature_dims = int(self.trunk.compute_output_shape((None, *self.image_shape))[-1])
         self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
+        finish_construction(self, UGACHImageEncoder)
 
     @classmethod
     def from_config(cls, config):
@@ -184,6 +186,7 @@ class UGACHTextEncoder(_UGACHEncoder, BowEncoder):
         self.bits = bits
         self.vocabulary_size, self.hidden_units = int(vocabulary_size), int(hidden_units)
         self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
+        finish_construction(self, UGACHTextEncoder)
 
     def build(self, input_shape=None):
         if not self.head.built:
@@ -292,6 +295,7 @@ class UGACH(Trainer):
         self.text_encoder = UGACHTextEncoder(bits, vocabulary_size, hidden_units, name="text_encoder")
         self.generator_image = TwoLayerHash(bits, hidden_units, name="generator_image")
         self.generator_text = TwoLayerHash(bits, hidden_units, name="generator_text")
+        finish_construction(self, UGACH)
 
     @property
     def bits(self):
@@ -301,6 +305,8 @@ class UGACH(Trainer):
         return {"image": self.image_encoder, "text": self.text_encoder}
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         self.image_encoder.build()
         self.text_encoder.build()
         self.generator_image.build((None, self.image_encoder.feature_dims))
