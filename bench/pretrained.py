@@ -3,6 +3,13 @@
     .venv/bin/python bench/pretrained.py bgan  [--bits 32] [--input-size 224] [--seed 0]
     .venv/bin/python bench/pretrained.py oca   [--bits 32] [--seed 0]
     .venv/bin/python bench/pretrained.py ugach [--bits 32 64] [--seed 0]
+    .venv/bin/python bench/pretrained.py sizes
+
+sizes: how much the ImageNet features say about Fashion-MNIST's classes at
+  the side Lite0 sees them: the share of each of 2,000 training images' 10
+  nearest neighbours (Euclidean, `tfhash.neighbours.knn`) with
+  its label, pixel PCA beside Lite0 at 32, 64, 96, 128 and 224 px, with the
+  images encoded per second (a diagnostic on training labels only).
 
 The trunk is EfficientNetLite0 with its ImageNet weights (offline, `tfhash[pretrained]`).
 Nothing is selected on the queries: every model is scored once; UGACH and
@@ -138,15 +145,31 @@ def ugach(args):
     return {"seed": args.seed, "runs": out}
 
 
+def sizes(args):
+    data = load_protocol("fashion_mnist")
+    images, labels = (a[:2000] for a in data.subset("train"))
+    out = {"pixels": {"share": neighbour_label_share(pixel_features(images), labels, 10)}}
+    for side in (32, 64, 96, 128, 224):
+        start = time.time()
+        features = pretrained_features(images, TRUNK, input_size=side, cache=False)
+        out[side] = {"share": neighbour_label_share(features, labels, 10),
+                     "images_per_second": len(images) / (time.time() - start)}
+    print("Fashion-MNIST, 2,000 training images: share of the 10 nearest neighbours with the image's label")
+    for name, row in out.items():
+        speed = f"   {row['images_per_second']:.0f} images/s" if "images_per_second" in row else ""
+        print(f"  {'pixel PCA' if name == 'pixels' else f'{TRUNK} @{name} px':24s} {row['share']:.3f}{speed}")
+    return {str(k): v for k, v in out.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["bgan", "oca", "ugach"])
+    parser.add_argument("part", choices=["bgan", "oca", "ugach", "sizes"])
     parser.add_argument("--bits", type=int, nargs="+", default=[32])
     parser.add_argument("--input-size", type=int, default=224, help="side EfficientNetLite0 sees for bgan (its ImageNet size)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
-    record = {"bgan": bgan, "oca": oca, "ugach": ugach}[args.part](args)
+    record = {"bgan": bgan, "oca": oca, "ugach": ugach, "sizes": sizes}[args.part](args)
     path = "bench/results/pretrained.json" if args.part == "bgan" else f"bench/results/pretrained_{args.part}.json"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(record, path)

@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/tflite.py [RUN] [--bits 32]
 
-RUN is a run directory (`tfhash train --output`) or a zoo recipe name; without
-it the zoo's `dhn_fashion_mnist_BITS` recipe is trained first. Exports the
+RUN is a run directory (`tfhash train --output`), a zoo entry (its image
+encoder, and the `_text` entry beside an `_image` one, from the zoo in use:
+`TFHASH_ZOO_URL`, or the package's manifest and files) or a recipe name
+(trained first); without it the zoo's `dhn_fashion_mnist_BITS` recipe is
+trained. Exports the
 image encoder as float32, dynamic-range int8 and full int8 (calibrated on 200
 seeded training images) TFLite files and prints, for each, the fraction of
 code bits equal to the Keras codes over the protocol's query and database
@@ -28,8 +31,19 @@ from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_tflite  # noqa: E
 
 
 def load(run, bits):
-    """(image encoder, text encoder or None, loaded protocol) of a run directory or recipe."""
-    if run and os.path.isdir(run):
+    """(image encoder, text encoder or None, loaded protocol) of a run directory, zoo entry or recipe."""
+    from tfhash import zoo
+    from tfhash.models import HashModel
+
+    manifest = zoo.read_manifest()
+    if run in manifest["entries"]:
+        item = zoo.entry(run, manifest)
+        recipe = recipes.read(os.path.join(zoo.manifest_path().parent, item["recipe"]))
+        text = run[: -len("_image")] + "_text" if run.endswith("_image") else None
+        encoders = {"image": HashModel.from_preset(run)}
+        if text in manifest["entries"]:
+            encoders["text"] = HashModel.from_preset(text)
+    elif run and os.path.isdir(run):
         recipe = training.read_run(run)["recipe"]
         encoders = {m: training.load_model(run, m) for m in ("image", "text")
                     if os.path.exists(os.path.join(run, training.ENCODER_FILE.format(modality=m)))}
