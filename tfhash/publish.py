@@ -87,15 +87,22 @@ def publish_all(*, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, verbose=0):
 def build(name, *, manifest_file=None, data=None):
     """Re-trains the recipe behind an entry and compares its mAP with the manifest's.
 
-    `manifest_file` defaults to the manifest in use; the entry's recipe path is
-    relative to its folder, as `publish` writes it.
+    `manifest_file` defaults to the manifest in use (`TFHASH_ZOO_URL`'s, or the
+    package's); the entry's recipe path is relative to the manifest's folder,
+    as `publish` writes it, and read from there (a file or a URL).
 
     Returns `{"entry", "expected", "measured", "tolerance", "ok"}`: ok when
     |measured - expected| <= tolerance.
     """
-    manifest_file = Path(manifest_file or zoo.manifest_path())
-    item = zoo.entry(name, zoo.read_manifest(manifest_file))
-    recipe = recipes.read((manifest_file.parent / item["recipe"]).resolve())
+    import json
+
+    manifest = zoo.read_manifest(manifest_file)
+    item = zoo.entry(name, manifest)
+    where = manifest["_origin"] + item["recipe"]
+    try:
+        recipe = recipes.check(json.loads(zoo.fetch_text(where)))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"The recipe {where} of zoo entry {name!r} is not valid JSON: {e}") from None
     result = train(recipe=recipe, data=data, verbose=0)
     modality = next(m for m, n in entry_names(recipe, result.encoders).items() if n == name)
     measured, expected = result.scores[modality]["map"], item["metric"]["value"]

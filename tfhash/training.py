@@ -148,7 +148,8 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
                              callbacks=[StopOnNonFinite(), *plan.callbacks, *callbacks]).history
     seconds = round(time.time() - start, 1)
     encoders = plan.model.encoders()
-    scores = score_encoders(encoders, data) if score else {}
+    codes = os.path.join(output_dir, "codes") if output_dir and is_chief() else None
+    scores = score_encoders(encoders, data, codes) if score else {}
     result = Result(recipe, encoders, scores, seconds, plan.model, history)
     if output_dir and is_chief():
         save_run(result, output_dir, strategy=dist)
@@ -167,12 +168,14 @@ def _check_modalities(record, protocol):
         )
 
 
-def score_encoders(encoders, data):
-    """mAP@all and P@100 of each encoder as the query side, on the protocol's queries."""
+def score_encoders(encoders, data, codes_cache=None):
+    """mAP@all and P@100 of each encoder as the query side, on the protocol's
+    queries; an image method's database codes kept in `codes_cache` (a run's
+    `codes/`, which `tfhash evaluate` then reuses)."""
     from tfhash.evaluation import evaluate_cross_modal, evaluate_model
 
     if "text" not in encoders:
-        result, _, _ = evaluate_model(encoders["image"], data, curve=False)
+        result, _, _ = evaluate_model(encoders["image"], data, curve=False, codes_cache=codes_cache)
         return {"image": {"map": result["map"], "precision@100": result["precision@100"]}}
     result = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"), data.subset("database"))
     return {

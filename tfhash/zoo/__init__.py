@@ -73,11 +73,12 @@ def read_manifest(path=None):
     """
     url = os.environ.get(URL_ENV)
     if path is None and url and not os.environ.get(MANIFEST_ENV):
-        base = _folder_url(url)
-        text, where = _fetch_text(base + "manifest.json"), base + "manifest.json"
+        base = origin = _folder_url(url)
+        text, where = fetch_text(base + "manifest.json"), base + "manifest.json"
     else:
         path = Path(path or manifest_path())
-        where, base = str(path), _folder_url(url) if url else path.resolve().parent.as_uri() + "/"
+        origin = path.resolve().parent.as_uri() + "/"
+        where, base = str(path), _folder_url(url) if url else origin
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -95,7 +96,7 @@ def read_manifest(path=None):
             raise ZooError(f"Zoo manifest entry {name!r} is malformed: missing {missing}")
     if path is not None and not url and manifest.get("base_url"):  # a local manifest, its files hosted elsewhere
         base = manifest["base_url"]
-    manifest["_base"] = base
+    manifest["_base"], manifest["_origin"] = base, origin  # its files' folder; its own folder (recipes/)
     return manifest
 
 
@@ -110,14 +111,15 @@ def write_manifest(manifest, path):
 TIMEOUT = 30
 
 
-def _fetch_text(url):
+def fetch_text(url):
+    """The text at `url` (http, https or file), or a `ZooError` naming it."""
     import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             return response.read().decode("utf-8")
     except (urllib.error.URLError, OSError, UnicodeDecodeError) as e:
-        raise ZooError(f"Could not read the zoo manifest {url}: {e}. Expected a zoo folder (manifest.json, files/) "
+        raise ZooError(f"Could not read {url}: {e}. Expected a zoo folder (manifest.json, files/, recipes/) "
                        f"there: check {URL_ENV}") from None
 
 
