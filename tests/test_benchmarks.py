@@ -55,9 +55,13 @@ def test_unknown_database_convention_is_refused():
         protocols.draw_split(np.repeat(np.arange(2), 10), 1, 2, seed=0, database="all")
 
 
-def test_cifar10_loader_reads_train_then_test_through_tfds():
+def test_cifar10_loader_reads_train_then_test_through_tfds(monkeypatch):
     import tensorflow_datasets as tfds
 
+    from tfhash.data import remote
+
+    # mock_data serves the examples in place of a download; the offline check would refuse first.
+    monkeypatch.setattr(remote, "reachable", lambda url, timeout=remote.PROBE_SECONDS: True)
     with tfds.testing.mock_data(num_examples=7):
         images, labels = load_cifar10()
     assert images.shape == (14, 32, 32, 3) and images.dtype == np.uint8
@@ -96,10 +100,13 @@ def test_evaluation_uses_the_protocols_metric_variant(monkeypatch):
     assert result["map_k"] == "all"
 
 
-def test_coco_loader_keeps_labelled_images_as_multi_hot_rows():
+def test_coco_loader_keeps_labelled_images_as_multi_hot_rows(monkeypatch):
     import tensorflow_datasets as tfds
 
+    from tfhash.data import remote
     from tfhash.data.coco import load_coco
+
+    monkeypatch.setattr(remote, "reachable", lambda url, timeout=remote.PROBE_SECONDS: True)  # as above
 
     with tfds.testing.mock_data(num_examples=6):
         images, labels = load_coco(image_size=16)
