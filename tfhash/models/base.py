@@ -448,18 +448,19 @@ class Trainer(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         build_for_fit(self, self.optimizer_variables)
 
-    def fit(self, *args, epochs=1, **kwargs):
+    def fit(self, *args, **kwargs):
         """`keras.Model.fit`; `$TFHASH_MAX_EPOCHS` (e.g. 1) caps the epochs of
-        every tfhash trainer, saying so, so the README's examples and the CLI
-        run in seconds in tests (tests/test_readme.py)."""
+        every tfhash trainer (given as `epochs=`), saying so, so the README's
+        examples and the CLI run in seconds in tests (tests/test_readme.py)."""
         cap = os.environ.get(MAX_EPOCHS_ENV)
         if cap:
             if not cap.isdigit() or int(cap) < 1:
                 raise ValueError(f"{MAX_EPOCHS_ENV} must be a positive int. Received: {cap!r}")
+            epochs = kwargs.get("epochs", 1)
             if epochs > int(cap):
                 print(f"{MAX_EPOCHS_ENV}={cap}: training {cap} of {epochs} epochs")
-                epochs = int(cap)
-        return super().fit(*args, epochs=epochs, **kwargs)
+                kwargs["epochs"] = int(cap)
+        return super().fit(*args, **kwargs)
 
 
 # Caps every trainer's epochs when set (see `Trainer.fit`).
