@@ -37,8 +37,9 @@ def load(run, bits):
 
     manifest = zoo.read_manifest()
     if run in manifest["entries"]:
-        item = zoo.entry(run, manifest)
-        recipe = recipes.read(os.path.join(zoo.manifest_path().parent, item["recipe"]))
+        from tfhash.publish import entry_recipe
+
+        recipe = entry_recipe(run, manifest)
         text = run[: -len("_image")] + "_text" if run.endswith("_image") else None
         encoders = {"image": HashModel.from_preset(run)}
         if text in manifest["entries"]:

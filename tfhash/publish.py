@@ -84,6 +84,19 @@ def publish_all(*, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, verbose=0):
             for name in publish(recipe, zoo_dir=zoo_dir, tolerance=tolerance, verbose=verbose)]
 
 
+def entry_recipe(name, manifest=None):
+    """The checked recipe behind a zoo entry, read beside its manifest
+    (`recipes/NAME.json`: a local file, or from the zoo's URL)."""
+    import json
+
+    manifest = manifest or zoo.read_manifest()
+    where = manifest["_origin"] + zoo.entry(name, manifest)["recipe"]
+    try:
+        return recipes.check(json.loads(zoo.fetch_text(where)))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"The recipe {where} of zoo entry {name!r} is not valid JSON: {e}") from None
+
+
 def build(name, *, manifest_file=None, data=None):
     """Re-trains the recipe behind an entry and compares its mAP with the manifest's.
 
@@ -94,15 +107,9 @@ def build(name, *, manifest_file=None, data=None):
     Returns `{"entry", "expected", "measured", "tolerance", "ok"}`: ok when
     |measured - expected| <= tolerance.
     """
-    import json
-
     manifest = zoo.read_manifest(manifest_file)
     item = zoo.entry(name, manifest)
-    where = manifest["_origin"] + item["recipe"]
-    try:
-        recipe = recipes.check(json.loads(zoo.fetch_text(where)))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"The recipe {where} of zoo entry {name!r} is not valid JSON: {e}") from None
+    recipe = entry_recipe(name, manifest)
     result = train(recipe=recipe, data=data, verbose=0)
     modality = next(m for m, n in entry_names(recipe, result.encoders).items() if n == name)
     measured, expected = result.scores[modality]["map"], item["metric"]["value"]
