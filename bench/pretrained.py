@@ -4,6 +4,7 @@
     .venv/bin/python bench/pretrained.py oca   [--bits 32] [--seed 0]
     .venv/bin/python bench/pretrained.py ugach [--bits 32 64] [--seed 0]
     .venv/bin/python bench/pretrained.py sizes
+    .venv/bin/python bench/pretrained.py dsh_gan [--seeds 0 1 2] [--input-size 64] [--epochs 10] [--few-epochs 6] [--scratch]
 
 sizes: how much the ImageNet features say about Fashion-MNIST's classes at
   the side Lite0 sees them: the share of each of 2,000 training images' 10
@@ -38,13 +39,28 @@ ugach: UGACH's claim, the generator beats the discriminator trained on the
   VGG19 fc7), at each --bits, the recipe's settings; epochs kept by the
   label-free held-out pair score.
 
-DSH-GAN on a pretrained trunk is not run: its shared CNN reads every generated
-image, so the trunk cannot be cached and runs forward and backward on 256
-images a step; at 64 px that is ~2 s a step, ~40 min per model for the
-recipe's 1,170 steps, 12 models for the issue's 3 seeds x 4 runs.
+dsh_gan: DSH-GAN's two targets on one frozen Lite0 trunk shared with DHN
+  (Fashion-MNIST protocol), for each --seeds: with all labels, DSH-GAN vs DHN;
+  with --fraction of the labels (drawn per class by the seed, as the recipe's
+  plan does), DSH-GAN (the rest unlabelled) vs DHN on the labelled rows alone;
+  each pair at equal optimizer steps. Sized for 2 CPU cores:
+  - frozen, not fine-tuned: the real images' features are computed once
+    (`trunk_inputs`); the 256 synthetic images of each step still go through
+    the trunk (forward for the shared CNN's update, forward and backward for
+    the generator's), ~1.3 s a step at 64 px, against ~0.1 s for DHN's head;
+  - 64 px, the smallest side at which Lite0's features match pixel PCA's on
+    Fashion-MNIST (`sizes`: 10-NN label share 0.714 vs 0.721; 0.617 at 32 px);
+  - --epochs 10 with all labels (390 steps) and --few-epochs 6 with the
+    fraction (420 steps), a third of the recipes' 30 / 17: ~9 min a DSH-GAN
+    model, so 3 seeds x 2 settings fit in an hour.
+  Every model is scored once after its last epoch, on the queries against the
+  database through the same cached features (the encoder passes a frozen
+  trunk's features through, `encoder(images) == encoder(features)`).
+  --scratch adds the recipes' small CNN (from scratch) at the same steps.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -161,15 +177,90 @@ def sizes(args):
     return {str(k): v for k, v in out.items()}
 
 
+def dsh_gan(args):
+    import numpy as np
+
+    from tfhash import metrics
+    from tfhash.data import draw_labelled
+    from tfhash.layers import SignPack
+
+    bits = args.bits[0]
+    data = load_protocol("fashion_mnist")
+    trunk = {"backbone": TRUNK, "backbone_weights": "imagenet", "freeze_backbone": True,
+             "backbone_input_size": args.input_size}
+    start = time.time()
+    features = {part: pretrained_features(data.subset(part)[0], TRUNK, input_size=args.input_size)
+                for part in ("query", "database")}
+    feature_seconds = time.time() - start
+    labels = {part: data.subset(part)[1] for part in ("query", "database")}
+    train_labels = data.subset("train")[1]
+    dhn_batch = training.resolve(recipe=f"dhn_fashion_mnist_{bits}")["settings"]["batch_size"]
+    dsh_batch = training.resolve(recipe=f"dsh_gan_fashion_mnist_{bits}")["settings"]["batch_size"]
+
+    def score(encoder, pretrained):
+        codes = {}
+        for part in ("query", "database"):
+            inputs = features[part] if pretrained else data.subset(part)[0]
+            codes[part] = SignPack()(encoder.predict(inputs, batch_size=1024, verbose=0)).numpy()
+        return metrics.evaluate(codes["query"], codes["database"], labels["query"], labels["database"],
+                                **data.protocol.metric_options)["map"]
+
+    record = {"bits": bits, "input_size": args.input_size, "fraction": args.fraction, "epochs": args.epochs,
+              "few_epochs": args.few_epochs, "feature_seconds": feature_seconds, "runs": {}}
+    trunks = {"pretrained": trunk, **({"scratch": {}} if args.scratch else {})}
+    for seed in args.seeds:
+        labelled = draw_labelled(train_labels, args.fraction, seed=seed)
+        few = dataclasses.replace(data, split=dataclasses.replace(data.split, train=data.split.train[labelled]))
+        n, few_n = len(train_labels), int(labelled.sum())
+        steps = (n // dsh_batch) * args.epochs
+        few_steps = ((n - few_n) // (dsh_batch // 2)) * args.few_epochs  # half of each batch is unlabelled
+        runs = (("all", "dhn", data, {"epochs": -(-steps // (n // dhn_batch))}, steps),
+                ("all", "dsh_gan", data, {"epochs": args.epochs}, steps),
+                ("fraction", "dhn", few, {"epochs": -(-few_steps // (few_n // dhn_batch))}, few_steps),
+                ("fraction", "dsh_gan", data, {"epochs": args.few_epochs, "labelled_fraction": args.fraction},
+                 few_steps))
+        for kind, settings in trunks.items():
+            for setting, method, run_data, schedule, run_steps in runs:
+                result = training.train(recipe=f"{method}_fashion_mnist_{bits}", seed=seed, data=run_data,
+                                        score=False, verbose=0, **schedule, **settings)
+                name = f"{kind} {setting} {method} seed {seed}"
+                record["runs"][name] = {"map": score(result.encoders["image"], kind == "pretrained"),
+                                        "steps": run_steps, "train_seconds": result.seconds, **schedule}
+                print(f"  {name:38s} mAP@all {record['runs'][name]['map']:.4f}  {run_steps} steps  "
+                      f"{result.seconds:.0f} s", flush=True)
+                write_json(record, "bench/results/pretrained_dsh_gan.json")  # kept run by run: an hour's work
+
+    print(f"DSH-GAN vs DHN, Fashion-MNIST, {bits} bits, {TRUNK} frozen @{args.input_size} px, mAP@all "
+          f"(features of the queries and database in {feature_seconds:.0f} s, cached):")
+    for kind in trunks:
+        for setting, target in (("all", ">="), ("fraction", ">")):
+            pairs = [(record["runs"][f"{kind} {setting} dsh_gan seed {s}"]["map"],
+                     record["runs"][f"{kind} {setting} dhn seed {s}"]["map"]) for s in args.seeds]
+            dsh, dhn = np.mean(pairs, axis=0)
+            label = "all labels" if setting == "all" else f"{args.fraction:.0%} labels (DHN on them alone)"
+            print(f"  {kind:10s} {label:34s} DSH-GAN {' / '.join(f'{p[0]:.4f}' for p in pairs)} (mean {dsh:.4f})"
+                  f"   DHN {' / '.join(f'{p[1]:.4f}' for p in pairs)} (mean {dhn:.4f})"
+                  f"   ratio {dsh / dhn:.3f} (target {target} 1)")
+    return record
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["bgan", "oca", "ugach", "sizes"])
+    parser.add_argument("part", choices=["bgan", "oca", "ugach", "sizes", "dsh_gan"])
     parser.add_argument("--bits", type=int, nargs="+", default=[32])
-    parser.add_argument("--input-size", type=int, default=224, help="side EfficientNetLite0 sees for bgan (its ImageNet size)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="side EfficientNetLite0 sees: bgan 224 (its ImageNet size), dsh_gan 64")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dsh_gan")
+    parser.add_argument("--fraction", type=float, default=0.1, help="dsh_gan: labelled share of the second setting")
+    parser.add_argument("--epochs", type=int, default=10, help="dsh_gan: epochs with all labels")
+    parser.add_argument("--few-epochs", type=int, default=6, help="dsh_gan: epochs with the fraction")
+    parser.add_argument("--scratch", action="store_true", help="dsh_gan: also the small CNN from scratch")
     args = parser.parse_args(argv)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
-    record = {"bgan": bgan, "oca": oca, "ugach": ugach, "sizes": sizes}[args.part](args)
+    if args.input_size is None:  # each part's default: see the module's docstring
+        args.input_size = 64 if args.part == "dsh_gan" else 224
+    record = {"bgan": bgan, "oca": oca, "ugach": ugach, "sizes": sizes, "dsh_gan": dsh_gan}[args.part](args)
     path = "bench/results/pretrained.json" if args.part == "bgan" else f"bench/results/pretrained_{args.part}.json"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(record, path)

@@ -251,3 +251,24 @@ def test_evaluate_reuses_the_database_codes_of_an_unchanged_model(run_dir, monke
     assert main(["evaluate", run_dir, "--protocol", "digits", "--quiet"]) == 0
     assert encoded == [100]  # the 100 digits queries only; the 1,697 database codes came from codes/
     assert capsys.readouterr().out == first and os.listdir(os.path.join(run_dir, "codes")) == [cached]
+
+
+@pytest.mark.slow
+def test_encode_database_shares_the_runs_codes_with_evaluate(run_dir, tmp_path, monkeypatch):
+    from tfhash.data import load_protocol
+    from tfhash.models import base
+
+    assert main(["evaluate", run_dir, "--protocol", "digits", "--quiet"]) == 0
+    encoded = []
+    real = base.HashModel.encode
+    monkeypatch.setattr(base.HashModel, "encode", lambda self, x, **kw: encoded.append(len(x)) or real(self, x, **kw))
+    output = str(tmp_path / "database.npy")
+    assert main(["encode", run_dir, "--protocol", "digits", "--output", output, "--quiet"]) == 0
+    assert encoded == []  # evaluate's 1,697 database codes, read from codes/
+    assert main(["encode", run_dir, "--protocol", "digits", "--part", "query", "--output", output, "--quiet"]) == 0
+    assert encoded == [100]  # other parts are encoded
+    # What encode wrote equals encoding the database now.
+    model = training.load_model(run_dir)
+    assert main(["encode", run_dir, "--protocol", "digits", "--output", output, "--quiet"]) == 0
+    data = load_protocol("digits")
+    np.testing.assert_array_equal(np.load(output), real(model, data.subset("database")[0]))

@@ -67,3 +67,23 @@ def test_ugach_reads_pretrained_image_features(digits_cross_modal, tmp_path):
     reloaded = training.load_model(str(tmp_path / "run"), "image")
     assert reloaded.get_config()["features"] == "EfficientNetLite0"
     np.testing.assert_array_equal(reloaded.encode(images), model.image_encoder.encode(images))
+
+
+@pytest.mark.slow
+def test_dsh_gan_reads_the_real_images_features_and_passes_its_synthetic_ones_through_the_trunk(digits_data):
+    result = training.train("dsh_gan", data=digits_data, bits=16, epochs=1, batch_size=64, labelled_fraction=0.5,
+                            verbose=0, freeze_backbone=True, **TRUNK)
+    assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.history["g_loss"]).all()
+    model = result.model
+    images = digits_data.images[:16].astype("float32")
+    features = backbones.pretrained_features(digits_data.images[:16], "EfficientNetLite0", input_size=32)
+    fakes = model.generate(np.arange(16) % 10).astype("float32")
+    # The step's heads on [real features; synthetic images] are its heads on [real images; synthetic images].
+    for from_features, from_images in zip(model._heads(features, fakes, training=True),
+                                          model._heads(images, fakes, training=True)):
+        assert from_features.shape[0] == 32
+        np.testing.assert_allclose(np.asarray(from_features), np.asarray(from_images), atol=SAME_COMPUTATION)
+    # Frozen: the trunk keeps its ImageNet weights (the generator's gradient only passes through it).
+    reference = backbones.Backbone("EfficientNetLite0", images.shape[1:], weights="imagenet", input_size=32, frozen=True)
+    for trained, original in zip(model.encoder.backbone.trunk.weights, reference.trunk.weights):
+        np.testing.assert_array_equal(np.asarray(trained), np.asarray(original))

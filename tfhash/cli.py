@@ -194,7 +194,15 @@ def _encode(args):
         # Image-text protocols give (images, texts, labels); the modality picks the column.
         inputs = part[0] if args.modality == "image" else part[1]
         ids = getattr(data.split, args.part)
-    codes = model.encode(inputs, batch_size=args.batch_size, verbose=keras_verbose(args.quiet, "predict"))
+    verbose = keras_verbose(args.quiet, "predict")
+    if not args.inputs and args.part == "database" and os.path.isdir(args.model):
+        from tfhash.evaluation import encode_cached
+
+        # The run's database codes (codes/), shared with `evaluate` while the model is unchanged.
+        codes = encode_cached(model, inputs, os.path.join(args.model, "codes"),
+                              f"database_{data.protocol.name}", args.batch_size, verbose)
+    else:
+        codes = model.encode(inputs, batch_size=args.batch_size, verbose=verbose)
     if args.output:
         from tfhash.io import save_arrays
 

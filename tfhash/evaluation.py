@@ -12,31 +12,38 @@ from tfhash import metrics
 def encode_protocol(model, data, batch_size=512, verbose=0, codes_cache=None):
     """Packed codes of the query and database parts of a `RetrievalData`.
 
-    With `codes_cache` (a folder), the database codes are kept there, keyed by
-    the sha256 of the model's weights and of the database images, and reused
-    while neither changes: a second evaluation encodes the queries only.
+    With `codes_cache` (a folder), the database codes are kept there
+    (`encode_cached`): a second evaluation encodes the queries only.
     """
     query_images, _ = data.subset("query")
     database_images, _ = data.subset("database")
     query_codes = model.encode(query_images, batch_size=batch_size, verbose=verbose)
-    path = None
-    if codes_cache is not None:
-        key = hashlib.sha256()
-        for weights in model.get_weights():
-            key.update(np.ascontiguousarray(weights).tobytes())
-        key.update(np.ascontiguousarray(database_images).tobytes())
-        path = os.path.join(codes_cache, f"database_{data.protocol.name}_{key.hexdigest()[:24]}.npy")
-        if os.path.isfile(path):
-            codes = np.load(path, allow_pickle=False)
-            if codes.shape == (len(database_images), query_codes.shape[1]):
-                return query_codes, codes
-    database_codes = model.encode(database_images, batch_size=batch_size, verbose=verbose)
-    if path is not None:
-        from tfhash.io import save_arrays
-
-        os.makedirs(codes_cache, exist_ok=True)
-        save_arrays(path, database_codes)
+    database_codes = encode_cached(model, database_images, codes_cache, f"database_{data.protocol.name}",
+                                   batch_size, verbose)
     return query_codes, database_codes
+
+
+def encode_cached(model, inputs, codes_cache, name, batch_size=512, verbose=0):
+    """`model.encode(inputs)`, kept in the folder `codes_cache` (None: not
+    kept) as `{name}_{key}.npy`, keyed by the sha256 of the model's weights
+    and of the inputs, and reused while neither changes."""
+    if codes_cache is None:
+        return model.encode(inputs, batch_size=batch_size, verbose=verbose)
+    key = hashlib.sha256()
+    for weights in model.get_weights():
+        key.update(np.ascontiguousarray(weights).tobytes())
+    key.update(np.ascontiguousarray(inputs).tobytes())
+    path = os.path.join(codes_cache, f"{name}_{key.hexdigest()[:24]}.npy")
+    if os.path.isfile(path):
+        codes = np.load(path, allow_pickle=False)
+        if codes.shape == (len(inputs), model.bits // 8):
+            return codes
+    codes = model.encode(inputs, batch_size=batch_size, verbose=verbose)
+    from tfhash.io import save_arrays
+
+    os.makedirs(codes_cache, exist_ok=True)
+    save_arrays(path, codes)
+    return codes
 
 
 def evaluate_model(model, data, *, batch_size=512, verbose=0, curve=True, codes_cache=None, **metric_options):

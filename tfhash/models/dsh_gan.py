@@ -25,6 +25,7 @@ No public implementation exists; the choices the paper leaves open, one line eac
 - Loss weights: 1 each (the paper sums the three losses); the recipes use adversarial weight 0.1.
 - Generator: a dense layer and two transposed convolutions, DCGAN's Adam(2e-4, beta_1=0.5), no batch norm.
 - Generator loss: the non-saturating -log D(G(.)); real and synthetic images share one batch-norm pass.
+- A frozen ImageNet trunk: the real images' features computed once; the synthetic ones go through it each step.
 - Randomness: noise and drawn classes stateless, keyed by `seed` and the step, drawn for the global batch.
 - `pairwise_weight` (not in the paper, off): DHN's balanced pairwise loss on the labelled real rows' 2 H - 1.
 
@@ -251,8 +252,17 @@ class DSHGAN(EncoderHarness):
         fakes = 255.0 * self.generator(tf.concat([noise, conditions], axis=-1), training=training)
         return fakes, conditions, tf.cast(has_negative, self.compute_dtype)
 
-    def _heads(self, images, training):
-        features = self.encoder.representation(images, training=training)
+    def _heads(self, real, fakes, training):
+        """Class, hash and adversary logits of the rows [real; fakes]."""
+        if len(real.shape) == 2:
+            # A frozen trunk's features of the real images, computed once
+            # (`trunk_inputs`): only the synthetic images go through the trunk.
+            # It runs in inference mode, a function of each row alone, so this
+            # is the joint pass's result.
+            features = tf.concat([self.encoder.representation(real, training=training),
+                                  self.encoder.representation(fakes, training=training)], 0)
+        else:  # one pass: real and synthetic images share the trunk's batch norm
+            features = self.encoder.representation(tf.concat([real, fakes], 0), training=training)
         return self.classifier(features), self.encoder.hash_head(features), self.adversary(features)[:, 0]
 
     def _classification(self, logits, targets):
@@ -300,7 +310,7 @@ class DSHGAN(EncoderHarness):
         fakes, conditions, has_negative = self._synthesize(targets, labelled, step, training=True)
         fakes = tf.stop_gradient(fakes)
         with tf.GradientTape() as tape:
-            logits, hash_logits, adversary = self._heads(tf.concat([images, fakes], 0), training=True)
+            logits, hash_logits, adversary = self._heads(images, fakes, training=True)
             class_x, class_pos, class_neg = split(logits)
             h_x, h_pos, h_neg = split(tf.sigmoid(hash_logits))
             adv_x, adv_pos, adv_neg = split(adversary)
@@ -330,7 +340,7 @@ class DSHGAN(EncoderHarness):
         # Generator: fool the shared CNN, and be classified as its conditioning label.
         with tf.GradientTape() as tape:
             fakes, conditions, has_negative = self._synthesize(targets, labelled, step, training=True)
-            logits, _, adversary = self._heads(tf.concat([images, fakes], 0), training=True)
+            logits, _, adversary = self._heads(images, fakes, training=True)
             _, class_pos, class_neg = split(logits)
             _, adv_pos, adv_neg = split(adversary)
             g_loss = self.adversarial_weight * 0.5 * (
@@ -391,8 +401,10 @@ class DSHGAN(EncoderHarness):
 
 def training_plan(data, *, bits, seed, strategy, model, train):
     """DSH-GAN on a protocol's training split with `labelled_fraction` of its
-    labels kept, drawn per class (the registry's `plan`)."""
+    labels kept, drawn per class (the registry's `plan`); a frozen ImageNet
+    trunk's features of the real images are computed once (`trunk_inputs`)."""
     from tfhash.data import draw_labelled, semi_supervised_batches
+    from tfhash.models.backbones import trunk_inputs
 
     images, labels = data.subset("train")
     fraction = train["labelled_fraction"]
@@ -405,5 +417,7 @@ def training_plan(data, *, bits, seed, strategy, model, train):
                      num_classes=labels.shape[1] if multi_label else int(labels.max()) + 1, seed=seed, **model)
         net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]),
                     g_optimizer=keras.optimizers.Adam(train["g_learning_rate"], beta_1=0.5))
-    batches = semi_supervised_batches(images, labels, train["batch_size"], labelled=labelled, seed=seed)
+    # A frozen ImageNet trunk's features of the real images are computed once;
+    # the synthetic ones still pass through it every step.
+    batches = semi_supervised_batches(trunk_inputs(images, **model), labels, train["batch_size"], labelled=labelled, seed=seed)
     return TrainingPlan(net, batches, train["epochs"])
