@@ -4,7 +4,7 @@
     .venv/bin/python bench/pretrained.py oca   [--bits 32] [--seed 0]
     .venv/bin/python bench/pretrained.py ugach [--bits 32 64] [--seed 0]
     .venv/bin/python bench/pretrained.py sizes
-    .venv/bin/python bench/pretrained.py dsh_gan [--seeds 0 1 2] [--input-size 64] [--epochs 10] [--few-epochs 6] [--scratch]
+    .venv/bin/python bench/pretrained.py dsh_gan [--seeds 0 1 2] [--input-size 64] [--epochs 10] [--few-epochs 6] [--scratch] [--resume]
 
 sizes: how much the ImageNet features say about Fashion-MNIST's classes at
   the side Lite0 sees them: the share of each of 2,000 training images' 10
@@ -56,11 +56,13 @@ dsh_gan: DSH-GAN's two targets on one frozen Lite0 trunk shared with DHN
   Every model is scored once after its last epoch, on the queries against the
   database through the same cached features (the encoder passes a frozen
   trunk's features through, `encoder(images) == encoder(features)`).
-  --scratch adds the recipes' small CNN (from scratch) at the same steps.
+  --scratch adds the recipes' small CNN (from scratch) at the same steps;
+  --resume keeps the runs already written with the same settings.
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -207,6 +209,13 @@ def dsh_gan(args):
 
     record = {"bits": bits, "input_size": args.input_size, "fraction": args.fraction, "epochs": args.epochs,
               "few_epochs": args.few_epochs, "feature_seconds": feature_seconds, "runs": {}}
+    output = "bench/results/pretrained_dsh_gan.json"
+    if args.resume and os.path.isfile(output):
+        with open(output) as f:
+            earlier = json.load(f)
+        if any(earlier[key] != record[key] for key in ("bits", "input_size", "fraction", "epochs", "few_epochs")):
+            raise SystemExit(f"--resume: {output} holds runs of other settings; move it away or drop --resume")
+        record["runs"] = earlier["runs"]
     trunks = {"pretrained": trunk, **({"scratch": {}} if args.scratch else {})}
     for seed in args.seeds:
         labelled = draw_labelled(train_labels, args.fraction, seed=seed)
@@ -221,17 +230,21 @@ def dsh_gan(args):
                  few_steps))
         for kind, settings in trunks.items():
             for setting, method, run_data, schedule, run_steps in runs:
+                name = f"{kind} {setting} {method} seed {seed}"
+                if name in record["runs"]:  # --resume: kept from the earlier run
+                    print(f"  {name:38s} mAP@all {record['runs'][name]['map']:.4f}  (kept)", flush=True)
+                    continue
                 result = training.train(recipe=f"{method}_fashion_mnist_{bits}", seed=seed, data=run_data,
                                         score=False, verbose=0, **schedule, **settings)
-                name = f"{kind} {setting} {method} seed {seed}"
                 record["runs"][name] = {"map": score(result.encoders["image"], kind == "pretrained"),
                                         "steps": run_steps, "train_seconds": result.seconds, **schedule}
                 print(f"  {name:38s} mAP@all {record['runs'][name]['map']:.4f}  {run_steps} steps  "
                       f"{result.seconds:.0f} s", flush=True)
-                write_json(record, "bench/results/pretrained_dsh_gan.json")  # kept run by run: an hour's work
+                write_json(record, output)  # run by run: an hour's work survives a stop (--resume)
 
-    print(f"DSH-GAN vs DHN, Fashion-MNIST, {bits} bits, {TRUNK} frozen @{args.input_size} px, mAP@all "
-          f"(features of the queries and database in {feature_seconds:.0f} s, cached):")
+    print(f"DSH-GAN vs DHN, Fashion-MNIST, {bits} bits, mAP@all at equal steps, seeds "
+          f"{' / '.join(map(str, args.seeds))} (pretrained: {TRUNK} frozen @{args.input_size} px, features of the "
+          f"queries and database in {feature_seconds:.0f} s, cached; scratch: the recipes' small CNN):")
     for kind in trunks:
         for setting, target in (("all", ">="), ("fraction", ">")):
             pairs = [(record["runs"][f"{kind} {setting} dsh_gan seed {s}"]["map"],
@@ -256,6 +269,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=10, help="dsh_gan: epochs with all labels")
     parser.add_argument("--few-epochs", type=int, default=6, help="dsh_gan: epochs with the fraction")
     parser.add_argument("--scratch", action="store_true", help="dsh_gan: also the small CNN from scratch")
+    parser.add_argument("--resume", action="store_true",
+                        help="dsh_gan: keep the runs of the same settings already in bench/results/pretrained_dsh_gan.json")
     args = parser.parse_args(argv)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
     if args.input_size is None:  # each part's default: see the module's docstring
