@@ -265,7 +265,7 @@ def test_bad_inputs_are_refused_and_leave_the_retriever_unchanged(encoder, parts
     for ids, message in [(None, r"Expected `ids` in every add\(\).*Received: ids=None"),
                          ([1.5, 2.5], r"1-D integer array of length 2.*Received: dtype=float64, shape=\(2,\)"),
                          ([1, 2, 3], r"length 2.*Received: dtype=int64, shape=\(3,\)"),
-                         ([-1, 2], r"Expected `ids` in \[0, 2\*\*63 - 1\]. Received: min=-1")]:
+                         ([-1, 2], r"Expected `ids` in \[0, 2\*\*63 - 1\].*Received: min=-1")]:
         with pytest.raises(ValueError, match=message):
             with_ids.add_codes(np.zeros((2, 2), np.uint8), ids=ids)
     assert len(with_ids) == 2

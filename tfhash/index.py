@@ -60,6 +60,27 @@ def _is_int(value):
     )
 
 
+def check_ids(ids, n, *, size, has_ids, holder):
+    """`ids` for `n` added rows as int64, or None (ids are insertion
+    positions), checked against what the `holder` ("index", "Retriever") of
+    `size` rows was given before: ids in every add() or in none."""
+    if ids is None:
+        if has_ids:
+            raise ValueError(f"Expected `ids` in every add(): this {holder} was given ids before. Received: ids=None")
+        return None
+    if size and not has_ids:
+        raise ValueError(f"Expected no `ids`: this {holder} was built without ids (its rows' positions are their "
+                         f"ids). Received: ids with shape {np.shape(ids)}")
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.shape[0] != n:
+        raise ValueError(f"Expected `ids` to be a 1-D integer array of length {n} (one per row). "
+                         f"Received: dtype={ids.dtype}, shape={ids.shape}")
+    if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int64).max):
+        raise ValueError("Expected `ids` in [0, 2**63 - 1] (negative ids are reserved). "
+                         f"Received: min={ids.min()}, max={ids.max()}")
+    return ids.astype(np.int64)
+
+
 class HammingIndex:
     """Exact k-nearest-neighbor search in Hamming space over packed codes.
 
@@ -175,7 +196,7 @@ class HammingIndex:
         """
         codes = self._check_codes(codes, "codes")
         n = codes.shape[0]
-        ids = self._check_ids(ids, n)
+        ids = check_ids(ids, n, size=self.ntotal, has_ids=self._ids is not None, holder="index")
         if n == 0:
             return
         old_n = self.ntotal
@@ -485,33 +506,6 @@ class HammingIndex:
                 f"Received: {received}"
             )
         return np.ascontiguousarray(codes)
-
-    def _check_ids(self, ids, n):
-        if ids is None:
-            if self._ids is not None:
-                raise ValueError(
-                    "This index was built with custom ids: every add() needs "
-                    "`ids`. Received: ids=None"
-                )
-            return None
-        if self.ntotal and self._ids is None:
-            raise ValueError(
-                "This index was built without ids (ids are insertion "
-                "positions): add() cannot start giving `ids` now. "
-                f"Received: ids with shape {np.shape(ids)}"
-            )
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.shape[0] != n:
-            raise ValueError(
-                f"`ids` must be a 1-D integer array of length {n} (one per "
-                f"code). Received: dtype={ids.dtype}, shape={ids.shape}"
-            )
-        if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int64).max):
-            raise ValueError(
-                "`ids` must be in [0, 2**63 - 1] (negative ids are reserved). "
-                f"Received: min={ids.min()}, max={ids.max()}"
-            )
-        return ids.astype(np.int64)
 
 
 def _parse_header(path, head):

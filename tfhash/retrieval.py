@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from tfhash.index import HammingIndex
+from tfhash.index import HammingIndex, check_ids
 from tfhash.io import remove_stale_temporaries, save_arrays, write_atomically, write_json
 
 # The folder `Retriever.save` writes. Each part keeps its own format, readable
@@ -230,7 +230,7 @@ class Retriever:
 
     def _add(self, codes, ids, metadata):
         n = codes.shape[0]
-        ids = self._check_ids(ids, n)
+        ids = check_ids(ids, n, size=self.size, has_ids=self._ids is not None, holder="Retriever")
         metadata = self._check_metadata(metadata, n)
         identity = self._identity
         if identity is None and self.encoder is not None:
@@ -472,23 +472,6 @@ class Retriever:
                 f"for bits={self.bits}, packed as np.packbits. Received: {received}"
             )
         return np.ascontiguousarray(array)
-
-    def _check_ids(self, ids, n):
-        if ids is None:
-            if self._ids is not None:
-                raise ValueError("Expected `ids` in every add(): this Retriever was given ids before. "
-                                 "Received: ids=None")
-            return None
-        if self.size and self._ids is None:
-            raise ValueError("Expected no `ids`: this Retriever's rows so far have their positions as ids. "
-                             f"Received: ids with shape {np.shape(ids)}")
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.shape[0] != n:
-            raise ValueError(f"Expected `ids` to be a 1-D integer array of length {n} (one per row). "
-                             f"Received: dtype={ids.dtype}, shape={ids.shape}")
-        if n and (ids.min() < 0 or ids.max() > np.iinfo(np.int64).max):
-            raise ValueError(f"Expected `ids` in [0, 2**63 - 1]. Received: min={ids.min()}, max={ids.max()}")
-        return ids.astype(np.int64)
 
     def _check_metadata(self, metadata, n):
         if metadata is None:
