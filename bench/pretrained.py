@@ -4,7 +4,8 @@
     .venv/bin/python bench/pretrained.py oca   [--bits 32] [--seed 0]
     .venv/bin/python bench/pretrained.py ugach [--bits 32 64] [--seed 0]
     .venv/bin/python bench/pretrained.py sizes
-    .venv/bin/python bench/pretrained.py dsh_gan [--seeds 0 1 2] [--input-size 64] [--epochs 10] [--few-epochs 6] [--scratch] [--resume]
+    .venv/bin/python bench/pretrained.py dsh_gan [--seeds 0 1 2] [--input-size 64] [--epochs 10] [--few-epochs 6]
+                                                 [--scratch] [--resume]
 
 sizes: how much the ImageNet features say about Fashion-MNIST's classes at
   the side Lite0 sees them: the share of each of 2,000 training images' 10
@@ -270,7 +271,7 @@ def main(argv=None):
     parser.add_argument("--few-epochs", type=int, default=6, help="dsh_gan: epochs with the fraction")
     parser.add_argument("--scratch", action="store_true", help="dsh_gan: also the small CNN from scratch")
     parser.add_argument("--resume", action="store_true",
-                        help="dsh_gan: keep the runs of the same settings already in bench/results/pretrained_dsh_gan.json")
+                        help="dsh_gan: keep the runs of the same settings in bench/results/pretrained_dsh_gan.json")
     args = parser.parse_args(argv)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
     if args.input_size is None:  # each part's default: see the module's docstring

@@ -84,6 +84,7 @@ def test_dsh_gan_reads_the_real_images_features_and_passes_its_synthetic_ones_th
         assert from_features.shape[0] == 32
         np.testing.assert_allclose(np.asarray(from_features), np.asarray(from_images), atol=SAME_COMPUTATION)
     # Frozen: the trunk keeps its ImageNet weights (the generator's gradient only passes through it).
-    reference = backbones.Backbone("EfficientNetLite0", images.shape[1:], weights="imagenet", input_size=32, frozen=True)
+    reference = backbones.Backbone("EfficientNetLite0", images.shape[1:], weights="imagenet", input_size=32,
+                                   frozen=True)
     for trained, original in zip(model.encoder.backbone.trunk.weights, reference.trunk.weights):
         np.testing.assert_array_equal(np.asarray(trained), np.asarray(original))

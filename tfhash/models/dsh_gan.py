@@ -419,5 +419,6 @@ def training_plan(data, *, bits, seed, strategy, model, train):
                     g_optimizer=keras.optimizers.Adam(train["g_learning_rate"], beta_1=0.5))
     # A frozen ImageNet trunk's features of the real images are computed once;
     # the synthetic ones still pass through it every step.
-    batches = semi_supervised_batches(trunk_inputs(images, **model), labels, train["batch_size"], labelled=labelled, seed=seed)
+    inputs = trunk_inputs(images, **model)
+    batches = semi_supervised_batches(inputs, labels, train["batch_size"], labelled=labelled, seed=seed)
     return TrainingPlan(net, batches, train["epochs"])
