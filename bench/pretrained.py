@@ -48,12 +48,12 @@ dsh_gan: DSH-GAN's two targets on one frozen Lite0 trunk shared with DHN
   - frozen, not fine-tuned: the real images' features are computed once
     (`trunk_inputs`); the 256 synthetic images of each step still go through
     the trunk (forward for the shared CNN's update, forward and backward for
-    the generator's), ~1.3 s a step at 64 px, against ~0.1 s for DHN's head;
+    the generator's), ~1 s a step at 64 px, against ~0.01 s for DHN's head;
   - 64 px, the smallest side at which Lite0's features match pixel PCA's on
     Fashion-MNIST (`sizes`: 10-NN label share 0.714 vs 0.721; 0.617 at 32 px);
   - --epochs 10 with all labels (390 steps) and --few-epochs 6 with the
-    fraction (420 steps), a third of the recipes' 30 / 17: ~9 min a DSH-GAN
-    model, so 3 seeds x 2 settings fit in an hour.
+    fraction (420 steps), a third of the recipes' 30 / 17: ~6 min a DSH-GAN
+    model, so 3 seeds x 2 settings fit in 45 minutes.
   DHN on the labelled fraction alone also runs at its recipe's 30 epochs (90
   steps), as bench/dsh_gan.py does; the better of the two is the bar.
   Every model is scored once after its last epoch, on the queries against the
