@@ -32,8 +32,8 @@ No public implementation exists; the choices the paper leaves open, one line eac
 Defaults: bits 32, margin bits / 4, classification, triplet and adversarial
 weights 1, pairwise_weight 0 (pairwise_alpha 0.25), noise_dim 64,
 generator_batch_norm False, seed 0.
-What was measured, including the targets it missed against DHN:
-docs/methods/dsh_gan.md.
+What was measured against DHN (the targets missed from scratch; at 10%
+labels, met on a frozen ImageNet trunk): docs/methods/dsh_gan.md.
 
 Only `DSHGAN.encoder` (shared CNN + hash head, a `HashModel`) is exported.
 """
