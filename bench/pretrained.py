@@ -220,6 +220,7 @@ def dsh_gan(args):
         if any(earlier[key] != record[key] for key in ("bits", "input_size", "fraction", "epochs", "few_epochs")):
             raise SystemExit(f"--resume: {output} holds runs of other settings; move it away or drop --resume")
         record["runs"] = earlier["runs"]
+        record["feature_seconds"] = earlier["feature_seconds"]  # when they were computed, not read from the cache
     trunks = {"pretrained": trunk, **({"scratch": {}} if args.scratch else {})}
     for seed in args.seeds:
         labelled = draw_labelled(train_labels, args.fraction, seed=seed)
@@ -227,22 +228,23 @@ def dsh_gan(args):
         n, few_n = len(train_labels), int(labelled.sum())
         steps = (n // dsh_batch) * args.epochs
         few_steps = ((n - few_n) // (dsh_batch // 2)) * args.few_epochs  # half of each batch is unlabelled
-        runs = (("all", "dhn", data, {"epochs": -(-steps // (n // dhn_batch))}, steps),
-                ("all", "dsh_gan", data, {"epochs": args.epochs}, steps),
-                ("fraction", "dhn", few, {"epochs": -(-few_steps // (few_n // dhn_batch))}, few_steps),
-                ("fraction", "dsh_gan", data, {"epochs": args.few_epochs, "labelled_fraction": args.fraction},
-                 few_steps),
+        # (setting, run, method, data, schedule, steps)
+        runs = (("all", "dhn", "dhn", data, {"epochs": -(-steps // (n // dhn_batch))}, steps),
+                ("all", "dsh_gan", "dsh_gan", data, {"epochs": args.epochs}, steps),
+                ("fraction", "dhn", "dhn", few, {"epochs": -(-few_steps // (few_n // dhn_batch))}, few_steps),
+                ("fraction", "dsh_gan", "dsh_gan", data,
+                 {"epochs": args.few_epochs, "labelled_fraction": args.fraction}, few_steps),
                 # As bench/dsh_gan.py: DHN on the few labels also at its recipe's epochs (fewer steps, in case
                 # the same steps overfit them); the better of the two is the bar.
-                ("fraction", "dhn_recipe_epochs", few, {"epochs": dhn_epochs}, (few_n // dhn_batch) * dhn_epochs))
+                ("fraction", "dhn_recipe_epochs", "dhn", few, {"epochs": dhn_epochs},
+                 (few_n // dhn_batch) * dhn_epochs))
         for kind, settings in trunks.items():
-            for setting, method, run_data, schedule, run_steps in runs:
-                name = f"{kind} {setting} {method} seed {seed}"
+            for setting, run, method, run_data, schedule, run_steps in runs:
+                name = f"{kind} {setting} {run} seed {seed}"
                 if name in record["runs"]:  # --resume: kept from the earlier run
                     print(f"  {name:38s} mAP@all {record['runs'][name]['map']:.4f}  (kept)", flush=True)
                     continue
-                result = training.train(recipe=f"{method.split('_recipe')[0]}_fashion_mnist_{bits}", seed=seed,
-                                        data=run_data,
+                result = training.train(recipe=f"{method}_fashion_mnist_{bits}", seed=seed, data=run_data,
                                         score=False, verbose=0, **schedule, **settings)
                 record["runs"][name] = {"map": score(result.encoders["image"], kind == "pretrained"),
                                         "steps": run_steps, "train_seconds": result.seconds, **schedule}
@@ -252,7 +254,8 @@ def dsh_gan(args):
 
     print(f"DSH-GAN vs DHN, Fashion-MNIST, {bits} bits, mAP@all at equal steps, seeds "
           f"{' / '.join(map(str, args.seeds))} (pretrained: {TRUNK} frozen @{args.input_size} px, features of the "
-          f"queries and database in {feature_seconds:.0f} s, cached; scratch: the recipes' small CNN):")
+          f"queries and database computed in {record['feature_seconds']:.0f} s, then cached; "
+          "scratch: the recipes' small CNN):")
     for kind in trunks:
         for setting, target in (("all", ">="), ("fraction", ">")):
             bars = ("dhn",) if setting == "all" else ("dhn", "dhn_recipe_epochs")
