@@ -37,13 +37,13 @@ def load(run, bits):
 
     manifest = zoo.read_manifest()
     if run in manifest["entries"]:
-        from tfhash.publish import entry_recipe
+        from tfhash import registry
+        from tfhash.publish import entry_names, entry_recipe
 
+        # Every encoder the entry's recipe published (an image-text method's two), by the publisher's names.
         recipe = entry_recipe(run, manifest)
-        text = run[: -len("_image")] + "_text" if run.endswith("_image") else None
-        encoders = {"image": HashModel.from_preset(run)}
-        if text in manifest["entries"]:
-            encoders["text"] = HashModel.from_preset(text)
+        modalities = dict.fromkeys(registry.get(recipe["method"]).modalities)
+        encoders = {m: HashModel.from_preset(name) for m, name in entry_names(recipe, modalities).items()}
     elif run and os.path.isdir(run):
         recipe = training.read_run(run)["recipe"]
         encoders = {m: training.load_model(run, m) for m in ("image", "text")
