@@ -106,3 +106,29 @@ def test_the_installed_cli_lists_the_methods(installed):
     out = _python(site, args=["-m", "tfhash.cli", "methods"])
     for name in ("dhn", "bgan", "dsh_gan", "ssah", "ugach"):
         assert name in out.lower(), out
+
+
+def test_every_package_tfhash_imports_is_declared():
+    """Each third-party module imported anywhere in tfhash/ (found with ast,
+    also inside functions) belongs to a distribution pyproject.toml declares,
+    in `dependencies` or an extra: nothing may arrive only through another
+    package's requirements (protobuf, pillow and scipy once did)."""
+    import ast
+    import importlib.metadata
+    import re
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    imported = set()
+    for file in (ROOT / "tfhash").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"tfhash"})
+    owners = importlib.metadata.packages_distributions()
+    undeclared = {module: owners.get(module) for module in third_party
+                  if not {d.lower().replace("_", "-") for d in owners.get(module, [])} & declared}
+    assert third_party and not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"

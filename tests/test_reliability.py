@@ -89,21 +89,26 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert json.loads(path.read_text()) == {"old": True} and os.listdir(tmp_path) == ["run.json"]
 
 
-def test_every_writer_goes_through_the_atomic_writer(monkeypatch, tmp_path, digits_data):
-    """The run directory, codes and TFLite files are written by `io.write_atomically`."""
+def test_every_writer_goes_through_one_of_the_two_writers(monkeypatch, tmp_path, digits_data):
+    """Single files (codes, TFLite, a commit record) are written by `io.write_atomically`;
+    the run directory's files are members of one `io.transaction`, committed together."""
     from tfhash.export import export_tflite
     from tfhash.models import DHN
 
-    written = []
-    real = io.write_atomically
+    singles, members = [], []
+    real_single, real_member = io.write_atomically, io.Transaction.write
 
-    def spy(path, write, suffix=""):
-        written.append(os.path.basename(os.fspath(path)))
-        return real(path, write, suffix)
+    def single(path, write, suffix=""):
+        singles.append(os.path.basename(os.fspath(path)))
+        return real_single(path, write, suffix)
 
-    monkeypatch.setattr(io, "write_atomically", spy)
-    for module in ("tfhash.training", "tfhash.export"):
-        monkeypatch.setattr(sys.modules[module], "write_atomically", spy)
+    def member(self, path, write, suffix=""):
+        members.append(os.path.basename(os.fspath(path)))
+        return real_member(self, path, write, suffix)
+
+    monkeypatch.setattr(io, "write_atomically", single)
+    monkeypatch.setattr(sys.modules["tfhash.export"], "write_atomically", single)
+    monkeypatch.setattr(io.Transaction, "write", member)
     keras.utils.set_random_seed(0)
     net = DHN(bits=16, input_shape=(8, 8, 1))
     net.build((None, 8, 8, 1))
@@ -111,7 +116,8 @@ def test_every_writer_goes_through_the_atomic_writer(monkeypatch, tmp_path, digi
     training.save_run(result, str(tmp_path / "run"))
     io.save_arrays(tmp_path / "codes.npy", np.zeros((2, 2), np.uint8))
     export_tflite(net.encoders()["image"], str(tmp_path / "e.tflite"))
-    assert written == ["image_encoder.keras", "run.json", "codes.npy", "e.tflite"]
+    assert members == ["image_encoder.keras", "run.json"]
+    assert singles == [".run.commit", "codes.npy", "e.tflite"]
 
 
 def test_train_onto_an_existing_run_is_refused_without_overwrite(tmp_path, capsys):
@@ -143,6 +149,7 @@ def test_train_with_overwrite_replaces_the_run(tmp_path):
     ("--epochs", "0", "must be positive"),
     ("--batch-size", "-5", "must be positive"),
     ("--alpha", "-1", "must be non-negative"),
+    ("--dropout", "1.0", "must be in [0, 1)"),  # drops every unit: no gradient reaches the trunk
 ])
 def test_bad_hyper_parameters_are_refused_before_any_work(flag, value, expected, tmp_path, capsys):
     args = ["train", "--method", "dhn", "--protocol", "digits", "--output", str(tmp_path / "run")]

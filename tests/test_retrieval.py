@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tfhash
+import tfhash.io
 from tfhash import retrieval
 from tfhash.models import DHN, UGACHTextEncoder
 from tfhash.retrieval import Retriever
@@ -104,7 +105,8 @@ def test_ids_and_metadata_round_trip_through_save_and_load(encoder, parts, tmp_p
     path = tmp_path / "retriever"
     retriever.save(path)
     assert sorted(os.listdir(path)) == ["ids.npy", "index.tfhi", "manifest.json", "metadata.json"]
-    assert os.listdir(tmp_path) == ["retriever"]  # no temporaries left
+    # No temporaries left; the folder's two lock files stay beside it (tfhash.io.transaction).
+    assert sorted(os.listdir(tmp_path)) == [".retriever.lock", ".retriever.version.lock", "retriever"]
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["format"] == "tfhash.Retriever" and manifest["version"] == retrieval.FORMAT_VERSION
     assert manifest["bits"] == 16 and manifest["size"] == 200 and manifest["has_encoder"] is False
@@ -202,23 +204,24 @@ def test_a_failed_save_leaves_the_old_folder_and_a_good_one_replaces_it(tmp_path
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    # Fails after the index is written into the new folder, before the rename.
-    monkeypatch.setattr(retrieval, "write_json", fail)
+    # Fails after the index is written beside the folder's files, before the commit.
+    monkeypatch.setattr(tfhash.io.Transaction, "write_json", fail)
     with pytest.raises(OSError, match="disk full"):
         retriever.save(path)
     monkeypatch.undo()
-    assert os.listdir(tmp_path) == ["r"]  # the temporary folder is gone
+    assert sorted(os.listdir(path)) == ["index.tfhi", "manifest.json", "metadata.json"]  # the temporaries are gone
     old = Retriever.load(path)
     assert len(old) == 4 and old.search_codes(np.zeros((1, 1), np.uint8), k=8).metadata == [["a", "b", "c", "d"]]
 
     retriever.save(path)
-    assert os.listdir(tmp_path) == ["r"]
+    assert sorted(os.listdir(path)) == ["index.tfhi", "manifest.json", "metadata.json"]
     assert len(Retriever.load(path)) == 8
 
-    # Killed between moving the old folder aside and the new one in: load finds the old one.
+    # A version-1 save (a folder renamed into place) killed between moving the old folder
+    # aside and the new one in: load finds the old one.
     dead = tmp_path / ".r.999999999-0000abcd.partial.old"  # a writer pid no process has
     os.rename(path, dead)
-    assert len(Retriever.load(path)) == 8 and os.listdir(tmp_path) == ["r"]
+    assert len(Retriever.load(path)) == 8 and "r" in os.listdir(tmp_path) and not dead.exists()
 
 
 def test_save_refuses_to_replace_what_is_not_a_retriever(tmp_path):

@@ -54,7 +54,7 @@ def _train(args, extra=()):
     settings = {**_settings(extra), "epochs": args.epochs}
     result = training.train(
         args.method, args.protocol, recipe=recipe, bits=args.bits, seed=args.seed, data_dir=args.data_dir,
-        strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite,
+        strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite, wait=args.wait,
         verbose=keras_verbose(args.quiet, "fit"), **settings,
     )
     # One summary line: what a log or a script greps for.
@@ -86,23 +86,32 @@ def _methods(args):
         print(f"  --{key} {value!r}")
 
 
-def _run_data(args):
-    """The protocol to score on: --protocol, else the run's (with its loader options)."""
+def _load_run(args, modalities=None):
+    """`(run.json or None, {modality: encoder})` of `args.model`: a run
+    directory, read at one version, or a `.keras` file."""
     from tfhash import training
+
+    if os.path.isdir(args.model):
+        return training.load_run(args.model, modalities)
+    return None, {(modalities or ["image"])[0]: training.load_model(args.model)}  # a file holds one encoder
+
+
+def _run_data(args, record):
+    """The protocol to score on: --protocol, else the run's (with its loader options)."""
     from tfhash.data import load_protocol
 
-    recipe = ((training.read_run(args.model) if os.path.isdir(args.model) else None) or {}).get("recipe", {})
+    recipe = (record or {}).get("recipe", {})
     protocol = args.protocol or recipe.get("protocol") or "fashion_mnist"
     options = recipe.get("data", {}) if protocol == recipe.get("protocol") else {}
     return load_protocol(protocol, args.data_dir, **options)
 
 
 def _evaluate(args):
-    from tfhash import training
     from tfhash.evaluation import evaluate_cross_modal, evaluate_model, plot_precision_recall
     from tfhash.index import HammingIndex
 
-    data = _run_data(args)
+    record, encoders = _load_run(args)
+    data = _run_data(args, record)
     # Unset, map_k and normalization are the protocol's (evaluate_model's default).
     chosen = {key: value for key, value in (("map_k", args.map_k), ("normalization", args.normalization))
               if value is not None}
@@ -112,7 +121,9 @@ def _evaluate(args):
         if not os.path.isdir(args.model):
             raise ValueError(f"{data.protocol.name} is an image-text protocol: scoring needs both encoders, so pass "
                              f"the run directory. Received: {args.model}")
-        encoders = {m: training.load_model(args.model, m) for m in ("image", "text")}
+        if set(encoders) != {"image", "text"}:
+            raise ValueError(f"{data.protocol.name} is an image-text protocol: expected a run with image and text "
+                             f"encoders. Received: {args.model} with {sorted(encoders)}")
         print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database items")
         results = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"),
                                        data.subset("database"), **options)
@@ -126,7 +137,7 @@ def _evaluate(args):
     else:
         if args.modality == "text":
             raise ValueError(f"--modality text needs an image-text protocol. Received: {data.protocol.name}")
-        model = training.load_model(args.model)
+        model = encoders["image"]
         print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
         # A run directory keeps its database codes (codes/), reused while the model is unchanged.
         cache = os.path.join(args.model, "codes") if os.path.isdir(args.model) else None
@@ -181,15 +192,13 @@ def _show_neighbours(data, query_codes, database_codes, query, index_class, k=10
 
 
 def _encode(args):
-    from tfhash import training
-    from tfhash.index import HammingIndex
-
-    model = training.load_model(args.model, args.modality)
+    record, encoders = _load_run(args, [args.modality])
+    model = encoders[args.modality]
     if args.inputs:
         inputs = _load_array(args.inputs, "inputs")
         ids = None
     else:
-        data = _run_data(args)
+        data = _run_data(args, record)
         part = data.subset(args.part)
         # Image-text protocols give (images, texts, labels); the modality picks the column.
         inputs = part[0] if args.modality == "image" else part[1]
@@ -203,17 +212,29 @@ def _encode(args):
                               f"database_{data.protocol.name}", args.batch_size, verbose)
     else:
         codes = model.encode(inputs, batch_size=args.batch_size, verbose=verbose)
-    if args.output:
-        from tfhash.io import save_arrays
+    _write_codes(codes, ids, args.output, args.index, args.wait)
 
-        output = args.output if args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
-        save_arrays(output, codes)
+
+def _write_codes(codes, ids, output, index_file, wait):
+    """The codes (.npy) and their index, one result (`tfhash.io.transaction`,
+    homed at the index when there is one): both new, or both as they were."""
+    from tfhash.index import HammingIndex
+    from tfhash.io import array_writer, transaction
+
+    if not output and not index_file:
+        return
+    output = output if not output or output.endswith(".npy") else output + ".npy"  # as np.save names it
+    with transaction(index_file or output, wait=wait) as result:
+        if output:
+            result.write(output, array_writer(codes))
+        if index_file:
+            index = HammingIndex(codes.shape[1] * 8)
+            index.add(codes, ids=ids)
+            result.write(index_file, index.write_to)
+    if output:
         print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {output}")
-    if args.index:
-        index = HammingIndex(codes.shape[1] * 8)
-        index.add(codes, ids=ids)
-        index.save(args.index)
-        print(f"wrote Hamming index of {len(index)} codes to {args.index}")
+    if index_file:
+        print(f"wrote Hamming index of {len(index)} codes to {index_file}")
 
 
 def _load_array(path, what):
@@ -260,6 +281,8 @@ def _search(args):
             print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
 
 
+WAIT_HELP = ("while another process writes the same output, wait for it (by default: fail at once, "
+             "naming its pid)")
 QUIET_HELP = ("no progress output, only the results (by default: a progress bar on a terminal; in a log, "
               "one line per epoch when training)")
 VERBOSE_HELP = "TensorFlow's own logging too (by default: its errors only, and none of its start-up lines)"
@@ -280,6 +303,7 @@ def _add_training_args(p):
     p.add_argument("--strategy", choices=STRATEGIES, default="one_device")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output (else refused)")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
 
 
 def build_parser():
@@ -338,6 +362,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--output", help="write codes to this .npy file")
     p.add_argument("--index", help="write a HammingIndex of the codes to this file")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_encode)
 

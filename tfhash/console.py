@@ -70,10 +70,11 @@ def _is_noise(line, min_level):
 
 
 @contextlib.contextmanager
-def filtered_stderr():
+def filtered_stderr(keep=True):
     """Runs the block with file descriptor 2 sent to a temporary file, then
     writes back what it got, less C++ log lines below TF_CPP_MIN_LOG_LEVEL and
-    the known noise lines (`_NOISE`).
+    the known noise lines (`_NOISE`); with `keep=False`, nothing (for a step
+    whose outcome is checked and reported in one line instead).
 
     A file rather than a pipe: a C++ library writing while holding the GIL
     cannot block on a full pipe. The lines come back when the block ends,
@@ -101,7 +102,8 @@ def filtered_stderr():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if not _is_noise(line, min_level)]
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if keep and not _is_noise(line, min_level)]
             if kept:
                 os.write(2, b"".join(kept))
 

@@ -17,7 +17,7 @@ import zlib
 import faiss
 import numpy as np
 
-from tfhash.io import write_atomically
+from tfhash.io import recover, write_atomically
 
 # Longest code accepted, by the constructor and in a file header alike (so
 # every saved index loads). Learned hash codes are 16 to a few hundred bits;
@@ -344,23 +344,24 @@ class HammingIndex:
         >>> HammingIndex.load(path).ntotal
         2
         """
-        path = os.fspath(path)
+        # Temporary, sync, rename, and removal of killed saves' temporaries: tfhash.io's one writer.
+        write_atomically(os.fspath(path), self.write_to)
+
+    def write_to(self, file):
+        """Writes the index, in `save`'s format, to `file` as it is, not
+        atomically: for a writer that makes the file whole itself (`save`,
+        or a `tfhash.io.transaction` member)."""
         n = self.ntotal
         flags = FLAG_IDS if self._ids is not None else 0
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.bits, flags, n)
         header += _CRC.pack(zlib.crc32(header))
-
-        def write(partial):
-            with open(partial, "wb") as f:
-                f.write(header)
-                crc = 0
-                for chunk in self._payload_chunks():
-                    crc = zlib.crc32(chunk, crc)
-                    f.write(chunk)
-                f.write(_CRC.pack(crc))
-
-        # Temporary, sync, rename, and removal of killed saves' temporaries: tfhash.io's one writer.
-        write_atomically(path, write)
+        with open(file, "wb") as f:
+            f.write(header)
+            crc = 0
+            for chunk in self._payload_chunks():
+                crc = zlib.crc32(chunk, crc)
+                f.write(chunk)
+            f.write(_CRC.pack(crc))
 
     @classmethod
     def load(cls, path):
@@ -384,6 +385,7 @@ class HammingIndex:
             ValueError: if the file is not a valid HammingIndex file.
         """
         path = os.fspath(path)
+        recover(path)  # an encode killed between its codes and this index: finish it (tfhash.io.transaction)
         try:
             f = open(path, "rb")
         except FileNotFoundError:

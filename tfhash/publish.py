@@ -6,10 +6,11 @@ Single-modal recipes publish one entry, named like the recipe; image-text
 ones an `_image` entry (scored image->text) and a `_text` entry (text->image).
 """
 
+import os
 from pathlib import Path
 
 from tfhash import recipes, zoo
-from tfhash.io import write_atomically, write_json
+from tfhash.io import transaction
 from tfhash.training import train
 
 
@@ -30,11 +31,22 @@ def input_contract(encoder):
 DEFAULT_ZOO_DIR = "zoo"
 
 
-def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbose=0):
+def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbose=0, wait=True):
     """Trains a recipe and adds its encoders to the zoo folder `zoo_dir`
     (created if needed): `files/NAME.keras`, `recipes/RECIPE.json` (a copy
-    of the recipe) and their entries in `manifest.json`, so
-    the folder is a zoo that can be served as it is (`TFHASH_ZOO_URL`).
+    of the recipe) and their entries in `manifest.json`, so the folder is a
+    zoo that can be served as it is (`TFHASH_ZOO_URL`).
+
+    The entry is written whole, through one `tfhash.io.transaction` on the
+    zoo folder: a publish killed at any instant leaves the old entry or the
+    new one, never a manifest naming a file or recipe it does not describe.
+    The entry records the sha256 of its file and of its recipe
+    (`recipe_sha256`), which their readers check, so a client over HTTP that
+    reads the manifest just before a publish and the file just after is told
+    (and `zoo.download` reads the manifest again). Training happens before
+    the zoo is locked: publishers of other recipes wait only for each
+    other's writes (`wait`: True, False or seconds, as
+    `tfhash.io.transaction`).
 
     Args:
         recipe: a published recipe name or a recipe JSON file (anywhere).
@@ -48,33 +60,34 @@ def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbo
     recipe = recipes.load(str(recipe))  # checked before any training
     result = train(recipe=recipe, data=data, verbose=verbose)
     path = zoo_dir / "manifest.json"
-    manifest = zoo.read_manifest(path) if path.exists() else {"format": zoo.MANIFEST_FORMAT, "entries": {}}
-    (zoo_dir / "files").mkdir(parents=True, exist_ok=True)
-    (zoo_dir / "recipes").mkdir(exist_ok=True)
-    recipe_file = Path("recipes") / f"{recipe['name']}.json"
-    write_json(recipe, zoo_dir / recipe_file)  # as written, its "why" included
     names = entry_names(result.recipe, result.encoders)
-    for modality, name in names.items():
-        encoder = result.encoders[modality]
-        file = Path("files") / f"{name}.keras"
-        write_atomically(zoo_dir / file, encoder.save, suffix=".keras")
-        direction = result.direction(modality)
-        metric = "map@all" if direction == "image" else f"map@all {direction}"
-        manifest["entries"][name] = {
-            "class": type(encoder).__name__,
-            "file": file.as_posix(),
-            "sha256": zoo.sha256(zoo_dir / file),
-            "size": (zoo_dir / file).stat().st_size,
-            "bits": result.recipe["bits"],
-            "input": input_contract(encoder),
-            "protocol": result.recipe["protocol"],
-            "metric": {"name": metric, "value": round(result.scores[modality]["map"], 4), "tolerance": tolerance},
-            "recipe": recipe_file.as_posix(),
-            "config": encoder.get_config(),
-            "train_seconds": result.seconds,
-        }
-    # The manifest last: it only ever names files that are already whole.
-    zoo.write_manifest(manifest, path)
+    with transaction(zoo_dir, wait=wait) as zoo_write:
+        manifest = zoo.read_manifest(path) if path.exists() else {"format": zoo.MANIFEST_FORMAT, "entries": {}}
+        recipe_file = Path("recipes") / f"{recipe['name']}.json"
+        zoo_write.write_json(recipe, zoo_dir / recipe_file)  # as written, its "why" included
+        recipe_sha256 = zoo_write.sha256(zoo_dir / recipe_file)
+        for modality, name in names.items():
+            encoder = result.encoders[modality]
+            file = Path("files") / f"{name}.keras"
+            zoo_write.write(zoo_dir / file, encoder.save, suffix=".keras")
+            direction = result.direction(modality)
+            metric = "map@all" if direction == "image" else f"map@all {direction}"
+            manifest["entries"][name] = {
+                "class": type(encoder).__name__,
+                "file": file.as_posix(),
+                "sha256": zoo_write.sha256(zoo_dir / file),
+                "size": os.path.getsize(zoo_write.staged(zoo_dir / file)),
+                "bits": result.recipe["bits"],
+                "input": input_contract(encoder),
+                "protocol": result.recipe["protocol"],
+                "metric": {"name": metric, "value": round(result.scores[modality]["map"], 4),
+                           "tolerance": tolerance},
+                "recipe": recipe_file.as_posix(),
+                "recipe_sha256": recipe_sha256,
+                "config": encoder.get_config(),
+                "train_seconds": result.seconds,
+            }
+        zoo_write.write_json({k: v for k, v in manifest.items() if not k.startswith("_")}, path, sort_keys=True)
     return sorted(names.values())
 
 
@@ -89,10 +102,19 @@ def entry_recipe(name, manifest=None):
     (`recipes/NAME.json`: a local file, or from the zoo's URL)."""
     import json
 
+    import hashlib
+
     manifest = manifest or zoo.read_manifest()
-    where = manifest["_origin"] + zoo.entry(name, manifest)["recipe"]
+    item = zoo.entry(name, manifest)
+    where = manifest["_origin"] + item["recipe"]
+    text = zoo.fetch_text(where)
+    got = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if item.get("recipe_sha256", got) != got:  # entries published before it was recorded are not checked
+        raise ValueError(f"The recipe {where} of zoo entry {name!r} is not the one its manifest names: expected "
+                         f"sha256 {item['recipe_sha256'][:16]}..., received {got[:16]}... (changed since publishing, "
+                         f"or a publish under way: read the manifest again)")
     try:
-        return recipes.check(json.loads(zoo.fetch_text(where)))
+        return recipes.check(json.loads(text))
     except json.JSONDecodeError as e:
         raise ValueError(f"The recipe {where} of zoo entry {name!r} is not valid JSON: {e}") from None
 

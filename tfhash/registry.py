@@ -158,7 +158,18 @@ def _checked(method, key, value, default):
         low = "positive" if _positive(key) else "non-negative"
         if value < 0 or (value == 0 and low == "positive"):
             raise ValueError(f"Setting {key!r} of method {method!r} must be {low}. Received: {value!r}")
+        if key in _FRACTIONS and not _FRACTIONS[key][0](value):
+            raise ValueError(f"Setting {key!r} of method {method!r} must be in {_FRACTIONS[key][1]}. "
+                             f"Received: {value!r}")
     return value
+
+
+# Fractions whose end makes training meaningless: dropout 1 drops every unit (no
+# gradient reaches the trunk); a labelled fraction must leave some labels.
+_FRACTIONS = {
+    "dropout": (lambda v: 0 <= v < 1, "[0, 1)"),
+    "labelled_fraction": (lambda v: 0 < v <= 1, "(0, 1]"),
+}
 
 
 # Counts, sizes, rates and epochs must be above zero; loss weights, dropout and

@@ -15,6 +15,7 @@ row's id and JSON metadata beside it.
 Importing this module does not import TensorFlow (the encoder brings it).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,13 +24,13 @@ import os
 import numpy as np
 
 from tfhash.index import HammingIndex, check_ids
-from tfhash.io import remove_stale_temporaries, save_arrays, write_atomically, write_json
+from tfhash.io import array_writer, reading, remove_stale_temporaries, sha256, transaction
 
 # The folder `Retriever.save` writes. Each part keeps its own format, readable
 # with its own tool: the index with `HammingIndex.load`, the rest as JSON,
 # `.npy` or a Keras archive.
 FORMAT = "tfhash.Retriever"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a generation and every file's sha256 in the manifest
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.tfhi"
 IDS_FILE = "ids.npy"
@@ -183,6 +184,7 @@ class Retriever:
         self._ids = None  # int64 buffer (spare rows past size), only with custom ids
         self._metadata = None  # list, one JSON value per row, once any metadata is given
         self._identity = None  # the encoder identity, pinned at the first add (or read on load)
+        self._source = None  # (folder, generation) last loaded from or saved to
 
     # ------------------------------------------------------------------
     # Size
@@ -297,67 +299,121 @@ class Retriever:
     # Saving and loading
     # ------------------------------------------------------------------
 
-    def save(self, path, include_encoder=False):
-        """Writes the retriever to the folder `path`, atomically.
+    def save(self, path, include_encoder=False, *, wait=True):
+        """Writes the retriever to the folder `path`, whole.
 
         A folder, not one file: each part keeps its own, already checked
         format, readable with its own tool, and no container format is
-        invented. Through `tfhash.io.write_atomically`, the folder is written
-        beside `path` under a temporary name, synced, then renamed into place
-        (an old folder is renamed aside first and removed after), so `path`
-        holds the old retriever or the new one, whole, whenever the writer is
-        killed. No pickle anywhere:
+        invented. Through `tfhash.io.transaction`: every file is written
+        beside its name and synced, then all are renamed in together, so
+        `path` holds the old retriever or the new one, whole, whenever the
+        writer is killed, and `load` (which reads at one version) never sees
+        a mix. No pickle anywhere:
 
-            manifest.json   format, version, bits, size, the files present and
-                            the encoder's identity (class, bits, input shapes,
-                            weights sha256)
+            manifest.json   format, version, generation, bits, size, the
+                            sha256 of every other file, and the encoder's
+                            identity (class, bits, input shapes, weights sha256)
             index.tfhi      the codes, in `HammingIndex`'s format
             ids.npy         the custom ids, int64 (if any were given)
             metadata.json   one JSON value per row (if any was given)
             encoder.keras   the encoder (only with `include_encoder=True`)
+
+        **Concurrency.** Saves to one folder take turns (its writer lock;
+        `wait` as in `tfhash.io.transaction`: True waits, False fails with
+        `tfhash.io.Busy`, a number waits that long). Each save raises the
+        folder's generation by one; a retriever loaded from (or saved to)
+        `path` refuses to save there once another process has saved a newer
+        generation, since that would drop the other's rows: load again, or
+        use `Retriever.update(path)`, which holds the lock from load to save.
 
         Args:
             path: the folder to write. It may exist only as a folder written
                 by `Retriever.save` (replaced) or an empty one: anything else
                 is refused rather than deleted.
             include_encoder: also save the encoder, so `load` needs none.
+            wait: see Concurrency.
         """
         path = os.fspath(path)
-        _check_destination(path)
         identity = self._identity
         if self.encoder is not None:
             identity = encoder_identity(self.encoder) if identity is None else self._check_encoder_unchanged()
         if include_encoder and self.encoder is None:
             raise ValueError("Expected a Retriever with an encoder for include_encoder=True. Received: encoder=None")
-        manifest = {
+        with transaction(path, wait=wait) as folder:
+            self._commit_to(folder, path, identity, include_encoder)
+
+    def _commit_to(self, folder, path, identity, include_encoder):
+        """Writes this retriever into the transaction `folder` on `path` (held)."""
+        _check_destination(path)
+        current = _generation(path)
+        source = self._source
+        if source is not None and source[0] == os.path.abspath(path) and current != source[1]:
+            raise ValueError(f"Expected {path!r} at generation {source[1]}, as this Retriever loaded or saved it. "
+                             f"Received: generation {current} (another process saved it since; saving would drop its "
+                             f"rows: load it again, or use Retriever.update)")
+        size = self.size
+        parts = {INDEX_FILE: self.index.write_to}
+        if self._ids is not None:
+            parts[IDS_FILE] = array_writer(self._ids[:size])
+        if self._metadata is not None:
+            text = json.dumps(self._metadata, separators=(",", ":"), allow_nan=False)
+            parts[METADATA_FILE] = lambda file: _write_text(file, text)
+        if include_encoder:
+            parts[ENCODER_FILE] = self.encoder.save
+        files = {}
+        for name in (INDEX_FILE, IDS_FILE, METADATA_FILE, ENCODER_FILE):
+            member = os.path.join(path, name)
+            if name in parts:
+                suffix = ".keras" if name == ENCODER_FILE else ""
+                files[name] = folder.sha256(folder.write(member, parts[name], suffix=suffix))
+            else:
+                folder.remove(member)
+        generation = current + 1
+        folder.write_json({
             "format": FORMAT,
             "version": FORMAT_VERSION,
+            "generation": generation,
             "bits": self.bits,
-            "size": self.size,
+            "size": size,
             "has_ids": self.has_ids,
             "has_metadata": self._metadata is not None,
             "has_encoder": bool(include_encoder),
             "encoder": identity,
-        }
-        size = self.size
+            "files": files,
+        }, os.path.join(path, MANIFEST_FILE))
+        self._source = (os.path.abspath(path), generation)
 
-        def write(folder):
-            os.makedirs(folder)
-            self.index.save(os.path.join(folder, INDEX_FILE))
-            if self._ids is not None:
-                save_arrays(os.path.join(folder, IDS_FILE), self._ids[:size])
-            if self._metadata is not None:
-                write_json(self._metadata, os.path.join(folder, METADATA_FILE), indent=None,
-                           separators=(",", ":"), allow_nan=False)
-            if include_encoder:
-                write_atomically(os.path.join(folder, ENCODER_FILE), self.encoder.save, suffix=".keras")
-            write_json(manifest, os.path.join(folder, MANIFEST_FILE))
+    @classmethod
+    @contextlib.contextmanager
+    def update(cls, path, encoder=None, bits=None, *, include_encoder=None, wait=True):
+        """Loads the folder `path`, yields the retriever, and saves it back on
+        a clean exit, holding the folder's writer lock throughout: concurrent
+        updates take turns and none is lost. A missing folder starts empty
+        (`encoder` or `bits` then say what it holds).
 
-        write_atomically(path, write)
+            >>> with Retriever.update("runs/retriever", encoder=model) as retriever:
+            ...     retriever.add(new_images, metadata=new_labels)
+
+        `include_encoder` defaults to what the folder had; `wait` as in `save`.
+        """
+        path = os.fspath(path)
+        with transaction(path, wait=wait) as folder:
+            if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+                retriever, manifest = cls._read(path, encoder)
+                keep = manifest["has_encoder"]
+            else:
+                retriever, keep = cls(encoder, bits=bits), False
+            yield retriever
+            identity = retriever._identity
+            if retriever.encoder is not None:
+                identity = (encoder_identity(retriever.encoder) if identity is None
+                            else retriever._check_encoder_unchanged())
+            retriever._commit_to(folder, path, identity, keep if include_encoder is None else include_encoder)
 
     @classmethod
     def load(cls, path, encoder=None):
-        """Reads a folder written by `save`.
+        """Reads a folder written by `save`, at one version (`tfhash.io.reading`:
+        a save under way is waited for, one a killed writer left is finished).
 
         Args:
             path: the folder.
@@ -368,17 +424,31 @@ class Retriever:
                 else a codes-only retriever. An encoder given to a folder that
                 recorded none (codes only) is checked for bits only.
 
-        A save killed between moving the old folder aside and the new one
-        in leaves no folder at `path`: `load` then moves the old one back
-        first, so it finds the old retriever or the new one.
+        Every file is checked against the sha256 the manifest records for it
+        (folders of format version 1 recorded none), so a changed byte in the
+        ids or an edited metadata.json is refused, not returned.
 
         Raises:
             FileNotFoundError: no retriever folder at `path`.
-            ValueError: a folder from a newer format version, a damaged or
-                inconsistent folder, or a mismatched encoder.
+            ValueError: a folder from a newer format version, a damaged,
+                changed or inconsistent folder, or a mismatched encoder.
         """
         path = os.fspath(path)
+        if not os.path.lexists(path):
+            # A version-1 save killed between moving the old folder aside and the new one in.
+            remove_stale_temporaries(path)
+        with reading(path):
+            return cls._read(path, encoder)[0]
+
+    @classmethod
+    def _read(cls, path, encoder):
         manifest = _read_manifest(path)
+        for name, expected in (manifest.get("files") or {}).items():
+            file = os.path.join(path, name)
+            received = sha256(file) if os.path.isfile(file) else "no file"
+            if received != expected:
+                raise ValueError(f"Retriever folder {path!r} is damaged or was changed: expected {name} with sha256 "
+                                 f"{expected[:16]}... (its manifest). Received: {received[:16]}")
         identity = manifest["encoder"]
         if encoder is None and manifest["has_encoder"]:
             from tfhash.models.presets import read_keras
@@ -417,7 +487,8 @@ class Retriever:
                                  f"list of {size} items. Received: {got}")
         retriever.index, retriever._ids, retriever._metadata = index, ids, metadata
         retriever._identity = identity if identity is not None or encoder is None else encoder_identity(encoder)
-        return retriever
+        retriever._source = (os.path.abspath(path), manifest.get("generation", 0))
+        return retriever, manifest
 
     # ------------------------------------------------------------------
     # Checks
@@ -521,12 +592,22 @@ def _is_retriever_folder(path):
         return False
 
 
+def _write_text(file, text):
+    with open(file, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _generation(path):
+    """The generation of the retriever saved at `path` (0: none there yet)."""
+    try:
+        with open(os.path.join(path, MANIFEST_FILE), encoding="utf-8") as f:
+            return int(json.load(f).get("generation", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
 def _read_manifest(path):
     file = os.path.join(path, MANIFEST_FILE)
-    if not os.path.lexists(path):
-        # A save killed between moving the old folder aside and the new one in:
-        # put the old one back (what the next save to `path` would do first).
-        remove_stale_temporaries(path)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"No Retriever at {path!r}: expected a folder written by Retriever.save, with "
                                 f"{MANIFEST_FILE}. Received: "

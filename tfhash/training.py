@@ -16,6 +16,7 @@ A run directory is the same for every method:
 `tfhash evaluate`, `encode`, `export` and `zoo publish` read it.
 """
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -23,8 +24,8 @@ import time
 
 from tfhash import recipes, registry
 from tfhash._version import __version__
-from tfhash.io import write_atomically, write_json
-from tfhash.rundir import ENCODER_FILE, RUN_FILE  # noqa: F401  (the run directory's names, re-exported)
+from tfhash.io import reading, sha256, transaction
+from tfhash.rundir import ENCODER_FILE, RUN_FILE, encoder_file
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ class Result:
     seconds: float
     model: object = None
     history: dict = dataclasses.field(default_factory=dict)
+    strategy: object = None
 
     def direction(self, modality):
         """What an encoder's score measures: "image", or "image->text" / "text->image"."""
@@ -90,8 +92,8 @@ def resolve(method=None, protocol=None, *, recipe=None, bits=None, seed=None, da
 
 
 def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data=None, data_dir=None,
-          data_options=None, strategy="one_device", output_dir=None, overwrite=False, callbacks=(), verbose="auto",
-          score=True, **settings):
+          data_options=None, strategy="one_device", output_dir=None, overwrite=False, wait=False, callbacks=(),
+          verbose="auto", score=True, **settings):
     """Trains a registered method and returns a `Result`.
 
     Args:
@@ -112,6 +114,8 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
             steps one device takes.
         output_dir: the run directory; only the chief writes it.
         overwrite: replace a run already in `output_dir` (else refused before any work).
+        wait: while another process writes `output_dir`: False (default) fails at
+            once with `tfhash.io.Busy`, True waits, a number waits that many seconds.
         callbacks: extra Keras callbacks, after the method's own.
         verbose: `fit`'s verbosity.
         score: score the encoders on the protocol's queries after training.
@@ -121,20 +125,37 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
     Raises:
         ValueError: an unknown setting or a value out of its range (checked before any work).
         FileExistsError: `output_dir` holds a run and `overwrite` is False.
+        tfhash.io.Busy: another process is writing `output_dir` (see `wait`).
         tfhash.callbacks.TrainingDiverged: a loss became NaN or infinite; nothing is saved.
     """
-    import keras
-
-    from tfhash.callbacks import StopOnNonFinite
-    from tfhash.data import load_protocol
-    from tfhash.distribute import get_strategy, is_chief
+    from tfhash.distribute import is_chief
 
     protocol = protocol or (data.protocol.name if data is not None else None)
     recipe = resolve(method, protocol, recipe=recipe, bits=bits, seed=seed, data_options=data_options, **settings)
     record = registry.get(recipe["method"])
-    if output_dir and not overwrite and os.path.exists(os.path.join(output_dir, RUN_FILE)):
-        raise FileExistsError(f"{output_dir} already holds a run. Expected a new folder, or overwrite=True "
-                              f"(--overwrite) to replace it. Received: output_dir={output_dir!r}")
+    with contextlib.ExitStack() as stack:
+        run = None
+        if output_dir and is_chief():
+            # The run's writer lock, held from here to the commit: a second train on the same
+            # folder waits or fails (`wait`), and sees this one's run.json once it is written.
+            run = stack.enter_context(transaction(output_dir, wait=wait))
+        if output_dir and not overwrite and os.path.exists(os.path.join(output_dir, RUN_FILE)):
+            raise FileExistsError(f"{output_dir} already holds a run. Expected a new folder, or overwrite=True "
+                                  f"(--overwrite) to replace it. Received: output_dir={output_dir!r}")
+        result = _train(record, recipe, data, data_dir, strategy, output_dir if run else None, callbacks, verbose,
+                        score)
+        if run is not None:
+            write_run(run, result, output_dir)
+    return result
+
+
+def _train(record, recipe, data, data_dir, strategy, output_dir, callbacks, verbose, score):
+    import keras
+
+    from tfhash.callbacks import StopOnNonFinite
+    from tfhash.data import load_protocol
+    from tfhash.distribute import get_strategy
+
     data = data or load_protocol(recipe["protocol"], data_dir, **recipe["data"])
     _check_modalities(record, data.protocol)
     keras.utils.set_random_seed(recipe["seed"])
@@ -148,12 +169,9 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
                              callbacks=[StopOnNonFinite(), *plan.callbacks, *callbacks]).history
     seconds = round(time.time() - start, 1)
     encoders = plan.model.encoders()
-    codes = os.path.join(output_dir, "codes") if output_dir and is_chief() else None
+    codes = os.path.join(output_dir, "codes") if output_dir else None
     scores = score_encoders(encoders, data, codes) if score else {}
-    result = Result(recipe, encoders, scores, seconds, plan.model, history)
-    if output_dir and is_chief():
-        save_run(result, output_dir, strategy=dist)
-    return result
+    return Result(recipe, encoders, scores, seconds, plan.model, history, dist)
 
 
 def _check_modalities(record, protocol):
@@ -184,16 +202,31 @@ def score_encoders(encoders, data, codes_cache=None):
     }
 
 
-def save_run(result, output_dir, strategy=None):
-    """Writes a run directory (see the module docstring)."""
+def save_run(result, output_dir, strategy=None, *, wait=True):
+    """Writes a run directory (see the module docstring), whole: through
+    `tfhash.io.transaction`, so a reader or a killed writer finds the old run
+    or the new one, never a mix. `strategy` defaults to the result's."""
+    if strategy is not None:
+        result = dataclasses.replace(result, strategy=strategy)
+    with transaction(output_dir, wait=wait) as run:
+        write_run(run, result, output_dir)
+
+
+def write_run(run, result, output_dir):
+    """Adds a run directory's files to the transaction `run`: the encoders,
+    run.json (with each encoder's sha256, checked on load) and the removal of
+    encoders an earlier run left that this one does not have."""
     import keras
     import tensorflow as tf
 
-    os.makedirs(output_dir, exist_ok=True)
-    # Each file whole or not replaced; the encoders first, so a run.json always has its encoders.
+    files = {}
     for modality, encoder in result.encoders.items():
-        write_atomically(os.path.join(output_dir, ENCODER_FILE.format(modality=modality)), encoder.save,
-                         suffix=".keras")
+        name = ENCODER_FILE.format(modality=modality)
+        files[name] = run.sha256(run.write(os.path.join(output_dir, name), encoder.save, suffix=".keras"))
+    for modality in ("image", "text"):
+        if modality not in result.encoders:
+            run.remove(os.path.join(output_dir, ENCODER_FILE.format(modality=modality)))
+    strategy = result.strategy
     record = {
         "recipe": result.recipe,
         "scores": result.scores,
@@ -201,6 +234,7 @@ def save_run(result, output_dir, strategy=None):
         "strategy": type(strategy).__name__ if strategy is not None else None,
         "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
         "history": {k: [float(v) for v in vs] for k, vs in result.history.items()},
+        "files": files,
         "versions": {
             "tfhash": __version__,
             "tensorflow": tf.__version__,
@@ -208,11 +242,16 @@ def save_run(result, output_dir, strategy=None):
             "python": platform.python_version(),
         },
     }
-    write_json(record, os.path.join(output_dir, RUN_FILE))
+    run.write_json(record, os.path.join(output_dir, RUN_FILE))
 
 
 def read_run(run_dir):
     """A run directory's `run.json` as a dict (None for a bare `.keras` file)."""
+    with reading(run_dir):
+        return _read_record(run_dir)
+
+
+def _read_record(run_dir):
     import json
 
     path = os.path.join(run_dir, RUN_FILE)
@@ -226,9 +265,35 @@ def read_run(run_dir):
                          f"Received: {error}") from None
 
 
+def load_run(run_dir, modalities=None):
+    """`(run.json as a dict, {modality: encoder})` of a run directory, read at
+    one version (`tfhash.io.reading`), each encoder checked against the sha256
+    run.json records for it (runs written before it recorded them are not).
+    `modalities`: the encoders to load (default: every one the run has)."""
+    from tfhash.models.presets import read_keras
+
+    with reading(run_dir):
+        record = _read_record(run_dir)
+        if modalities is None:
+            modalities = [m for m in ("image", "text")
+                          if os.path.exists(os.path.join(run_dir, ENCODER_FILE.format(modality=m)))] or ["image"]
+        encoders = {}
+        for modality in modalities:
+            file = encoder_file(run_dir, modality)
+            expected = ((record or {}).get("files") or {}).get(os.path.basename(file))
+            if expected is not None and sha256(file) != expected:
+                raise ValueError(f"{file} is not the encoder its run.json records: expected sha256 {expected[:16]}..., "
+                                 f"received {sha256(file)[:16]}... (changed or damaged since the run was written)")
+            encoders[modality] = read_keras(file)
+    return record, encoders
+
+
 def load_model(path, modality="image"):
-    """A trained encoder from a run directory (its `modality` encoder) or a `.keras` file
+    """A trained encoder from a run directory (its `modality` encoder, checked
+    as `load_run` checks it) or a `.keras` file
     (`tfhash.models.presets.load_encoder`)."""
     from tfhash.models.presets import load_encoder
 
+    if os.path.isdir(path):
+        return load_run(path, (modality,))[1][modality]
     return load_encoder(path, modality)

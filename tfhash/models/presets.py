@@ -19,23 +19,52 @@ from tfhash import rundir
 
 
 def read_keras(path):
-    """`keras.saving.load_model(path, safe_mode=True)`, with a damaged file
-    reported as such (Keras says "File not found" for a truncated archive)."""
-    import zipfile
+    """`keras.saving.load_model(path, safe_mode=True)` of a tfhash encoder.
 
-    import keras
+    Refused in one line, before Keras builds anything (so none of its
+    warnings are printed): a file that is not a `.keras` archive (Keras says
+    "File not found" for a truncated one), and an archive whose model is not
+    a tfhash encoder (a class registered under "tfhash>" that has `encode`),
+    naming the class it holds. A tfhash encoder that cannot be built (say,
+    one whose config asks for ImageNet weights offline) is refused in one
+    line too, Keras's warnings held back.
+    """
+    import json
+    import warnings
+    import zipfile
 
     size = os.path.getsize(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a zip file written by "
                          f"model.save, truncated or corrupted otherwise. Received: a file that is not a zip archive")
     try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except (zipfile.BadZipFile, EOFError, KeyError, OSError, ValueError) as error:
-        message = " ".join(str(error).split())  # one line
-        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected a model saved by tfhash "
-                         f"(classes registered by `import tfhash.models`). Received: {type(error).__name__}: "
-                         f"{message}") from None
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        held = config.get("registered_name") or config.get("class_name")
+    except (zipfile.BadZipFile, KeyError, ValueError, AttributeError, OSError) as error:
+        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes): expected config.json written by "
+                         f"model.save. Received: {type(error).__name__}: {' '.join(str(error).split())}") from None
+    if not isinstance(held, str) or not held.startswith("tfhash>"):
+        raise ValueError(f"{path} does not hold a tfhash encoder: expected a model saved by tfhash (e.g. "
+                         f"image_encoder.keras of a run directory). Received: a {config.get('module', '?')} "
+                         f"{config.get('class_name', '?')} model")
+    import keras
+
+    from tfhash.console import filtered_stderr
+
+    try:
+        with warnings.catch_warnings(), filtered_stderr(keep=False):
+            warnings.simplefilter("ignore")
+            model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001  (Keras raises many kinds; each is reported in one line)
+        message = " ".join(str(error).split())[:300]
+        raise ValueError(f"{path} is not a readable .keras archive ({size} bytes, {held}): expected a tfhash model "
+                         f"that builds here (classes registered by `import tfhash.models`). Received: "
+                         f"{type(error).__name__}: {message}") from None
+    if not (hasattr(model, "encode") and hasattr(model, "bits")):
+        raise ValueError(f"{path} does not hold a tfhash encoder: expected a model with encode() and bits, such as "
+                         f"image_encoder.keras of a run directory. Received: a {type(model).__name__}")
+    return model
 
 
 def load_encoder(path, modality="image"):
