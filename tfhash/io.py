@@ -437,7 +437,11 @@ class Transaction:
             "removes": [relative(path) for path in self._removes],
         }
         with _flock(self.home, "version.lock", exclusive=True, wait=True):
-            write_json(record, record_file)
+            try:
+                write_json(record, record_file)
+            except BaseException:  # no record: the old version stands, and the temporaries go
+                self.discard()
+                raise
             _apply_record(record_file)
         self._moves.clear()
         self.committed = True

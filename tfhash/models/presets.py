@@ -46,8 +46,8 @@ def read_keras(path):
                          f"model.save. Received: {type(error).__name__}: {' '.join(str(error).split())}") from None
     if not isinstance(held, str) or not held.startswith("tfhash>"):
         raise ValueError(f"{path} does not hold a tfhash encoder: expected a model saved by tfhash (e.g. "
-                         f"image_encoder.keras of a run directory). Received: a {config.get('module', '?')} "
-                         f"{config.get('class_name', '?')} model")
+                         f"image_encoder.keras of a run directory). Received: a {config.get('class_name', '?')} model "
+                         f"({config.get('module', '?')})")
     import keras
 
     from tfhash.console import filtered_stderr
