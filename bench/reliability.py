@@ -87,14 +87,14 @@ def digest(*parts):
 # ----------------------------------------------------------------------------
 
 
-def encoder(seed):
+def encoder(seed, bits=16):
     """A small DHN image encoder (16 bits, 8x8x1 images) with seeded weights."""
     import keras
 
     from tfhash.models import DHN
 
     keras.utils.set_random_seed(seed)
-    net = DHN(bits=16, input_shape=IMAGE_SHAPE)
+    net = DHN(bits=bits, input_shape=IMAGE_SHAPE)
     net.build((None, *IMAGE_SHAPE))
     return net.encoders()["image"]
 
@@ -357,10 +357,12 @@ def kill_points(args, root):
 
 def expect_error(call):
     """(problem, answer): problem None if `call()` raises ValueError / FileExistsError
-    with a one-line message (the answer), else what happened."""
+    / ZooError with a one-line message (the answer), else what happened."""
+    from tfhash.zoo import ZooError
+
     try:
         result = call()
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, FileExistsError, ZooError) as error:
         message = str(error).strip()
         if not message or "\n" in message:
             return f"{type(error).__name__} without a one-line message: {message[:100]!r}", message
@@ -515,14 +517,58 @@ def bad_input_cases(folder):
                                     "--radius", "0"],
         "search header bits=2**31": ["search", huge_bits, "--queries", files["queries.npy"]],
         "search header n=2**60": ["search", huge_n, "--queries", files["queries.npy"]],
+        "train --dropout 1.0": train("--dropout", "1.0", "--epochs", "1"),
+        "encode a .keras that is no tfhash encoder": ["encode", foreign_keras(folder), "--inputs", files["images.npy"]],
+        "encode a .keras asking for ImageNet weights offline": ["encode", imagenet_keras(files["good.keras"], folder),
+                                                                "--inputs", files["images.npy"]],
     }
     cases += [(f"cli {name}", lambda argv=argv: expect_cli_refusal(argv)) for name, argv in cli_cases.items()]
+    cases.append(("zoo manifest whose recipe is ../outside/x.json",
+                  lambda: expect_error(lambda: zoo_manifest_with_recipe(folder, "../outside/x.json"))))
     reproduce = ["reproduce", "dhn_fashion_mnist_32", "--protocol", "cifar10_54000"]
     cases.append(("cli reproduce --protocol cifar10_54000 (<= 10 s)", lambda: expect_cli_refusal(reproduce, 10)))
     return cases
 
 
-def bad_inputs(root):
+def foreign_keras(folder):
+    """A Keras model that is no tfhash encoder, saved as .keras."""
+    import keras
+
+    path = os.path.join(folder, "foreign.keras")
+    inputs = keras.Input(IMAGE_SHAPE)
+    keras.Model(inputs, keras.layers.Flatten()(inputs)).save(path)
+    return path
+
+
+def imagenet_keras(good, folder):
+    """`good` (a tfhash encoder) with its config asking for a MobileNetV2 trunk with ImageNet weights:
+    offline, Keras cannot build it."""
+    import zipfile
+
+    path = os.path.join(folder, "imagenet.keras")
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["config"].update(backbone="MobileNetV2", backbone_weights="imagenet",
+                                        backbone_input_size=32)
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    return path
+
+
+def zoo_manifest_with_recipe(folder, recipe):
+    from tfhash import zoo
+
+    path = os.path.join(folder, "zoo-manifest.json")
+    write_json({"format": zoo.MANIFEST_FORMAT, "entries": {"x": {
+        "file": "files/x.keras", "sha256": "0" * 64, "size": 1, "class": "DHNEncoder", "bits": 16, "input": {},
+        "protocol": "digits", "metric": {}, "recipe": recipe}}}, path)
+    return zoo.read_manifest(path)
+
+
+def bad_inputs(args, root):
     """Section 2: bad inputs tried, and let through (target 0)."""
     folder = os.path.join(root, "bad-inputs")
     os.makedirs(folder)
@@ -693,6 +739,329 @@ def load_test(args, root):
     }
 
 
+
+# ----------------------------------------------------------------------------
+# 4. Results of several files, and several processes on one result
+# ----------------------------------------------------------------------------
+
+
+def result_versions(kind, folder):
+    """(write(version), check() -> "A" / "B" / raises on a mix or a loss) for a result of several files."""
+    from tfhash import training
+
+    if kind == "run":
+        results = [training.Result({"name": name}, {"image": encoder(seed)}, {}, 0.0, None, {"loss": [1.0]})
+                   for name, seed in (("A", 1), ("B", 2))]
+        probes = {r.recipe["name"]: digest(r.encoders["image"].encode(PROBE)) for r in results}
+        run = os.path.join(folder, "run")
+
+        def check():
+            record, encoders = training.load_run(run)
+            name = record["recipe"]["name"]
+            if digest(encoders["image"].encode(PROBE)) != probes[name]:
+                raise AssertionError(f"mixed: run.json of {name} beside another encoder")
+            return name
+
+        return (lambda i: training.save_run(results[i], run)), check
+    if kind == "encode":
+        from tfhash.cli import _write_codes
+        from tfhash.index import HammingIndex
+
+        codes = [np.zeros((3, 2), np.uint8), np.full((5, 2), 7, np.uint8)]
+        output, index_file = os.path.join(folder, "db.npy"), os.path.join(folder, "db.thi")
+
+        def check():
+            n = HammingIndex.load(index_file).ntotal  # finishes a half-done commit first
+            saved = np.load(output, allow_pickle=False)
+            if len(saved) != n:
+                raise AssertionError(f"mixed: {len(saved)} codes beside an index of {n}")
+            return "AB"[n == 5]
+
+        return (lambda i: _write_codes(codes[i], None, output, index_file, wait=True)), check
+    if kind == "zoo":
+        from tfhash import publish, recipes, zoo
+
+        base = recipes.load("dhn_fashion_mnist_32")
+        recipe_files = []
+        for name, bits in (("A", 32), ("B", 16)):
+            path = os.path.join(folder, f"recipe-{name}.json")
+            write_json({**base, "bits": bits, "name": "probe"}, path)
+            recipe_files.append(path)
+        encoders = {32: encoder(1, bits=32), 16: encoder(2, bits=16)}
+        publish.train = lambda recipe, **_: training.Result(
+            recipe, {"image": encoders[recipe["bits"]]}, {"image": {"map": 0.5}}, 0.0)
+        zoo_dir = os.path.join(folder, "zoo")
+
+        def check():
+            manifest = zoo.read_manifest(os.path.join(zoo_dir, "manifest.json"))
+            item = manifest["entries"]["probe"]
+            recipe = publish.entry_recipe("probe", manifest)  # checks the recipe's sha256
+            if io_sha256(os.path.join(zoo_dir, item["file"])) != item["sha256"] or recipe["bits"] != item["bits"]:
+                raise AssertionError("mixed: the manifest's sha256 or bits do not match its file or recipe")
+            return "AB"[item["bits"] == 16]
+
+        return (lambda i: publish.publish(recipe_files[i], zoo_dir=zoo_dir)), check
+    if kind == "retriever":
+        from tfhash.retrieval import Retriever
+
+        path = os.path.join(folder, "retriever")
+        versions = []
+        for name, n in (("A", 3), ("B", 5)):
+            retriever = Retriever(bits=16)
+            retriever.add_codes(np.full((n, 2), n, np.uint8), ids=np.arange(n) * 10, metadata=[name] * n)
+            versions.append(retriever)
+
+        def check():
+            loaded = Retriever.load(path)
+            names = set(loaded._metadata)
+            if len(names) != 1 or loaded.size != {"A": 3, "B": 5}[names.pop()] or loaded._ids[-1] != 10 * (
+                    loaded.size - 1):
+                raise AssertionError(f"mixed: {loaded.size} rows with metadata {sorted(set(loaded._metadata))}")
+            return loaded._metadata[0]
+
+        return (lambda i: versions[i].save(path)), check
+    raise ValueError(kind)
+
+
+def io_sha256(path):
+    from tfhash.io import sha256
+
+    return sha256(path)
+
+
+def result_child(kind, folder, aimed):
+    """Child mode: writes version A of a result, says `ready`, then writes B, A, ...
+    forever. `aimed`: after each commit's record and first member rename, says
+    `between` and waits to be killed there."""
+    write, _ = result_versions(kind, folder)
+    if aimed:
+        from tfhash import io as tfhash_io
+
+        real = os.replace
+
+        def rename(source, target):
+            real(source, target)
+            if ".partial" in os.path.basename(source) and not os.path.basename(target).endswith(".commit"):
+                print("between", flush=True)
+                time.sleep(60)
+
+        write(0)
+        tfhash_io.os.replace = rename
+        print("ready 0", flush=True)
+        write(1)
+        return
+    write(0)
+    start = time.perf_counter()
+    write(1)
+    print("ready", time.perf_counter() - start, flush=True)
+    for i in itertools.count():
+        write(i % 2)
+
+
+RESULTS = ("run", "encode", "zoo", "retriever")
+
+
+def kill_results(args, root):
+    """Section 4a: results of several files killed at random points and aimed between their files."""
+    rng = np.random.default_rng(args.seed + 1)
+    print("\n4. Results of several files (run directory, encode's codes + index, zoo entry, Retriever folder): "
+          "writers SIGKILLed at random points and aimed between two files of one commit; each must then read "
+          "as version A or B, whole (target 0 lost, 0 mixed, 0 stale)")
+    print(f"{'result':10s} {'random':>6s} {'aimed':>5s} {'lost':>5s} {'mixed':>5s} {'stale':>5s}")
+    rows = []
+    for kind in RESULTS:
+        folder = os.path.join(root, f"result-{kind}")
+        os.makedirs(folder)
+        _, check = result_versions(kind, folder)
+        lost, mixed, log_path = [], [], os.path.join(root, f"result-{kind}.log")
+        window_ms = None
+        with open(log_path, "w") as log:
+            for kill in range(args.result_kills * 2):
+                aimed = kill % 2 == 1
+                command = [sys.executable, os.path.abspath(__file__), "--result-child", kind, folder]
+                command += ["--aimed"] if aimed else []
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                        env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
+                try:
+                    for line in proc.stdout:
+                        if line.startswith("ready") and not aimed:
+                            window_ms = window_ms or max(KILL_WINDOW_MS, 1000 * float(line.split()[1]))
+                            time.sleep(float(rng.uniform(1, window_ms)) / 1000)
+                            break
+                        if line.startswith("between"):
+                            break
+                finally:
+                    stop(proc)
+                try:
+                    check()
+                except AssertionError as error:
+                    mixed.append(str(error))
+                except Exception as error:  # noqa: BLE001  (any failure to read is a lost result)
+                    lost.append(f"{type(error).__name__}: {' '.join(str(error).split())[:120]}")
+        write, _ = result_versions(kind, folder)
+        write(0)  # one more normal write: nothing stale may stay
+        stale = [name for _, _, names in os.walk(folder) for name in names if ".partial" in name or
+                 name.endswith(".commit")]
+        rows.append({"result": kind, "random_kills": args.result_kills, "aimed_kills": args.result_kills,
+                     "lost": len(lost), "mixed": len(mixed), "stale": len(stale), "problems": lost + mixed + stale})
+        print(f"{kind:10s} {args.result_kills:6d} {args.result_kills:5d} {len(lost):5d} {len(mixed):5d} "
+              f"{len(stale):5d}")
+        for problem in rows[-1]["problems"]:
+            print(f"    {problem}")
+    return rows
+
+
+def updater_child(folder, writer, n):
+    """Child mode: `n` updates of the Retriever at `folder`, each adding one row (code = writer)."""
+    from tfhash.retrieval import Retriever
+
+    for i in range(n):
+        with Retriever.update(folder, bits=8) as retriever:
+            retriever.add_codes(np.array([[writer]], np.uint8), metadata=[{"writer": writer, "i": i}])
+
+
+def reader_child(folder, seconds):
+    """Child mode: loads the Retriever at `folder` for `seconds`; prints loads and rows whose metadata
+    belongs to another row's code."""
+    from tfhash.retrieval import Retriever
+
+    loads = mixed = errors = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            retriever = Retriever.load(folder)
+        except FileNotFoundError:
+            continue
+        except Exception:  # noqa: BLE001
+            errors += 1
+            continue
+        loads += 1
+        if retriever.size:
+            # Writer 1's code is 0b00000001, writer 2's 0b00000010: from query 1, writer 1's rows are at
+            # distance 0 and writer 2's at distance 2, so each row's metadata must name that writer.
+            distances, positions, _ = retriever.search_codes(np.array([[1]], np.uint8), retriever.size)
+            for distance, row in zip(distances[0], positions[0]):
+                writer = retriever._metadata[row]["writer"]
+                mixed += {0: 1, 2: 2}.get(int(distance)) != writer
+    print(json.dumps({"loads": loads, "mixed": mixed, "errors": errors}), flush=True)
+
+
+def concurrent_writers(args, root):
+    """Section 4b: two writers and a reader on one Retriever folder; two trains on one new output."""
+    folder = os.path.join(root, "shared-retriever")
+    n = args.updates
+    print(f"\n4b. Two processes updating one Retriever folder ({n} rows each) beside a reader; two `tfhash "
+          f"train` on one new --output (targets: 0 lost, 0 mixed, 0 errors; exactly one train succeeds)")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    script = os.path.abspath(__file__)
+    log = open(os.path.join(root, "concurrency.log"), "w")
+    writers = [subprocess.Popen([sys.executable, script, "--updater", folder, str(w), str(n)], env=env, cwd=ROOT,
+                                stderr=log) for w in (1, 2)]
+    reader = subprocess.Popen([sys.executable, script, "--reader", folder, str(args.reader_seconds)], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+    codes = [w.wait() for w in writers]
+    seen = json.loads(reader.communicate()[0].strip().splitlines()[-1])
+    from tfhash.retrieval import Retriever
+
+    final = Retriever.load(folder)
+    rows = {(m["writer"], m["i"]) for m in final._metadata}
+    lost = 2 * n - len(rows)
+    print(f"  writers exited {codes}; rows {final.size} of {2 * n} (lost {lost}); reader: {seen['loads']} loads, "
+          f"{seen['mixed']} mixed rows, {seen['errors']} errors")
+    output = os.path.join(root, "one-output")
+    trains = [subprocess.Popen([sys.executable, "-m", "tfhash.cli", "train", "--method", "dhn", "--protocol",
+                                "digits", "--bits", "16", "--epochs", "1", "--quiet", "--output", output],
+                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    answers = [(t.wait(), t.stderr.read().strip()) for t in trains]
+    succeeded = sum(code == 0 for code, _ in answers)
+    print(f"  two trains on one new --output: {succeeded} succeeded; the other said: "
+          f"{next((err for code, err in answers if code), '-')[:160]}")
+    return {"updates_per_writer": n, "writer_exit_codes": codes, "rows": final.size, "lost": lost,
+            "reader": seen, "trains_succeeded": succeeded, "train_answers": answers}
+
+
+# ----------------------------------------------------------------------------
+# 5. Bounded waits: a stalled zoo download, slow gRPC clients beside normal ones
+# ----------------------------------------------------------------------------
+
+
+def stalled_download(root, timeout_s=1.0):
+    """`zoo.download` from a server that sends the manifest, then stalls on the file.
+    Returns (blocked: still waiting after 10 x the timeout, answer, files left in the cache)."""
+    import http.server
+
+    from tfhash import zoo
+
+    manifest = json.dumps({"format": zoo.MANIFEST_FORMAT, "entries": {"stalled": {
+        "file": "files/stalled.keras", "sha256": "0" * 64, "size": 1000, "class": "DHNEncoder", "bits": 16,
+        "input": {}, "protocol": "digits", "metric": {}, "recipe": "recipes/stalled.json"}}}).encode()
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.endswith("manifest.json"):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(manifest)))
+                self.end_headers()
+                self.wfile.write(manifest)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            release.wait(60)  # sends nothing: a stalled transfer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = os.path.join(root, "stalled-cache")
+    saved = {key: os.environ.get(key) for key in (zoo.URL_ENV, zoo.CACHE_ENV, zoo.MANIFEST_ENV)}
+    os.environ.update({zoo.URL_ENV: f"http://127.0.0.1:{server.server_port}/", zoo.CACHE_ENV: cache})
+    os.environ.pop(zoo.MANIFEST_ENV, None)
+    answer = []
+
+    def fetch():
+        try:
+            answer.append(f"returned {zoo.download('stalled', timeout=timeout_s)}")
+        except Exception as error:  # noqa: BLE001
+            answer.append(f"{type(error).__name__}: {error}")
+
+    try:
+        thread = threading.Thread(target=fetch, daemon=True)
+        thread.start()
+        thread.join(10 * timeout_s)
+        blocked = thread.is_alive()
+    finally:
+        release.set()
+        server.shutdown()
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    left = [name for _, _, names in os.walk(cache) for name in names] if os.path.isdir(cache) else []
+    return blocked, (answer or ["still waiting"])[0], left
+
+
+def bounded_waits(args, root):
+    """Section 5: every wait bounded (targets: 0 blocked, 0 left behind)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import slow_clients
+
+    print("\n5. Bounded waits (target 0 blocked, nothing left behind)")
+    blocked, answer, left = stalled_download(root)
+    print(f"  zoo download from a stalled server (timeout 1 s): {'BLOCKED' if blocked else 'answered'}; "
+          f"{len(left)} files left in the cache; {' '.join(answer.split())[:160]}")
+    with slow_clients.tiny_server() as (target, name, images):
+        rows = slow_clients.probe(target, name, images, args.slow_clients, args.normal_requests, 5.0, 2.0, 60.0)
+    for row in rows:
+        print(f"  {row['slow']:3d} slow clients (60 MB declared, 1 byte/s): {row['ok']}/{args.normal_requests} normal "
+              f"Predicts answered, {row['blocked']} blocked, slowest {row['slowest_s']:.2f} s, "
+              f"{row['held']} slow calls still held")
+    return {"download": {"blocked": blocked, "answer": answer, "left_in_cache": left},
+            "slow_clients": [{k: v for k, v in row.items() if k != "errors"} | {"errors": row["errors"][:3]}
+                             for row in rows]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, help="kills per fast writer (default 20; --quick: 3)")
@@ -701,13 +1070,30 @@ def main():
     parser.add_argument("--requests", type=int, help="requests per client (default 50; --quick: 10)")
     parser.add_argument("--quick", action="store_true", help="few kills and requests: a smoke run")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill points")
+    parser.add_argument("--sections", default="1,2,3,4,5", help="which sections to run (default: all)")
     parser.add_argument("--output", default="bench/results/reliability.json")
+    parser.add_argument("--result-kills", type=int, help="random and aimed kills per result (default 6; --quick: 2)")
+    parser.add_argument("--updates", type=int, help="rows each of two Retriever writers adds (default 40; --quick: 8)")
+    parser.add_argument("--reader-seconds", type=float, default=5.0, help="how long the reader loads")
+    parser.add_argument("--slow-clients", type=int, nargs="+", default=[8, 64], help="counts of slow gRPC clients")
+    parser.add_argument("--normal-requests", type=int, default=10, help="normal Predicts beside the slow clients")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--result-child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--aimed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--updater", nargs=3, metavar=("FOLDER", "WRITER", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--reader", nargs=2, metavar=("FOLDER", "SECONDS"), help=argparse.SUPPRESS)
     parser.add_argument("--refs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child, args.refs)
-    for key, full, quick in (("kills", 20, 3), ("slow_kills", 8, 2), ("clients", 16, 4), ("requests", 50, 10)):
+    if args.result_child:
+        return result_child(*args.result_child, args.aimed)
+    if args.updater:
+        return updater_child(args.updater[0], int(args.updater[1]), int(args.updater[2]))
+    if args.reader:
+        return reader_child(args.reader[0], float(args.reader[1]))
+    for key, full, quick in (("kills", 20, 3), ("slow_kills", 8, 2), ("clients", 16, 4), ("requests", 50, 10),
+                             ("result_kills", 6, 2), ("updates", 40, 8)):
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
         if getattr(args, key) < 1:
@@ -716,12 +1102,13 @@ def main():
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     root = tempfile.mkdtemp(prefix="tfhash-reliability-")
     try:
-        record = {
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "kill_points": kill_points(args, root),
-            "bad_inputs": bad_inputs(root),
-            "load_test": load_test(args, root),
-        }
+        record = {"command": " ".join([os.path.basename(sys.executable), *sys.argv])}
+        chosen = set(args.sections.split(","))
+        for section, key, run in (("1", "kill_points", kill_points), ("2", "bad_inputs", bad_inputs),
+                                  ("3", "load_test", load_test), ("4", "results", kill_results),
+                                  ("4", "concurrency", concurrent_writers), ("5", "waits", bounded_waits)):
+            if section in chosen:
+                record[key] = run(args, root)
     except BaseException:
         print(f"kept {root} (children's and server's logs) for inspection", file=sys.stderr)
         raise

@@ -24,10 +24,21 @@ RESOURCE_EXHAUSTED) and `max_message_bytes`; every input must hold exactly the
 values its shape implies, checked before any is decoded; the model runs on at
 most `chunk_rows` rows at a time, so memory stays bounded whatever is accepted.
 
+Slow clients: the server is gRPC's asyncio server. A request message is
+received whole on its event loop, and only then is the handler run, on one
+of `max_workers` threads; a client that declares a large message and sends it
+byte by byte holds a pending call on the loop, never a worker, so the others
+keep being answered. (gRPC's threaded server takes a worker as a call starts
+and keeps it while the message arrives: as many slow clients as workers stop
+it. Capping concurrent RPCs turns them away instead; capping streams per
+connection does nothing against one connection per slow client; a maximum
+connection age frees workers only until the slow clients reconnect.)
+
 Not a replacement for TF Serving: no request batching, model warmup, REST API,
 monitoring or config file (see serving/README.md).
 """
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -378,7 +389,9 @@ class ModelServer:
             which bounds the memory a request takes.
         poll_seconds: seconds between file-system polls; 0 or None loads once at start.
         num_versions: how many of the highest versions stay loaded per model.
-        max_workers: threads answering requests concurrently.
+        max_workers: threads running handlers (the model) concurrently. A
+            request takes one only once its message has been received whole,
+            so slow senders do not hold them.
 
     Examples:
     >>> with ModelServer("export/models", port=0, max_batch=1024) as server:
@@ -424,7 +437,8 @@ class ModelServer:
         self._poll_lock = threading.Lock()  # one poll at a time (thread or `poll()`)
         self._stopping = threading.Event()
         self._poller = None
-        self._grpc = None
+        self._grpc = None  # the grpc.aio server, run by an event loop in a thread of its own
+        self._loop = self._loop_thread = self._workers = None
 
     @property
     def address(self):
@@ -441,28 +455,27 @@ class ModelServer:
         if self.model_name and not os.path.isdir(os.path.join(self.base_dir, self.model_name)):
             raise FileNotFoundError(f"no model folder {os.path.join(self.base_dir, self.model_name)!r}")
         self.poll()  # like TF Serving: the first versions load before the port opens
-        options = [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            # gRPC sets SO_REUSEPORT by default: two servers could share a port.
-            ("grpc.so_reuseport", 0),
-        ]
-        server = grpc.server(
-            futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="tfhash-serving"), options=options
-        )
-        services = _Services(self)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(services, server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(services, server)
         address = f"[{self.host}]:{self.requested_port}" if ":" in self.host else f"{self.host}:{self.requested_port}"
+        # The asyncio server receives each request whole on its event loop and only then
+        # hands it to a worker: a client that declares a large message and sends it slowly
+        # holds a coroutine, not a worker (grpc.server takes a worker as soon as a call
+        # starts and keeps it while the message trickles in).
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name=f"tfhash-serving-loop-{id(self):x}", daemon=True
+        )
+        self._loop_thread.start()
+        self._workers = futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="tfhash-serving")
         try:
-            port = server.add_insecure_port(address)
-        except RuntimeError:  # recent grpcio raises where older ones returned 0
-            port = 0
+            server, port = self._on_loop(self._start_grpc(address))
+        except BaseException:
+            self._close_loop()
+            raise
         if not port:
-            server.stop(None)
+            self._on_loop(server.stop(None))
+            self._close_loop()
             raise OSError(f"cannot bind {address}: port in use, or not an address of this machine")
         self.port, self._grpc = port, server
-        server.start()
         if self.poll_seconds:
             self._poller = threading.Thread(
                 target=self._poll_loop, name=f"tfhash-serving-poll-{self.port}", daemon=True
@@ -470,13 +483,47 @@ class ModelServer:
             self._poller.start()
         return self
 
+    async def _start_grpc(self, address):
+        """Creates (on the event loop, which it binds to), binds and starts the gRPC
+        server; returns (server, port), port 0 if the address could not be bound."""
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            # gRPC sets SO_REUSEPORT by default: two servers could share a port.
+            ("grpc.so_reuseport", 0),
+        ]
+        # The handlers are plain functions (TensorFlow blocks): the server runs them in this pool.
+        server = grpc.aio.server(migration_thread_pool=self._workers, options=options)
+        services = _Services(self)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(services, server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(services, server)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # recent grpcio raises where older ones returned 0
+            port = 0
+        if port:
+            await server.start()
+        return server, port
+
+    def _on_loop(self, coroutine):
+        """Runs `coroutine` on the server's event loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _close_loop(self):
+        """Stops the event loop, joins its thread and lets the workers go."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
+        self._workers.shutdown(wait=False)  # a handler still running finishes on its own
+
     def stop(self, grace=5.0):
         """Stops polling, lets requests in flight finish for up to `grace` seconds, closes the port."""
         self._stopping.set()
         if self._poller is not None:
             self._poller.join()
-        if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+        if self._grpc is not None and not self._loop.is_closed():  # a second stop() has nothing to do
+            self._on_loop(self._grpc.stop(grace))
+            self._close_loop()
         with self._lock:
             self._models = {}
 

@@ -19,6 +19,14 @@ figures, and its files are looked for beside it (a source checkout after
 A download is written to a temporary name, checked against the manifest's
 sha256 and only then renamed into the cache, so the cache never holds a
 partial or corrupted file; a file in the cache is checked again before use.
+Every transfer gives up once the server is silent for `TFHASH_ZOO_TIMEOUT`
+seconds (30 by default), connecting or between two reads, and removes what
+it had written.
+
+A manifest's path fields (an entry's `file` and `recipe`) must be plain
+relative paths inside the zoo folder: a manifest naming `../x` or `/x` is
+refused as it is read.
+
 Nothing is unpickled: `.keras` files hold a JSON config and HDF5 weights,
 and are loaded with `safe_mode=True`.
 
@@ -34,19 +42,29 @@ one is the models' `from_preset` (or `load` once `tfhash.models` is imported).
 
 import importlib.resources
 import json
+import math
 import os
 import re
 import urllib.error
 from pathlib import Path
 
-from tfhash.io import sha256, write_atomically
+from tfhash.io import recover, sha256, write_atomically
 
 URL_ENV = "TFHASH_ZOO_URL"
 CACHE_ENV = "TFHASH_ZOO_CACHE"
 MANIFEST_ENV = "TFHASH_ZOO_MANIFEST"
+TIMEOUT_ENV = "TFHASH_ZOO_TIMEOUT"
 MANIFEST_FORMAT = 1
+# Seconds a zoo server may stay silent (to connect, or between two reads) before a transfer gives up.
+TIMEOUT = 30
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _REQUIRED = ("file", "sha256", "size", "class", "bits", "input", "protocol", "metric", "recipe")
+# The fields of an entry that are paths relative to the zoo folder.
+PATH_FIELDS = ("file", "recipe")
+# One name of such a path: no '%' (a file:// URL would decode '%2e%2e' to '..'),
+# no ':' (drives, URL schemes), no backslash.
+_PATH_PART = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_BLOCK = 2**20  # bytes per read while downloading
 
 
 class ZooError(Exception):
@@ -74,9 +92,15 @@ def read_manifest(path=None):
     url = os.environ.get(URL_ENV)
     if path is None and url and not os.environ.get(MANIFEST_ENV):
         base = origin = _folder_url(url)
+        if base.startswith("file://"):  # a local zoo: finish a publish killed half way (tfhash.io.transaction)
+            import urllib.parse
+            import urllib.request
+
+            recover(urllib.request.url2pathname(urllib.parse.urlparse(base).path).rstrip(os.sep))
         text, where = fetch_text(base + "manifest.json"), base + "manifest.json"
     else:
         path = Path(path or manifest_path())
+        recover(path.resolve().parent)  # a publish killed half way is finished before its manifest is read
         origin = path.resolve().parent.as_uri() + "/"
         where, base = str(path), _folder_url(url) if url else origin
         try:
@@ -89,15 +113,48 @@ def read_manifest(path=None):
     except json.JSONDecodeError as e:
         raise ZooError(f"The zoo manifest {where} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ZooError(f"The zoo manifest {path} has format {manifest.get('format')!r}; expected {MANIFEST_FORMAT}")
-    for name, entry in manifest.get("entries", {}).items():
+        found = manifest.get("format") if isinstance(manifest, dict) else f"none (a JSON {type(manifest).__name__})"
+        raise ZooError(f"The zoo manifest {where} has format {found!r}; expected {MANIFEST_FORMAT}")
+    entries = manifest.get("entries", {})
+    if not isinstance(entries, dict):
+        raise ZooError(f"The zoo manifest {where} is malformed: expected 'entries' to be an object. "
+                       f"Received: {type(entries).__name__}")
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise ZooError(f"Zoo manifest entry {name!r} is malformed: expected an object. "
+                           f"Received: {type(entry).__name__}")
         missing = [key for key in _REQUIRED if key not in entry]
         if missing or not _NAME.match(name):
             raise ZooError(f"Zoo manifest entry {name!r} is malformed: missing {missing}")
+        check_paths(name, entry)
     if path is not None and not url and manifest.get("base_url"):  # a local manifest, its files hosted elsewhere
         base = manifest["base_url"]
     manifest["_base"], manifest["_origin"] = base, origin  # its files' folder; its own folder (recipes/)
     return manifest
+
+
+def check_paths(name, entry):
+    """Refuses an entry whose path fields (`PATH_FIELDS`) could leave the zoo
+    folder or the cache: each must be a non-empty relative path of
+    '/'-separated names of letters, digits, '.', '_' and '-', none of them
+    '.' or '..' (so no absolute path, drive, URL scheme, backslash or
+    percent-escape). One checker for every path field, so none is followed
+    unchecked."""
+    for field in PATH_FIELDS:
+        value = entry.get(field)
+        if not isinstance(value, str) or not value:
+            reason = "is empty" if value in ("", None) else "is not a path"
+        elif value.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", value) or re.match(r"^[A-Za-z]:", value):
+            reason = "escapes the cache or the zoo folder"
+        elif not all(_PATH_PART.match(part) and part != "." for part in value.split("/")):
+            reason = "is not a plain relative path"
+        else:
+            continue
+        raise ZooError(
+            f"Zoo manifest entry {name!r}: its {field} {value!r} {reason}: refused. Expected a relative path "
+            "inside the zoo folder ('/'-separated names of letters, digits, '.', '_' and '-'; no '..', "
+            f"no leading '/', no backslash, drive or '%'). Received: {field}={value!r}"
+        )
 
 
 def write_manifest(manifest, path):
@@ -107,20 +164,54 @@ def write_manifest(manifest, path):
     write_json({k: v for k, v in manifest.items() if not k.startswith("_")}, path, sort_keys=True)
 
 
-# Seconds to wait for a zoo server before giving up.
-TIMEOUT = 30
+def timeout_seconds(timeout=None):
+    """The transfer timeout in seconds: `timeout` if given, else
+    `TFHASH_ZOO_TIMEOUT`, else `TIMEOUT`; a positive finite number."""
+    given = timeout if timeout is not None else os.environ.get(TIMEOUT_ENV) or TIMEOUT
+    try:
+        seconds = float(given)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        source = "timeout" if timeout is not None else TIMEOUT_ENV
+        raise ZooError(f"{source} must be a positive number of seconds. Received: {source}={given!r}")
+    return seconds
 
 
-def fetch_text(url):
-    """The text at `url` (http, https or file), or a `ZooError` naming it."""
+def _transfer_error(url, error, seconds, what, advice):
+    """A one-line ZooError for a failed transfer: `what` URL, the cause and
+    `advice` (a sentence); a timeout says how long it waited and how to wait longer."""
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, TimeoutError):  # connecting (a URLError around it) or reading (bare)
+        return ZooError(f"{what} {url}: expected data within {seconds:g} s ({TIMEOUT_ENV}); received none for "
+                        f"{seconds:g} s (timed out). Set {TIMEOUT_ENV} to wait longer, or {advice[0].lower()}"
+                        f"{advice[1:]}.")
+    detail = " ".join(str(error).split())  # one line
+    return ZooError(f"{what} {url}: {detail}. {advice}.")
+
+
+def _open(url, seconds):
+    """urlopen with `seconds` as the connect timeout and the timeout of every read (the socket's)."""
     import urllib.request
 
+    return urllib.request.urlopen(url, timeout=seconds)
+
+
+def fetch_text(url, *, timeout=None):
+    """The text at `url` (http, https or file), or a `ZooError` naming it.
+
+    `timeout`: seconds the server may stay silent, connecting or between two
+    reads (default: `timeout_seconds()`).
+    """
+    seconds = timeout_seconds(timeout)
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        with _open(url, seconds) as response:
             return response.read().decode("utf-8")
-    except (urllib.error.URLError, OSError, UnicodeDecodeError) as e:
-        raise ZooError(f"Could not read {url}: {e}. Expected a zoo folder (manifest.json, files/, recipes/) "
-                       f"there: check {URL_ENV}") from None
+    except UnicodeDecodeError as e:
+        raise ZooError(f"Could not read {url}: {e}. Expected UTF-8 text (a zoo manifest or recipe)") from None
+    except (urllib.error.URLError, OSError) as e:
+        advice = f"Check {URL_ENV}: expected a zoo folder (manifest.json, files/, recipes/) there"
+        raise _transfer_error(url, e, seconds, "Could not read", advice) from None
 
 
 def list(manifest=None):  # noqa: A001  (zoo.list(), as torch.hub.list)
@@ -140,11 +231,13 @@ def list(manifest=None):  # noqa: A001  (zoo.list(), as torch.hub.list)
 
 
 def entry(name, manifest=None):
-    """One entry of the manifest, with its name."""
+    """One entry of the manifest, with its name; its paths checked (a manifest
+    given as a dict may not have been through `read_manifest`)."""
     manifest = manifest or read_manifest()
     entries = manifest["entries"]
     if name not in entries:
         raise ZooError(f"Unknown zoo entry {name!r}. Available: {sorted(entries)}")
+    check_paths(name, entries[name])
     return {"name": name, **entries[name]}
 
 
@@ -171,18 +264,26 @@ def _cached_path(item, cache):
     return path
 
 
-def download(name, *, manifest=None, force=False):
+def download(name, *, manifest=None, force=False, timeout=None):
     """The verified local path of an entry's file, downloading it if needed.
+
+    The file is read in blocks into a temporary name beside its place in the
+    cache (`tfhash.io.write_atomically`), checked against the manifest's size
+    and sha256, then renamed into place; any failure removes the temporary.
+
+    Args:
+        timeout: seconds the server may stay silent, connecting or between
+            two reads (default: `TFHASH_ZOO_TIMEOUT`, else `TIMEOUT`).
 
     Raises:
         ZooError: unknown name, a file name leaving the cache, no network (or a
-            missing file at the base URL), or a sha256 mismatch (the bad file
-            is removed; the cache keeps only verified files).
+            missing file at the base URL), a server silent for `timeout`, more
+            bytes than the manifest's size, or a sha256 mismatch (the cache
+            keeps only verified files).
     """
-    import keras
-
     manifest = manifest or read_manifest()
     item = entry(name, manifest)
+    seconds = timeout_seconds(timeout)
     cache = cache_dir()
     path = _cached_path(item, cache)
     if path.exists() and not force:
@@ -193,27 +294,27 @@ def download(name, *, manifest=None, force=False):
     origin = base_url(manifest) + item["file"]
 
     def fetch(partial):
-        # get_file writes where it is told: the temporary name beside `path`,
-        # checked before the rename, so nothing partial or wrong is ever at `path`.
-        keras.utils.get_file(os.path.basename(partial), origin, cache_dir=str(path.parent), cache_subdir=".")
+        received = 0
+        with _open(origin, seconds) as response, open(partial, "wb") as out:
+            while block := response.read(_BLOCK):
+                received += len(block)
+                if received > item["size"]:  # a server sending without end cannot fill the disk
+                    raise ZooError(f"Zoo entry {name!r} from {origin}: expected {item['size']} bytes (the "
+                                   f"manifest's size). Received more; the file was removed.")
+                out.write(block)
         got = sha256(partial)
         if got != item["sha256"]:
             raise ZooError(
                 f"sha256 mismatch for zoo entry {name!r} from {origin}: expected {item['sha256']}, "
-                f"received {got} ({os.path.getsize(partial)} bytes; expected {item['size']}). "
+                f"received {got} ({received} bytes; expected {item['size']}). "
                 "The file was removed."
             )
 
     try:
         write_atomically(path, fetch)
-    except ZooError:
-        raise
-    except Exception as e:  # get_file wraps URL errors in a bare Exception
-        cause = e.__cause__ or e
-        if isinstance(cause, (urllib.error.URLError, OSError)) or "URL fetch failure" in str(e):
-            raise ZooError(f"Could not download zoo entry {name!r} from {origin}: {e}. "
-                           f"Check the network, or set {URL_ENV} to a mirror or an offline copy.") from None
-        raise
+    except (urllib.error.URLError, OSError) as e:  # HTTP errors, refused, timed out, reset
+        advice = f"Check the network, or set {URL_ENV} to a mirror or an offline copy"
+        raise _transfer_error(origin, e, seconds, f"Could not download zoo entry {name!r} from", advice) from None
     return str(path)
 
 
