@@ -1,10 +1,13 @@
-"""Reliability figures (issue 21): writers killed mid-write, bad inputs, a bounded load on `tfhash serve`.
+"""Reliability figures (issues 21, 27): writers killed mid-write, results of several files killed
+between their files, several processes on one result, bad inputs, a bounded load on `tfhash serve`,
+bounded waits.
 
     .venv/bin/python bench/reliability.py [--kills 20] [--slow-kills 8] [--clients 16] [--requests 50]
-        [--seed 0] [--output bench/results/reliability.json]
-    .venv/bin/python bench/reliability.py --quick --output /tmp/reliability.json   # smoke run, about a minute
+        [--result-kills 6] [--updates 40] [--slow-clients 8 64] [--seed 0] [--sections 1,2,3,4,5]
+        [--output bench/results/reliability.json]
+    .venv/bin/python bench/reliability.py --quick --output /tmp/reliability.json   # smoke run
 
-Prints three figures, each with its target:
+Prints five figures, each with its target:
 
 1. Files lost per writer (target 0). For each way tfhash writes a file
    (`io.write_json`, `io.save_arrays`, a Keras `.keras` save through
@@ -32,6 +35,21 @@ Prints three figures, each with its target:
    and after (bounded: no growth beyond the model's working set). Probes:
    max_batch + 1 rows must get RESOURCE_EXHAUSTED; shapes with no values must
    be refused at once, before anything is decoded.
+
+4. Results of several files (target 0 lost, 0 mixed, 0 stale): a run directory
+   (`training.save_run`), an encode's codes and index (`tfhash encode --output
+   --index`), a zoo entry (`publish.publish`, its training replaced by two fixed
+   results of 32 and 16 bits) and a Retriever folder are rewritten A, B, A, ...
+   by a child SIGKILLed at a random point, or aimed: just after a commit's
+   first member is renamed into place, before the next. Each must then read
+   through tfhash's own readers as A or B, whole (`mixed`: parts of both).
+   Then two processes each add rows to one Retriever folder through
+   `Retriever.update` while a third loads it in a loop (lost rows, rows whose
+   metadata belongs to another writer's code), and two `tfhash train` start
+   on one new `--output` (exactly one may succeed).
+5. Bounded waits (target 0 blocked, nothing left): `zoo.download` from a
+   server that sends the manifest and stalls on the file (1 s timeout), and
+   normal Predicts beside 8 and 64 slow gRPC clients (`bench/slow_clients.py`).
 
 TensorFlow is imported inside the functions that need it, so the children of
 the light writers (JSON, NumPy, index) start in well under a second.
