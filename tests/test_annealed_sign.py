@@ -92,3 +92,55 @@ def test_bad_arguments_are_refused():
         BetaSchedule.steps([2, -1])
     with pytest.raises(ValueError, match="per in \\('epoch', 'step'\\). Received: .*per='batch'"):
         BetaSchedule.continuous(per="batch")
+
+
+# Inputs of the probe below: float32 numbers (so float64 sees the same values),
+# spread over tanh's curved part for the betas the schedule reaches (beta x up to 1.6).
+PROBE = np.array([-0.2, -0.05, 0.0, 0.0125, 0.1], "float32")
+# The layer computes in float32: beta * x is rounded once (relative 2**-24, moving
+# tanh by at most 2**-24 * max_u u sech^2 u < 2**-24 * 0.45), and TensorFlow's
+# float32 tanh is accurate to a few ulps (2**-24 each near 1). 1e-6 is about 17
+# ulps at 1: room for any faithful float32 tanh, and under 2e-6 of the gap between
+# tanh(8 x) and tanh(x) the test tells apart (0.56 at x = 0.1).
+TOLERANCE = 1e-6
+
+
+class ProbeOutputs(BetaProbe):
+    """`BetaProbe` whose compiled train step also returns the layer's training
+    output on `PROBE`: what the graph fit runs computes, step by step."""
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        return {**logs, "probe": self.sign(tf.constant(PROBE), training=True)}
+
+
+def test_training_output_is_tanh_of_the_beta_the_schedule_set():
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    model = ProbeOutputs()
+    model(x[:1])
+    model.compile(optimizer="sgd")
+    layer = model.sign
+    # A tf.function traced while beta is still its initial 1.0, called again after
+    # fit: a beta frozen into the graph at trace time would show there.
+    traced = tf.function(lambda v: layer(v, training=True))
+    np.testing.assert_allclose(traced(PROBE), np.tanh(PROBE.astype(np.float64)), rtol=0, atol=TOLERANCE)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: seen.append(np.asarray(logs["probe"], np.float64)))
+    data = tf.data.Dataset.from_tensor_slices((x, x)).batch(4)  # 4 steps: beta 1, 2, 4, 8
+    model.fit(data, epochs=1, verbose=0, callbacks=[BetaSchedule.continuous(start=1.0, rate=2.0, per="step"), record])
+    beta_now = float(layer.beta.numpy())
+    assert beta_now == 8.0 and layer.initial_beta == 1.0
+    # The expected outputs, in float64 from the float32 inputs (exact) and the betas
+    # the schedule set (powers of 2, exact in float32).
+    x64 = PROBE.astype(np.float64)
+    assert len(seen) == 4
+    for step, output in enumerate(seen):  # inside fit's compiled step
+        np.testing.assert_allclose(output, np.tanh(2.0**step * x64), rtol=0, atol=TOLERANCE, err_msg=f"step {step}")
+    expected, frozen = np.tanh(beta_now * x64), np.tanh(layer.initial_beta * x64)
+    for output in (layer(PROBE, training=True), traced(PROBE)):  # called directly, and through the old trace
+        np.testing.assert_allclose(np.asarray(output, np.float64), expected, rtol=0, atol=TOLERANCE)
+        assert np.abs(np.asarray(output, np.float64) - frozen).max() > 0.5  # not the initial beta's output
+    assert traced.experimental_get_tracing_count() == 1  # the same graph, not a retrace
+    # Inference ignores beta: sign(x), sign(0) = +1.
+    np.testing.assert_array_equal(layer(PROBE, training=False), [-1, -1, 1, 1, 1])

@@ -11,11 +11,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import method_checks
 from tfhash import registry, training
 from tfhash.cli import main
 
 # Any setting is a flag too: --batch-size reaches the method's batch_size.
 TINY = ["--protocol", "digits", "--bits", "16", "--epochs", "3", "--batch-size", "50", "--quiet"]
+
+
+def _map_of_saved_encoder(run_dir):
+    from tfhash.data import load_protocol
+
+    data = load_protocol("digits")
+    encoder = training.load_model(run_dir)
+    (queries, query_labels), (database, database_labels) = data.subset("query"), data.subset("database")
+    return method_checks.map_by_hand(encoder.encode(queries), encoder.encode(database), query_labels, database_labels)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,11 @@ def test_train_writes_the_encoder_and_run_record(run_dir):
     assert recipe["name"] == "dhn_digits_16" and settings["batch_size"] == 50
     assert settings["alpha"] == 0.25 and settings["balanced"] is True
     assert settings["learning_rate"] == 1e-3 and settings["quantization"] == "log_cosh"
-    assert len(record["history"]["loss"]) == 3 and 0 < record["scores"]["image"]["map"] <= 1
+    assert len(record["history"]["loss"]) == 3
     assert sorted(f for f in os.listdir(run_dir) if f.endswith(".keras")) == ["image_encoder.keras"]
+    # The recorded score is the saved encoder's mAP@all on the protocol's queries (the
+    # digits' metric), recomputed here from its codes apart from tfhash.metrics.
+    assert record["scores"]["image"]["map"] == pytest.approx(_map_of_saved_encoder(run_dir), rel=method_checks.MAP_RTOL)
 
 
 @pytest.mark.slow
@@ -48,7 +61,12 @@ def test_evaluate_prints_metrics_neighbours_and_writes_plot(run_dir, tmp_path, c
     with open(plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     result = json.load(open(report))
-    assert 0.0 < result["map"] <= 1.0 and result["protocol"]["num_queries"] == 100
+    assert result["protocol"]["num_queries"] == 100 and result["map_k"] == "all"
+    # The saved encoder's mAP@all recomputed from its codes, and the score train recorded.
+    expected = _map_of_saved_encoder(run_dir)
+    assert result["map"] == pytest.approx(expected, rel=method_checks.MAP_RTOL)
+    assert result["map"] == pytest.approx(training.read_run(run_dir)["scores"]["image"]["map"], rel=method_checks.MAP_RTOL)
+    assert f"mAP@all (retrieved, no_relevant=zero): {result['map']:.4f}" in out
     assert len(result["pr_curve"]["precision"]) == 17  # radius 0..16
 
 

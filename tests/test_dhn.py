@@ -3,7 +3,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import method_checks
+from method_checks import float64  # noqa: F401  (a fixture)
 from tfhash import metrics
 from tfhash.data import load_protocol, pairwise_batches
 from tfhash.models import DHN, Backbone
@@ -32,6 +35,46 @@ def test_encode_is_packed_sign_of_outputs(digits):
     codes = model.encode(images)
     assert codes.dtype == np.uint8 and codes.shape == (40, 2)
     np.testing.assert_array_equal(codes, np.packbits(model.predict(images, verbose=0) >= 0, axis=-1))
+
+
+def _dhn_objective_by_hand(z, labels, alpha, quantization_weight):
+    """DHN's objective written out from its equation (docs/methods/dhn.md), with
+    balanced pairs: per row i, mean_j w_ij [softplus(t_ij) - s_ij t_ij] with
+    t_ij = alpha <z_i, z_j> (columns z_j held constant), w_ij = T / P for the P
+    similar of the T = n^2 pairs and 1 otherwise; Q_i = sum_k log cosh(|z_ik| - 1).
+    Returns (loss, mean pairwise term, mean quantization term)."""
+    n = z.shape[0]
+    s = tf.constant((labels[:, None] == labels[None, :]).astype(np.float64))
+    w = tf.where(s > 0, n * n / tf.reduce_sum(s), tf.ones_like(s))
+    t = alpha * tf.matmul(z, tf.stop_gradient(z), transpose_b=True)
+    pairwise = tf.reduce_mean(w * (tf.math.log1p(tf.exp(t)) - s * t), axis=1)
+    quantization = tf.reduce_sum(tf.math.log(tf.cosh(tf.abs(z) - 1.0)), axis=1)
+    loss = tf.reduce_mean(pairwise + quantization_weight * quantization)
+    return loss, tf.reduce_mean(pairwise), tf.reduce_mean(quantization)
+
+
+@pytest.mark.slow
+def test_one_steps_loss_is_its_weighted_terms_by_hand(digits, float64):
+    images, labels = digits.subset("train")
+    x, y = images[:12], labels[:12]
+    # Weights that no term shares, so a dropped or swapped weight shows.
+    alpha, weight = 0.3, 0.37
+    model = _model(alpha=alpha, balanced=True, quantization_weight=weight)
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        z = model(x, training=True)
+        assert z.dtype == tf.float64
+        loss, pairwise, quantization = _dhn_objective_by_hand(z, y, alpha, weight)
+    gradients = tape.gradient(loss, variables)
+    before = method_checks.snapshot(variables)
+    # The terms are of one size (pairwise 1.2, 0.37 x quantization 2.0 here): dropping either moves the loss by a third or more.
+    assert 0.2 < float(weight * quantization) / float(loss) < 0.9
+    logs = model.fit(method_checks.one_batch(x, y), epochs=1, verbose=0).history
+    # What the step logged (before its update) is the objective by hand...
+    method_checks.assert_logs(logs, {"loss": loss, "pairwise_loss": pairwise, "quantization_loss": quantization})
+    # ...and what it descended is too: SGD(1) moved every weight by minus its gradient.
+    method_checks.assert_sgd_step(before, variables, gradients)
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import method_checks
+from method_checks import float64  # noqa: F401  (a fixture)
 from tfhash import metrics
 from tfhash.callbacks import GeneratedImageGrid
 from tfhash.data import draw_labelled, load_protocol, pairwise_batches, semi_supervised_batches
@@ -152,6 +154,88 @@ def test_pairwise_term_enters_the_shared_cnns_objective(digits):
     assert np.log(2) < with_pairwise["pairwise_loss"] < 2 * np.log(2)
     for key in ("classification_loss", "triplet_loss", "d_loss"):
         assert with_pairwise[key] == without[key]
+
+
+def _cross_entropy(logits, targets):
+    """Softmax cross-entropy by hand: -sum_c t_c log softmax(logits)_c."""
+    return -tf.reduce_sum(targets * (logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)), axis=-1)
+
+
+@pytest.mark.slow
+def test_one_steps_losses_are_their_weighted_terms_by_hand(digits, float64):
+    images, labels = digits.subset("train")
+    n, labelled_rows, bits, classes = 12, 8, 16, 10
+    x, y = images[:n], labels[:n].astype(np.int32)
+    flags = np.r_[np.ones(labelled_rows), np.zeros(n - labelled_rows)]
+    # Weights that no term shares, so a dropped or swapped weight shows.
+    cw, tw, aw, pw, alpha = 0.8, 1.7, 0.45, 0.6, 0.25
+    model = _dsh_gan(seed=1, classification_weight=cw, triplet_weight=tw, adversarial_weight=aw,
+                     pairwise_weight=pw, pairwise_alpha=alpha)
+    margin = model.margin
+    assert margin == bits / 4
+    # The shared CNN takes a plain SGD(1) step; the generator's step (after it) moves nothing.
+    model.compile(optimizer=keras.optimizers.SGD(1.0), g_optimizer=keras.optimizers.SGD(0.0))
+    encoder = model.encoder
+    targets = tf.one_hot(y, classes, dtype=tf.float64)
+    labelled = tf.constant(flags)
+    # The step's own draws (noise and classes, keyed by seed and step 0) and synthetic images.
+    fakes, conditions, has_negative = model._synthesize(targets, labelled, tf.constant(0), training=True)
+    fakes = tf.stop_gradient(fakes)
+    rows = slice(0, n), slice(n, 2 * n), slice(2 * n, 3 * n)
+    positive_targets, negative_targets = conditions[:n], conditions[n:]
+    real = tf.cast(x, tf.float64)
+
+    def heads(fakes):
+        features = encoder.representation(tf.concat([real, fakes], 0), training=True)
+        return model.classifier(features), tf.sigmoid(encoder.hash_head(features)), model.adversary(features)[:, 0]
+
+    variables = model._cnn_variables()
+    with tf.GradientTape() as tape:
+        # The shared CNN's objective written out (docs/methods/dsh_gan.md).
+        logits, h, adversary = heads(fakes)
+        (class_x, class_pos, class_neg), (h_x, h_pos, h_neg) = ([t[r] for r in rows] for t in (logits, h))
+        adv_x, adv_pos, adv_neg = (adversary[r] for r in rows)
+        classification = (_cross_entropy(class_x, targets) + _cross_entropy(class_pos, positive_targets)
+                          + has_negative * _cross_entropy(class_neg, negative_targets))
+        far = tf.reduce_sum(tf.square(h_x - h_neg), -1)
+        near = tf.reduce_sum(tf.square(h_x - h_pos), -1)
+        triplet = has_negative * tf.maximum(0.0, margin - far + near)
+        # DHN's balanced pairwise loss on 2 H - 1, against the labelled rows as columns.
+        codes = 2 * h_x - 1
+        columns = tf.stop_gradient(codes[:labelled_rows])
+        s = (y[:, None] == y[None, :labelled_rows]).astype(np.float64)
+        similar_columns = (y[:labelled_rows, None] == y[None, :labelled_rows]).sum()
+        w = np.where(s > 0, labelled_rows**2 / similar_columns, 1.0)
+        t = alpha * tf.matmul(codes, columns, transpose_b=True)
+        pairwise = tf.reduce_mean(w * (tf.math.log1p(tf.exp(t)) - s * t), axis=1)
+        # Real -> 1, synthetic -> 0: -log D(x) - (log(1 - D(x+)) + log(1 - D(x-))) / 2.
+        d_loss = (-tf.math.log(tf.sigmoid(adv_x))
+                  - 0.5 * (tf.math.log(1 - tf.sigmoid(adv_pos)) + tf.math.log(1 - tf.sigmoid(adv_neg))))
+        supervised = cw * classification + tw * triplet + pw * pairwise
+        # Labelled terms over the labelled rows, the adversarial one over every row.
+        loss = tf.reduce_sum(labelled * supervised) / labelled_rows + aw * tf.reduce_mean(d_loss)
+    gradients = tape.gradient(loss, variables)
+    before = method_checks.snapshot(variables)
+
+    def labelled_mean(term):
+        return tf.reduce_sum(labelled * term) / labelled_rows
+
+    # Each weighted term is at least 2% of the loss: dropping one moves it far past the tolerance.
+    parts = [cw * labelled_mean(classification), tw * labelled_mean(triplet), pw * labelled_mean(pairwise),
+             aw * tf.reduce_mean(d_loss)]
+    assert min(float(p) for p in parts) > 0.02 * float(loss), [float(p) for p in parts]
+    logs = model.fit(_one_batch(x, y, flags), epochs=1, verbose=0).history
+    method_checks.assert_logs(logs, {
+        "loss": loss, "classification_loss": labelled_mean(classification), "triplet_loss": labelled_mean(triplet),
+        "pairwise_loss": labelled_mean(pairwise), "d_loss": tf.reduce_mean(d_loss),
+    })
+    method_checks.assert_sgd_step(before, variables, gradients, what="shared CNN and heads")
+    # The generator's loss, logged from the updated CNN (the generator is unchanged: rate 0):
+    # -log D of its images, and their classification under their conditioning labels.
+    logits, _, adversary = heads(fakes)
+    g_loss = aw * 0.5 * (-tf.math.log(tf.sigmoid(adversary[rows[1]])) - tf.math.log(tf.sigmoid(adversary[rows[2]]))) + cw * (
+        _cross_entropy(logits[rows[1]], positive_targets) + has_negative * _cross_entropy(logits[rows[2]], negative_targets))
+    method_checks.assert_logs(logs, {"g_loss": tf.reduce_mean(g_loss)})
 
 
 # Training

@@ -345,10 +345,11 @@ def test_client_errors(server, images):
 
 def test_client_connection_error_is_fast():
     target = f"127.0.0.1:{free_port()}"
-    start = time.monotonic()
+    # Fast means refused on the first attempt, not waited out: "no TF Serving available"
+    # is the client's message for UNAVAILABLE (a refused connection); had the call waited
+    # for its deadline, it would read "no reply ... within 2 s" (DEADLINE_EXCEEDED).
     with pytest.raises(ConnectionError, match=f"no TF Serving available at {target}"):
         Client("dhn", target=target, timeout=2).encode(np.zeros((1, 8, 8, 1), np.uint8))
-    assert time.monotonic() - start < 3
     with pytest.raises(TimeoutError, match="not ready"):
         Client("dhn", target=target, timeout=0.5).wait_until_ready(timeout=0.5)
 
@@ -487,9 +488,12 @@ def test_stop_is_clean(base_dir, images):
     poller = f"tfhash-serving-poll-{port}"
     assert any(t.name == poller for t in threading.enumerate())
     Client("dhn", target=server.address).encode(images[:2])
-    start = time.monotonic()
-    server.stop(grace=1)
-    assert time.monotonic() - start < 5
+    # stop returns (a hang would be the bug; 60 s is far beyond its 1 s grace and a
+    # poll interval of 0.1 s on any machine), and leaves no poller and no open port.
+    stopping = threading.Thread(target=server.stop, kwargs={"grace": 1}, daemon=True)
+    stopping.start()
+    stopping.join(timeout=60)
+    assert not stopping.is_alive(), "ModelServer.stop did not return"
     assert not any(t.name == poller for t in threading.enumerate())
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import method_checks
+from method_checks import float64  # noqa: F401  (a fixture)
 from tfhash import metrics
 from tfhash.callbacks import BestCheckpoint
 from tfhash.data.pipelines import cross_modal_batches
@@ -77,6 +79,78 @@ def test_phase_schedule():
         ("text", False), ("text", False), ("text", True),
         ("label", False), ("label", False),
     ]
+
+
+def _ssah_terms_by_hand(features, codes, predicted, labels, memory_features, memory_codes):
+    """SSAH's J1..J4 per row written out (docs/methods/ssah.md), balanced pairs, against
+    a memory of N rows whose labels are `labels` (every row filled):
+    J1 = sum_j w_ij [log(1 + e^D_ij) - S_ij D_ij], D_ij = <F_i, F^l_j> / 2; J2 the same on H;
+    J3 = |sign(H_i) - H_i|^2 (B is 0 before the first round ends); J4 = |l_i - l_hat_i|^2.
+    w_ij = T / P for the P similar of the T = n N pairs, 1 otherwise."""
+    s = (labels @ labels.T > 0).astype(np.float64)
+    w = np.where(s > 0, s.size / s.sum(), 1.0)
+
+    def likelihood(theta):
+        return tf.reduce_sum(w * (tf.math.log1p(tf.exp(theta)) - s * theta), axis=1)
+
+    j1 = likelihood(0.5 * tf.matmul(features, memory_features, transpose_b=True))
+    j2 = likelihood(0.5 * tf.matmul(codes, memory_codes, transpose_b=True))
+    j3 = tf.reduce_sum(tf.square(tf.sign(tf.stop_gradient(codes)) - codes), axis=1)
+    j4 = tf.reduce_sum(tf.square(labels - predicted), axis=1)
+    return j1, j2, j3, j4
+
+
+@pytest.mark.slow
+def test_one_steps_losses_are_their_weighted_terms_by_hand(digits, float64):
+    images, texts, labels = (part[:12] for part in digits["train"])
+    labels = labels.astype(np.float64)
+    n = len(labels)
+    # Weights that no term shares, so a dropped or swapped weight shows.
+    w = dict(alpha=0.6, gamma=1.4, eta=0.3, beta=0.9, delta=1.55)
+    model = tiny_ssah(n, balanced=True, **w)  # the memory holds exactly this batch
+    model.compile(optimizer=keras.optimizers.SGD(1.0), image_optimizer=keras.optimizers.SGD(1.0),
+                  d_optimizer=keras.optimizers.SGD(0.0))  # discriminators left as they are
+    data = cross_modal_batches(images, texts, labels, n, shuffle=False)
+
+    # Epoch 0, LabNet: the batch's own (F, H) join the memory before the loss (held constant there).
+    lab_net = model.lab_net
+    variables = lab_net.trainable_variables
+    with tf.GradientTape() as tape:
+        features, codes, predicted = lab_net(labels, training=True)
+        j1, j2, j3, j4 = _ssah_terms_by_hand(features, codes, predicted, labels,
+                                             tf.stop_gradient(features), tf.stop_gradient(codes))
+        parts = [w["alpha"] * j1, w["gamma"] * j2, w["eta"] * j3, w["beta"] * j4]
+        label_loss = tf.reduce_mean(tf.add_n(parts))
+    gradients = tape.gradient(label_loss, variables)
+    # Each weighted term is at least 1% of the loss: dropping one moves it far past the tolerance.
+    assert min(float(tf.reduce_mean(p)) for p in parts) > 0.01 * float(label_loss), [float(tf.reduce_mean(p)) for p in parts]
+    before = method_checks.snapshot(variables)
+    logs = model.fit(data, epochs=1, verbose=0).history
+    method_checks.assert_logs(logs, {"label_loss": label_loss})
+    method_checks.assert_sgd_step(before, variables, gradients, what="LabNet")
+    np.testing.assert_array_equal(model.memory["label_features"].numpy(), features.numpy())
+    np.testing.assert_array_equal(model.memory["label_codes"].numpy(), codes.numpy())
+
+    # Epoch 1, ImgNet: LabNet's memory supervises it, and it fools the (unchanged) discriminator.
+    encoder, discriminator = model.image_encoder, model.discriminators["image"]
+    variables = encoder.trainable_variables
+    label_features = lab_net(labels)[0]  # the updated LabNet's, the discriminator's "real" side
+    with tf.GradientTape() as tape:
+        features, codes, predicted = encoder.semantics(images, training=True)
+        j1, j2, j3, j4 = _ssah_terms_by_hand(features, codes, predicted, labels,
+                                             model.memory["label_features"].value, model.memory["label_codes"].value)
+        adversarial = -tf.math.log(tf.sigmoid(discriminator(features)[:, 0]))  # -log D(F_i)
+        parts = [w["alpha"] * j1, w["gamma"] * j2, w["eta"] * j3, w["beta"] * j4, w["delta"] * adversarial]
+        image_loss = tf.reduce_mean(tf.add_n(parts))
+    gradients = tape.gradient(image_loss, variables)
+    assert min(float(tf.reduce_mean(p)) for p in parts) > 0.01 * float(image_loss), [float(tf.reduce_mean(p)) for p in parts]
+    d_loss = tf.reduce_mean(-tf.math.log(tf.sigmoid(discriminator(label_features)[:, 0]))
+                            - tf.math.log(1 - tf.sigmoid(discriminator(features)[:, 0])))
+    before = method_checks.snapshot(variables)
+    logs = model.fit(data, initial_epoch=1, epochs=2, verbose=0).history
+    method_checks.assert_logs(logs, {"image_loss": image_loss, "image_adversarial_loss": tf.reduce_mean(adversarial),
+                                     "image_d_loss": d_loss})
+    method_checks.assert_sgd_step(before, variables, gradients, what="ImgNet")
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import method_checks
+from method_checks import float64  # noqa: F401  (a fixture)
 from tfhash.data import graph_batches
 from tfhash.evaluation import evaluate_cross_modal, pair_retrieval_map
 from tfhash.export import TFLiteEncoder, export_savedmodel, export_tflite
@@ -156,6 +158,82 @@ def test_pick_probabilities_are_the_generators_softmax_without_relatives(digits)
     scores = np.exp(-((h_image[:, None] - h_text[None]) ** 2).sum(-1)) * ~related
     np.testing.assert_allclose(p, scores / scores.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
     assert np.all(p[related] == 0)
+
+
+@pytest.mark.slow
+def test_one_steps_losses_are_their_terms_by_hand(digits, float64):
+    images, texts, _ = digits["train"]
+    n, margin = 12, 1.5
+    # The graph by hand: item i is related to itself, i + 1 and i + 5 (mod n); pairs
+    # are related both ways, so each row keeps n - 5 or more candidates.
+    graph = np.stack([np.arange(n), (np.arange(n) + 1) % n, (np.arange(n) + 5) % n], axis=1)
+    related = np.zeros((n, n), bool)
+    for i in range(n):
+        related[i, graph[i]] = related[graph[i], i] = True
+    assert (~related).sum(1).min() >= n - 5
+    model = tiny_ugach(images, margin=margin)  # the generator picks from the first step
+    # The discriminator and the generator each take one plain SGD(1) step.
+    model.compile(optimizer=keras.optimizers.SGD(1.0), g_optimizer=keras.optimizers.SGD(1.0))
+    batch = next(iter(graph_batches(images[:n], texts[:n].astype(np.float32), graph, n, seed=0)))
+    ids = batch["ids"].numpy().astype(int)  # row r holds item ids[r] (the pipeline shuffles)
+    related = related[np.ix_(ids, ids)]
+    image_net, text_net = model.image_encoder, model.text_encoder
+    image_features = image_net.features(batch["images"])
+    query_texts = tf.cast(batch["texts"], tf.float64)
+
+    def generator_logits(queries, candidates, query_net, candidate_net):
+        distances = tf.reduce_sum(tf.square(tf.sigmoid(query_net(queries))[:, None]
+                                            - tf.sigmoid(candidate_net(candidates))[None]), -1)
+        return tf.where(related, -1e9, -distances)  # log p(x | q) + const; relatives never picked
+
+    g_variables = model._g_variables()
+    with tf.GradientTape() as g_tape:
+        logits_text = generator_logits(image_features, query_texts, model.generator_image, model.generator_text)
+        logits_image = generator_logits(query_texts, image_features, model.generator_text, model.generator_image)
+    # The step's own Gumbel draws (keyed by seed and step 0): a pick is the argmax of logits + noise.
+    pick_texts = np.argmax(logits_text + model._gumbel(n, n, tf.constant(0), 0), axis=1)
+    pick_images = np.argmax(logits_image + model._gumbel(n, n, tf.constant(0), 1), axis=1)
+    assert not related[np.arange(n), pick_texts].any() and not related[np.arange(n), pick_images].any()
+
+    def hinges():
+        """f = max(0, m + |h(q) - h(x^M)|^2 - |h(q) - h(x^G)|^2) for image and text queries,
+        on the discriminator's codes h = sigmoid(hash logits)."""
+        def h(net, x):
+            return tf.sigmoid(net.hash_logits(x))
+
+        def f(query, related_item, picked):
+            return tf.maximum(0.0, margin + tf.reduce_sum(tf.square(query - related_item), -1)
+                              - tf.reduce_sum(tf.square(query - picked), -1))
+
+        image_query = f(h(image_net, image_features), h(text_net, tf.cast(batch["positive_texts"], tf.float64)),
+                        h(text_net, tf.gather(query_texts, pick_texts)))
+        text_query = f(h(text_net, query_texts), h(image_net, image_net.features(batch["positive_images"])),
+                       h(image_net, tf.gather(image_features, pick_images)))
+        return image_query, text_query
+
+    d_variables = model._d_variables()
+    with tf.GradientTape() as tape:
+        image_query, text_query = hinges()
+        d_loss = tf.reduce_mean(image_query + text_query)
+    d_gradients = tape.gradient(d_loss, d_variables)
+    # Both terms are there and each is a good part of the loss.
+    assert min(float(tf.reduce_mean(image_query)), float(tf.reduce_mean(text_query))) > 0.1 * float(d_loss)
+    d_before, g_before = method_checks.snapshot(d_variables), method_checks.snapshot(g_variables)
+    logs = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
+    method_checks.assert_sgd_step(d_before, d_variables, d_gradients, what="discriminator")
+    # The generator's REINFORCE loss, rewarded by the updated discriminator: sigmoid(f).
+    image_query, text_query = hinges()
+    rewards = tf.sigmoid(tf.stack([image_query, text_query], -1))
+    with g_tape:
+        log_p = tf.stack([tf.gather(tf.nn.log_softmax(logits_text), pick_texts, batch_dims=1),
+                          tf.gather(tf.nn.log_softmax(logits_image), pick_images, batch_dims=1)], -1)
+        g_loss = tf.reduce_mean(-tf.reduce_sum(log_p * rewards, -1))
+    g_gradients = g_tape.gradient(g_loss, g_variables)
+    method_checks.assert_sgd_step(g_before, g_variables, g_gradients, what="generator")
+    method_checks.assert_logs(logs, {
+        "d_loss": d_loss, "g_loss": g_loss, "reward": tf.reduce_mean(rewards),
+        "hard_fraction": np.mean(np.stack([image_query, text_query]) > 0),
+    })
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+import method_checks
 from tfhash import cli, publish, recipes, registry, training, zoo
 from tfhash.data import load_protocol, pairwise_batches
 from tfhash.models import BGAN, DHN, UGACH, BGANEncoder, HashModel
@@ -311,12 +312,30 @@ def test_a_published_zoo_folder_serves_as_is(tmp_path, digits, monkeypatch):
     monkeypatch.setenv(zoo.URL_ENV, server.url)
     try:
         assert [item["name"] for item in zoo.list()] == ["dhn_digits_16", *names]
-        query_images, query_texts, _ = pairs.subset("query")
-        for name, cls, inputs in (("dhn_digits_16", DHN, query_images), (names[0], UGACH, query_images),
-                                  (names[1], UGACH, query_texts)):
-            model = cls.from_preset(name)
-            assert model.encode(inputs).shape == (len(inputs), 2)
+        (query_images, query_texts, query_labels), (database_images, database_texts, database_labels) = (
+            pairs.subset("query"), pairs.subset("database"))
+        # Each encoder fetched over HTTP is the file published, and scores what the manifest
+        # says: its mAP@all (recomputed from its codes, apart from tfhash.metrics) against the
+        # database side its entry names (images for DHN, the other modality for UGACH), within
+        # the manifest's 4-decimal rounding.
+        digit_labels, pair_labels = (digits.labels[digits.split.query], digits.labels[digits.split.database]), (
+            query_labels, database_labels)
+        # name: (class, query inputs, the entry that encodes the database side, database inputs, labels)
+        sides = {"dhn_digits_16": (DHN, query_images, "dhn_digits_16", database_images, digit_labels),
+                 names[0]: (UGACH, query_images, names[1], database_texts, pair_labels),
+                 names[1]: (UGACH, query_texts, names[0], database_images, pair_labels)}
+        fetched = {}
+        for name, (cls, inputs, *_) in sides.items():
+            fetched[name] = cls.from_preset(name)
+            published = keras.saving.load_model(str(zoo_dir / manifest["entries"][name]["file"]))
+            codes = fetched[name].encode(inputs)
+            assert codes.shape == (len(inputs), 2)
+            np.testing.assert_array_equal(codes, published.encode(inputs))
             assert zoo.verify(name)
+        for name, (_, inputs, database_entry, database_inputs, labels) in sides.items():
+            value = method_checks.map_by_hand(fetched[name].encode(inputs),
+                                              fetched[database_entry].encode(database_inputs), *labels)
+            assert abs(value - manifest["entries"][name]["metric"]["value"]) <= 0.5e-4 + 1e-12, name
         assert server.requests[0] == "/manifest.json" and "/files/dhn_digits_16.keras" in server.requests
     finally:
         server.close()
@@ -376,7 +395,12 @@ def test_training_a_recipe_calls_the_callers_callbacks_each_epoch(method, settin
               "settings": settings}
     result = training.train(recipe=recipe, data=digits, callbacks=[record], verbose=0)
     assert [epoch for epoch, _ in seen] == [0, 1] and "loss" in seen[0][1]
-    assert result.history["loss"] and 0 < result.scores["image"]["map"] <= 1
+    assert len(result.history["loss"]) == 2
+    # The score is the trained encoder's mAP@all, recomputed from its codes apart from tfhash.metrics.
+    encoder = result.encoders["image"]
+    (queries, query_labels), (database, database_labels) = digits.subset("query"), digits.subset("database")
+    expected = method_checks.map_by_hand(encoder.encode(queries), encoder.encode(database), query_labels, database_labels)
+    assert result.scores["image"]["map"] == pytest.approx(expected, rel=method_checks.MAP_RTOL)
 
 
 def test_recipes_are_read_checked_and_found_by_name(tmp_path):

@@ -87,7 +87,7 @@ def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbo
                 "config": encoder.get_config(),
                 "train_seconds": result.seconds,
             }
-        zoo_write.write_json({k: v for k, v in manifest.items() if not k.startswith("_")}, path, sort_keys=True)
+        zoo.write_manifest(manifest, path, zoo_write)
     return sorted(names.values())
 
 

@@ -157,11 +157,10 @@ def check_paths(name, entry):
         )
 
 
-def write_manifest(manifest, path):
-    """Writes a manifest (atomically), without the keys `read_manifest` adds."""
-    from tfhash.io import write_json
-
-    write_json({k: v for k, v in manifest.items() if not k.startswith("_")}, path, sort_keys=True)
+def write_manifest(manifest, path, transaction):
+    """Writes a manifest as a member of `transaction` (`tfhash.io`), without
+    the keys `read_manifest` adds."""
+    transaction.write_json({k: v for k, v in manifest.items() if not k.startswith("_")}, path, sort_keys=True)
 
 
 def timeout_seconds(timeout=None):
