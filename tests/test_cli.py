@@ -126,13 +126,26 @@ def test_a_misspelt_setting_flag_fails_before_training_naming_the_known_ones(tmp
     assert str(sorted(registry.get("bgan").defaults())) in err and not out.exists()
 
 
-def test_methods_lists_the_five_methods_and_one_methods_settings(capsys):
+def test_methods_lists_the_registry_and_one_methods_settings_with_their_meanings(capsys):
     assert main(["methods"]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]  # under the header
-    assert [row.split()[0] for row in rows] == ["bgan", "dhn", "dsh_gan", "ssah", "ugach"]
+    assert [row.split()[0] for row in rows] == registry.names()
     assert main(["methods", "dhn"]) == 0
     out = capsys.readouterr().out
-    assert "DHN: supervised, image." in out and "  --alpha 1.0" in out and "  --epochs 30" in out
+    assert "DHN: supervised, image." in out
+    # DHN's docstring documents alpha; the record, the training settings.
+    assert "  --alpha 1.0: scale of the inner product in the pairwise loss (paper: 1)." in out
+    assert "  --epochs 30: passes over the training split" in out
+
+
+def test_methods_name_loads_no_tensorflow():
+    """`tfhash methods NAME` reads the trainer's settings from its source (tfhash.signatures)."""
+    code = ("import sys; from tfhash.cli import main; "
+            "[main(['methods', name]) for name in __import__('tfhash.registry').registry.names()]; "
+            "print('LOADED' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'LIGHT')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "LIGHT", done.stderr[-2000:]
+    assert done.stderr == ""  # no TensorFlow start-up lines either
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

@@ -9,23 +9,14 @@ import tensorflow as tf
 import method_checks
 from tfhash import recipes, registry, training
 
-# Sizes only: each method keeps its published recipe's other settings.
-TINY = {
-    "dhn": dict(epochs=1, batch_size=64),
-    "bgan": dict(epochs=1, batch_size=64, k1=5, k2=5, betas=[2]),
-    # Half the labels: the semi-supervised path (unlabelled rows) runs too.
-    "dsh_gan": dict(epochs=1, batch_size=64, labelled_fraction=0.5),
-    "ssah": dict(epochs=3, label_epochs=1, image_epochs=1, text_epochs=1, batch_size=64, hidden_units=64,
-                 feature_units=32, discriminator_units=16),
-    # Two epochs, one of pre-training: the generator's picks run in the second.
-    "ugach": dict(epochs=2, pretrain_epochs=1, batch_size=64, feature_dims=16, hidden_units=32, k=3),
-}
+# Sizes only (each record's `tiny`): each method keeps its published recipe's other settings.
+TINY = {method: registry.get(method).tiny for method in registry.names()}
 
 
 def _published(method):
-    """The method's published 32-bit recipe."""
-    return next(r for r in map(recipes.published, recipes.published_names())
-                if r["method"] == method and r["bits"] == 32)
+    """The method's published 32-bit recipe, if it has one (a method is tested before it is published)."""
+    return next((r for r in map(recipes.published, recipes.published_names())
+                 if r["method"] == method and r["bits"] == 32), None)
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +28,12 @@ def _inputs(data, modality, n=20):
     return data.images[:n] if modality == "image" else data.texts[:n]
 
 
-def test_every_method_has_a_tiny_configuration_and_a_published_recipe():
-    assert set(TINY) == set(registry.names())
-    for method in registry.names():
-        assert _published(method)["method"] == method
+@pytest.mark.parametrize("method", registry.names())
+def test_every_method_has_a_tiny_configuration_of_its_own_settings(method):
+    record = registry.get(method)
+    assert record.tiny and set(record.tiny) <= set(record.defaults())
+    record.resolve(record.tiny)  # each value passes the setting's type and rule
+
 
 
 @pytest.mark.parametrize("method", registry.names())
@@ -140,9 +133,11 @@ def test_mirrored_strategy_takes_one_devices_steps(method, options, data_for, mi
 IMAGE_TRAINERS = [m for m in registry.names() if "freeze_backbone" in registry.get(m).defaults()]
 
 
-def test_every_method_with_an_image_trunk_takes_the_trunk_settings():
-    # UGACH reads fixed PixelPCA features, not a trunk; the other four train one.
-    assert IMAGE_TRAINERS == ["bgan", "dhn", "dsh_gan", "ssah"]
+def test_every_image_method_takes_the_trunk_settings_or_reads_fixed_features():
+    # A method without a trunk (UGACH) reads fixed features (PixelPCA or a frozen trunk's), named by `features`.
+    assert IMAGE_TRAINERS
+    for method in set(registry.names()) - set(IMAGE_TRAINERS):
+        assert "features" in registry.get(method).defaults(), method
 
 
 @pytest.mark.slow
@@ -161,3 +156,18 @@ def test_a_frozen_efficientnet_lite_trunk_at_a_stated_size(method, data_for, tmp
     assert reloaded.get_config()["freeze_backbone"] and reloaded.get_config()["backbone_input_size"] == 32
     images = data_for(method).images[:8]
     np.testing.assert_array_equal(reloaded.encode(images), encoder.encode(images))
+
+
+def test_the_readme_methods_table_is_the_registry():
+    """README.md's methods table lists every registered method, in the registry's
+    order, with its record's kind, modalities and paper, and a page that exists."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lines = (root / "README.md").read_text().splitlines()
+    start = lines.index("| method | kind | modalities | paper | details |") + 2
+    rows = lines[start: start + next(i for i, line in enumerate(lines[start:]) if not line.startswith("|"))]
+    expected = [f"| `{m.name}` | {m.kind} | {' + '.join(m.modalities)} | {m.paper} | "
+                f"[docs/methods/{m.name}.md](docs/methods/{m.name}.md) |" for m in registry.METHODS.values()]
+    assert rows == expected
+    assert all((root / "docs" / "methods" / f"{name}.md").is_file() for name in registry.names())

@@ -23,12 +23,17 @@ _LAZY = {
     "methods": ("tfhash.registry", None),
     "load_model": ("tfhash.training", "load_model"),
     "train": ("tfhash.training", "train"),
-    "DHN": ("tfhash.models", "DHN"),
-    "BGAN": ("tfhash.models", "BGAN"),
-    "DSHGAN": ("tfhash.models", "DSHGAN"),
-    "SSAH": ("tfhash.models", "SSAH"),
-    "UGACH": ("tfhash.models", "UGACH"),
 }
+
+
+def _trainers():
+    """Each registered method's trainer class, by its name (`DHN`: tfhash.models.dhn): the registry knows them."""
+    from tfhash import registry
+
+    return {path.partition(":")[2]: tuple(path.split(":")) for path in (m.trainer for m in registry.METHODS.values())}
+
+
+_LAZY.update(_trainers())
 
 __all__ = ["__version__", *_LAZY]
 

@@ -81,9 +81,9 @@ def _methods(args):
     method = registry.get(args.name)
     print(f"{method.title}: {method.kind}, {'+'.join(method.modalities)}. {method.paper}")
     print(f"trainer {method.trainer}; batches: {method.batches}; scored by {method.scoring}")
-    print("settings (default):")
-    for key, value in sorted(method.defaults().items()):
-        print(f"  --{key} {value!r}")
+    print("settings (--flag default: meaning):")
+    for key, (value, meaning) in sorted(method.describe().items()):
+        print(f"  --{key.replace('_', '-')} {value!r}: {meaning}")
 
 
 def _load_run(args, modalities=None):
@@ -393,6 +393,9 @@ def build_parser():
         q = zoo_sub.add_parser(name, help=text)
         q.add_argument("name", help="entry name (see `tfhash zoo list`)")
         q.set_defaults(run=run, loads_tensorflow=run is _zoo_build)
+    q = zoo_sub.add_parser("missing", help="release check: the registered methods and code lengths no entry holds")
+    q.add_argument("--bits", type=int, nargs="+", default=[32, 64])
+    q.set_defaults(run=_zoo_missing, loads_tensorflow=False)
     q = zoo_sub.add_parser("publish", help="train recipes into a zoo folder that can be served as it is")
     q.add_argument("recipe", nargs="?", help="a published recipe name or a recipe JSON file")
     q.add_argument("--all", action="store_true", help="every published recipe: the whole zoo")
@@ -441,6 +444,17 @@ def _zoo_build(args):
         raise ValueError(f"{r['entry']}: the rebuilt mAP is outside the manifest's tolerance")
 
 
+def _zoo_missing(args):
+    from tfhash import publish
+
+    gaps = publish.missing(bits=args.bits)
+    for method, bits in gaps:
+        print(f"missing {method} {bits} bits")
+    print(f"{len(gaps)} missing" if gaps else "every registered method is published at " +
+          ", ".join(f"{b}" for b in args.bits) + " bits")
+    return 1 if gaps else 0
+
+
 def _zoo_publish(args):
     from pathlib import Path
 
@@ -477,14 +491,14 @@ def main(argv=None):
     if getattr(args, "loads_tensorflow", True):
         import_tensorflow(args.verbose)
     try:
-        args.run(args, extra) if getattr(args, "takes_settings", False) else args.run(args)
+        code = args.run(args, extra) if getattr(args, "takes_settings", False) else args.run(args)
     except (ValueError, OSError, ZooError) as error:  # OSError: missing files, a port in use
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 2
     except ArithmeticError as error:  # training diverged: not bad input, but nothing was saved
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0  # a check's own verdict (zoo verify, zoo missing), else success
 
 
 if __name__ == "__main__":

@@ -138,3 +138,17 @@ def build(name, *, manifest_file=None, data=None):
     tolerance = item["metric"]["tolerance"]
     return {"entry": name, "expected": expected, "measured": round(measured, 4), "tolerance": tolerance,
             "ok": abs(measured - expected) <= tolerance}
+
+
+def missing(manifest=None, bits=(32, 64)):
+    """The (method, bits) pairs of the registry that no zoo entry holds: the
+    release check (`tfhash zoo missing`). A method is registered, trained and
+    tested before it is published; a release publishes it at each of `bits`."""
+    from tfhash import registry
+
+    manifest = manifest or zoo.read_manifest()
+    held = set()
+    for name, item in manifest["entries"].items():
+        held.add((entry_recipe(name, manifest)["method"], item["bits"]))
+    return [(method, b) for method in registry.names() for b in bits if (method, b) not in held]
+

@@ -9,8 +9,8 @@ The records are plain data, so `tfhash methods` and `import tfhash.registry`
 load no TensorFlow; the trainer's module is imported when a method is used.
 
     >>> from tfhash import registry
-    >>> registry.names()
-    ['bgan', 'dhn', 'dsh_gan', 'ssah', 'ugach']
+    >>> "dhn" in registry.names()
+    True
     >>> registry.get("dhn").resolve({"alpha": 0.25})["alpha"]
     0.25
 
@@ -23,9 +23,10 @@ known ones, and checks each value's type against its default.
 
 import dataclasses
 import importlib
-import inspect
 import json
 import math
+
+from tfhash import signatures
 
 KINDS = ("supervised", "semi-supervised", "unsupervised")
 
@@ -50,6 +51,14 @@ class Method:
         derived: constructor arguments taken from the data, not settable.
         scoring: how the exported encoders are scored.
         protocol: the protocol trained on when none is named.
+        types: the type of each of its settings whose default is None
+            (`margin`: float); the shared ones' are `SHARED_TYPES`.
+        limits: a rule per setting beyond the shared ones (`LIMITS`):
+            "positive", "non-negative", "[0, 1)" or "(0, 1]".
+        tiny: the settings that shrink it to a few steps on `digits`, for
+            the shared tests (tests/test_methods.py).
+        meanings: one line per training setting (the trainer's own settings
+            are documented in its docstring's `Args:`).
     """
 
     name: str
@@ -64,6 +73,10 @@ class Method:
     derived: tuple = ()
     scoring: str = "mAP@all, image queries against the image database"
     protocol: str = "fashion_mnist"
+    types: dict = dataclasses.field(default_factory=dict)
+    limits: dict = dataclasses.field(default_factory=dict)
+    tiny: dict = dataclasses.field(default_factory=dict)
+    meanings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def cross_modal(self):
@@ -75,19 +88,39 @@ class Method:
     def plan_function(self):
         return _resolve(self.plan)
 
+    def _model_settings(self):
+        """{argument: (default, meaning)} of the trainer's constructor along its
+        class hierarchy, read from source (`tfhash.signatures`: no TensorFlow),
+        less bits, seed and `derived`."""
+        skip = {"bits", "seed", *self.derived}
+        return {k: v for k, v in signatures.settings(self.trainer).items() if k not in skip}
+
     def model_defaults(self):
         """The trainer's constructor arguments and defaults, less bits, seed and `derived`."""
-        parameters = inspect.signature(self.trainer_class().__init__).parameters
-        skip = {"self", "bits", "seed", *self.derived}
-        return {
-            name: p.default
-            for name, p in parameters.items()
-            if name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        }
+        return {name: default for name, (default, _) in self._model_settings().items()}
 
     def defaults(self):
         """Every setting and its default: the trainer's, then the training settings."""
         return {**self.model_defaults(), **self.train}
+
+    def describe(self):
+        """{setting: (default, one-line meaning)}: the trainer's from its
+        docstring, the training settings' from `meanings` and `TRAINING_MEANINGS`."""
+        return {**self._model_settings(),
+                **{key: (value, self.meanings.get(key) or TRAINING_MEANINGS.get(key, "")) for key, value in
+                   self.train.items()}}
+
+    def type_of(self, key):
+        """The type a setting whose default is None takes (None when it has no such rule)."""
+        return self.types.get(key) or SHARED_TYPES.get(key)
+
+    def limit_of(self, key):
+        """The rule a numeric setting's value must meet (`LIMITS`)."""
+        if key in self.limits:
+            return self.limits[key]
+        if key in LIMITS:
+            return LIMITS[key]
+        return "positive" if key.endswith(POSITIVE_SUFFIXES) else "non-negative"
 
     def resolve(self, *layers):
         """Merges settings, first layer first (flags, then a recipe's), over the
@@ -106,7 +139,7 @@ class Method:
                     f"Unknown setting{'s' if len(unknown) > 1 else ''} {unknown} for method {self.name!r}. "
                     f"Expected one of: {sorted(defaults)}"
                 )
-            settings.update({key: _checked(self.name, key, value, defaults[key]) for key, value in layer.items()})
+            settings.update({key: _checked(self, key, value, defaults[key]) for key, value in layer.items()})
         return settings
 
     def split(self, settings):
@@ -122,18 +155,34 @@ def _resolve(path):
     return getattr(importlib.import_module(module), attribute)
 
 
-# The types of settings whose default is None ("derive it", e.g. margin = bits / 4).
-TYPES_OF_NONE_DEFAULTS = {"epochs": int, "margin": float, "backbone_weights": str, "backbone_input_size": int,
-                          "feature_input_size": int}
+# What every method shares: the trunk's settings whose default is None, the
+# rules of shared settings, and the meanings of the training settings. A
+# method's own rules live in its record.
+SHARED_TYPES = {"backbone_weights": str, "backbone_input_size": int, "epochs": int}
+# Counts, sizes, rates and epochs must be above zero; loss weights may be zero;
+# nothing may be negative. Dropout 1 drops every unit (no gradient reaches the trunk).
+POSITIVE_SUFFIXES = ("learning_rate", "epochs", "_units", "_dims", "batch_size", "input_size")
+LIMITS = {"dropout": "[0, 1)"}
+_RULES = {
+    "positive": lambda v: v > 0,
+    "non-negative": lambda v: v >= 0,
+    "[0, 1)": lambda v: 0 <= v < 1,
+    "(0, 1]": lambda v: 0 < v <= 1,
+}
+TRAINING_MEANINGS = {
+    "epochs": "passes over the training split",
+    "batch_size": "global batch size (all replicas together)",
+    "learning_rate": "Adam's learning rate of the hashing network",
+}
 
 
 def _checked(method, key, value, default):
-    """`value` if its type fits `default`'s (ints pass for floats); None keeps a None default's rule."""
+    """`value` if its type fits `default`'s (ints pass for floats) and it meets the setting's rule."""
     if value is None and default is None:
         return value
     like = f"like its default {default!r}" if default is not None else "or None"
     if default is None:
-        default = TYPES_OF_NONE_DEFAULTS.get(key, type(value))()
+        default = (method.type_of(key) or type(value))()
     expected = type(default)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -149,39 +198,17 @@ def _checked(method, key, value, default):
         ok = isinstance(value, expected)
     if not ok:
         raise ValueError(
-            f"Setting {key!r} of method {method!r} must be {expected.__name__} {like}. "
+            f"Setting {key!r} of method {method.name!r} must be {expected.__name__} {like}. "
             f"Received: {value!r}"
         )
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"Setting {key!r} of method {method!r} must be finite. Received: {value!r}")
+        raise ValueError(f"Setting {key!r} of method {method.name!r} must be finite. Received: {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        low = "positive" if _positive(key) else "non-negative"
-        if value < 0 or (value == 0 and low == "positive"):
-            raise ValueError(f"Setting {key!r} of method {method!r} must be {low}. Received: {value!r}")
-        if key in _FRACTIONS and not _FRACTIONS[key][0](value):
-            raise ValueError(f"Setting {key!r} of method {method!r} must be in {_FRACTIONS[key][1]}. "
-                             f"Received: {value!r}")
+        rule = method.limit_of(key)
+        if not _RULES[rule](value):
+            meets = rule if rule in ("positive", "non-negative") else f"in {rule}"
+            raise ValueError(f"Setting {key!r} of method {method.name!r} must be {meets}. Received: {value!r}")
     return value
-
-
-# Fractions whose end makes training meaningless: dropout 1 drops every unit (no
-# gradient reaches the trunk); a labelled fraction must leave some labels.
-_FRACTIONS = {
-    "dropout": (lambda v: 0 <= v < 1, "[0, 1)"),
-    "labelled_fraction": (lambda v: 0 < v <= 1, "(0, 1]"),
-}
-
-
-# Counts, sizes, rates and epochs must be above zero; loss weights, dropout and
-# graph-only warm-up epochs may be zero; nothing may be negative.
-_MAY_BE_ZERO = {"pretrain_epochs"}
-
-
-def _positive(key):
-    return key not in _MAY_BE_ZERO and (
-        key in {"batch_size", "k", "k1", "k2", "decay", "noise_dim", "backbone_input_size", "feature_input_size"}
-        or key.endswith(("learning_rate", "epochs", "_units", "_dims"))
-    )
 
 
 def parse_value(text):
@@ -206,6 +233,7 @@ METHODS = {
             batches="pairwise_batches: (images, class ids or multi-hot labels)",
             train={"epochs": 30, "batch_size": 128, "learning_rate": 1e-3},
             derived=("input_shape",),
+            tiny={"epochs": 1, "batch_size": 64},
         ),
         Method(
             name="dsh_gan",
@@ -219,6 +247,12 @@ METHODS = {
             train={"epochs": 30, "batch_size": 128, "learning_rate": 1e-3, "g_learning_rate": 2e-4,
                    "labelled_fraction": 1.0},
             derived=("input_shape", "num_classes", "multi_label"),
+            types={"margin": float},
+            limits={"noise_dim": "positive", "labelled_fraction": "(0, 1]"},
+            meanings={"g_learning_rate": "Adam's learning rate of the generator",
+                      "labelled_fraction": "share of each class's training images that keep their label"},
+            # Half the labels: the semi-supervised path (unlabelled rows) runs too.
+            tiny={"epochs": 1, "batch_size": 64, "labelled_fraction": 0.5},
         ),
         Method(
             name="bgan",
@@ -235,6 +269,15 @@ METHODS = {
                    # The space S is built in: "pixels" (PCA) or an ImageNet trunk's name.
                    "features": "pixels", "feature_input_size": None},
             derived=("input_shape",),
+            types={"feature_input_size": int},
+            limits={"k1": "positive", "k2": "positive"},
+            meanings={"d_learning_rate": "Adam's learning rate of the discriminator",
+                      "betas": "the annealed sign's beta, raised through these values over training",
+                      "k1": "neighbours that define each image's neighbourhood in the space S",
+                      "k2": "neighbours compared to decide that two images are neighbours",
+                      "features": "the space S: \"pixels\" (PCA) or an ImageNet trunk's name",
+                      "feature_input_size": "the side S's ImageNet trunk sees"},
+            tiny={"epochs": 1, "batch_size": 64, "k1": 5, "k2": 5, "betas": [2]},
         ),
         Method(
             name="ssah",
@@ -252,6 +295,12 @@ METHODS = {
             derived=("input_shape", "num_labels", "vocabulary_size", "num_train"),
             scoring="mAP@all image->text and text->image (query one modality, database the other)",
             protocol="open_clip_art",
+            limits={"decay": "positive"},
+            meanings={"epochs": "epochs in all (default: three rounds of label, image and text epochs)",
+                      "image_learning_rate": "learning rate of the image network",
+                      "text_learning_rate": "learning rate of the text network"},
+            tiny={"epochs": 3, "label_epochs": 1, "image_epochs": 1, "text_epochs": 1, "batch_size": 64,
+                  "hidden_units": 64, "feature_units": 32, "discriminator_units": 16},
         ),
         Method(
             name="ugach",
@@ -267,6 +316,14 @@ METHODS = {
             derived=("input_shape", "vocabulary_size", "pretrain_steps"),
             scoring="mAP@all image->text and text->image (query one modality, database the other)",
             protocol="open_clip_art",
+            types={"margin": float, "feature_input_size": int},
+            limits={"k": "positive", "pretrain_epochs": "non-negative"},
+            meanings={"pretrain_epochs": "epochs on the correlation graph alone, before the generator picks",
+                      "g_learning_rate": "Adam's learning rate of the generator",
+                      "k": "nearest neighbours per modality in the correlation graph"},
+            # Two epochs, one of pre-training: the generator's picks run in the second.
+            tiny={"epochs": 2, "pretrain_epochs": 1, "batch_size": 64, "feature_dims": 16, "hidden_units": 32,
+                  "k": 3},
         ),
     )
 }
