@@ -73,16 +73,16 @@ MUTANTS = [
     ),
     Mutant(
         "dhn_no_quantization", "tfhash/models/dhn.py",
-        "per_example = pairwise + self.quantization_weight * quantization",
-        "per_example = pairwise",
+        '"quantization_loss": self.quantization_loss(codes)}',
+        '"quantization_loss": 0.0 * self.quantization_loss(codes)}',
         ["tests/test_dhn.py"],
         "DHN without its quantization term",
     ),
     # -- one loss term dropped or misweighted per method ---------------------
     Mutant(
         "dhn_quantization_unweighted", "tfhash/models/dhn.py",
-        "per_example = pairwise + self.quantization_weight * quantization",
-        "per_example = pairwise + quantization",
+        'term_weights = {"pairwise_loss": 1.0, "quantization_loss": "quantization_weight"}',
+        'term_weights = {"pairwise_loss": 1.0, "quantization_loss": 1.0}',
         ["tests/test_dhn.py"],
         "lambda not applied",
     ),
@@ -239,6 +239,13 @@ MUTANTS = [
         "return ops.where(ops.greater(inputs, 0), 1.0, -1.0)",
         ["tests/test_annealed_sign.py"],
         "sign(0) = -1 at inference, against SignPack's bit convention",
+    ),
+    Mutant(
+        "family_ignores_term_weights", "tfhash/models/family.py",
+        "weighted.append(term if weight == 1 else weight * term)",
+        "weighted.append(term)",
+        ["tests/test_family.py", "tests/test_dhn.py"],
+        "the family's step sums its members' terms unweighted",
     ),
     # -- results of several files, concurrency (tfhash.io.transaction) ----------------
     Mutant(

@@ -21,7 +21,7 @@ from tfhash.callbacks import BestCheckpoint
 from tfhash.data.pipelines import cross_modal_batches
 from tfhash.evaluation import evaluate_cross_modal
 from tfhash.export import QUANTIZATIONS, TFLiteEncoder, export_savedmodel, export_tflite
-from tfhash.models.ssah import SSAH, MultiScaleFusion, SSAHTextEncoder, _neg_log_likelihood
+from tfhash.models.ssah import SSAH, MultiScaleFusion, SSAHTextEncoder
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +57,6 @@ def test_multi_scale_fusion_by_hand():
     # cropped to 5: [0.5, 0.5, 0.5, 0.5, 1]. Sum with the input itself:
     # [1+1+0.5, 0+0+0.5, 0+0+0.5, 1+1+0.5, 1+1+1].
     np.testing.assert_allclose(layer(bow).numpy(), [[2.5, 0.5, 0.5, 2.5, 3.0]], atol=1e-6)
-
-
-def test_likelihood_terms_by_hand():
-    # theta = 0: -log p = log 2 whatever S. theta = 2, S = 1: softplus(2) - 2 =
-    # log(1 + e^-2) = 0.1269; S = 0: softplus(2) = 2.1269.
-    theta = tf.constant([[0.0, 2.0, 2.0]])
-    s = tf.constant([[1.0, 1.0, 0.0]])
-    np.testing.assert_allclose(_neg_log_likelihood(theta, s).numpy(), [[np.log(2), 0.126928, 2.126928]], atol=1e-5)
-    # No overflow where exp(theta) would be inf in float32.
-    big = _neg_log_likelihood(tf.constant([200.0]), tf.constant([0.0])).numpy()
-    np.testing.assert_allclose(big, [200.0])
 
 
 def test_phase_schedule():

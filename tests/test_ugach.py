@@ -21,7 +21,7 @@ from tfhash.evaluation import evaluate_cross_modal, pair_retrieval_map
 from tfhash.export import TFLiteEncoder, export_savedmodel, export_tflite
 from tfhash.models import UGACH, UGACHImageEncoder, UGACHTextEncoder
 from tfhash.models.backbones import PixelPCA
-from tfhash.models.ugach import relevance_hinge, sample_candidates
+from tfhash.models.ugach import sample_candidates
 from tfhash.neighbours import correlation_graph
 
 
@@ -113,16 +113,6 @@ def test_fit_before_adapt_is_refused(digits):
     model.compile()
     with pytest.raises(ValueError, match=r"call model.adapt\(train_images\)"):
         model.fit(graph_batches(images, texts, np.zeros((len(images), 1), int), 50), epochs=1, verbose=0)
-
-
-def test_relevance_hinge_by_hand():
-    # Row 1: |q - related|^2 = 1, |q - picked|^2 = 1, m = 2: f = 2 + 1 - 1 = 2.
-    # Row 2: related = q (0), |q - picked|^2 = 2 > 0 + m: f = 0.
-    query = tf.constant([[1.0, 0.0], [1.0, 0.0]])
-    related = tf.constant([[1.0, 1.0], [1.0, 0.0]])
-    picked = tf.constant([[0.0, 0.0], [0.0, 1.0]])
-    np.testing.assert_allclose(relevance_hinge(query, related, picked, 2.0).numpy(), [2.0, 0.0])
-    np.testing.assert_allclose(relevance_hinge(query, related, picked, 1.0).numpy(), [1.0, 0.0])
 
 
 def test_sample_candidates_follows_the_softmax_and_skips_relatives():

@@ -428,7 +428,7 @@ def test_recipes_are_read_checked_and_found_by_name(tmp_path):
 
 
 def test_a_recipe_resolves_to_flat_settings_over_the_defaults_and_other_methods_are_refused():
-    # The zoo's 64-bit DHN recipe, field by field: what `tfhash train --recipe` and bench/dhn.py run.
+    # The zoo's 64-bit DHN recipe, field by field: what `tfhash train --recipe` and bench/methods.py run.
     # Its six settings, then DHN's constructor defaults for the rest.
     assert training.resolve(recipe="dhn_fashion_mnist_64") == {
         "name": "dhn_fashion_mnist_64", "method": "dhn", "protocol": "fashion_mnist", "bits": 64, "seed": 0,
@@ -436,7 +436,7 @@ def test_a_recipe_resolves_to_flat_settings_over_the_defaults_and_other_methods_
         "settings": {"alpha": 0.25, "balanced": True, "quantization_weight": 0.1, "epochs": 30, "batch_size": 128,
                      "learning_rate": 0.001,
                      "backbone": "small_cnn", "backbone_weights": None, "dropout": 0.0, "backbone_input_size": None,
-                     "freeze_backbone": False, "quantization": "log_cosh"},
+                     "freeze_backbone": False, "quantization": "log_cosh", "activation": "tanh"},
     }
     # Flags over the recipe: a setting changes, the name stays (same protocol, bits and seed).
     flagged = training.resolve(recipe="dhn_fashion_mnist_64", epochs=2, alpha=1)

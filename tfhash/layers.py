@@ -6,16 +6,25 @@ from keras import ops
 from tfhash.checks import check_bits  # the models import it from here too
 
 
+# The hash head's activations (`HashLayer`).
+ACTIVATIONS = ("tanh", "identity", "sign")
+
+
 @keras.saving.register_keras_serializable(package="tfhash")
 class HashLayer(keras.layers.Layer):
-    """Dense projection to `bits` units followed by tanh: the relaxed code z.
+    """Dense projection to `bits` units, then an activation: the relaxed code z.
 
-    During training z in (-1, 1)^bits stands in for the binary code; at
-    inference `sign(z)` is the code (see `SignPack`).
+    During training z stands in for the binary code; at inference `sign(z)`
+    is the code (see `SignPack`). The activation, one line each:
+    - "tanh" (default): z = tanh(Wx + b) in (-1, 1) (DHN).
+    - "identity": z = Wx + b, unbounded; a quantization loss pulls it to +-1 (DPSH).
+    - "sign": z = sign(Wx + b) in {-1, +1} (sign(0) = +1, as `SignPack`), with the
+      straight-through gradient: backward it is the identity's.
 
     Args:
         bits: code length K, a positive multiple of 8 (codes are packed to bytes).
         kernel_initializer: initializer of the projection.
+        activation: one of `ACTIVATIONS`.
 
     Examples:
     >>> layer = HashLayer(bits=16)
@@ -23,10 +32,13 @@ class HashLayer(keras.layers.Layer):
     (2, 16)
     """
 
-    def __init__(self, bits, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(self, bits, kernel_initializer="glorot_uniform", activation="tanh", **kwargs):
         super().__init__(**kwargs)
         check_bits(bits)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}. Received: activation={activation!r}")
         self.bits = bits
+        self.activation = activation
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.dense = keras.layers.Dense(
             bits, kernel_initializer=self.kernel_initializer, name="fch"
@@ -36,7 +48,13 @@ class HashLayer(keras.layers.Layer):
         self.dense.build(input_shape)
 
     def call(self, inputs):
-        return ops.tanh(self.dense(inputs))
+        x = self.dense(inputs)
+        if self.activation == "tanh":
+            return ops.tanh(x)
+        if self.activation == "sign":
+            # Straight-through: forward sign(x) exactly (x - x is 0), backward the identity.
+            return ops.where(ops.greater_equal(x, 0), ops.ones_like(x), -ops.ones_like(x)) + (x - ops.stop_gradient(x))
+        return x
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.bits)
@@ -46,6 +64,7 @@ class HashLayer(keras.layers.Layer):
             **super().get_config(),
             "bits": self.bits,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "activation": self.activation,
         }
 
 

@@ -4,6 +4,8 @@ from tfhash.data.digits import load_digits
 from tfhash.data.fashion_mnist import load_fashion_mnist
 from tfhash.data.open_clip_art import load_open_clip_art
 from tfhash.data.pipelines import (
+    FIELDS,
+    batches,
     cross_modal_batches,
     draw_labelled,
     graph_batches,
@@ -24,10 +26,12 @@ from tfhash.data.protocols import (
 
 __all__ = [
     "CROSS_MODAL_PROTOCOLS",
+    "FIELDS",
     "PROTOCOLS",
     "CrossModalData",
     "RetrievalData",
     "Split",
+    "batches",
     "cross_modal_batches",
     "draw_labelled",
     "draw_split",

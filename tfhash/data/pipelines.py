@@ -1,20 +1,130 @@
-"""tf.data pipelines that feed pairwise losses.
+"""tf.data pipelines: batches of named fields, what a method eats.
 
 A pairwise loss needs labels beside the images: the models derive the pair
 similarity S_ij inside the train step from the labels of the whole (gathered)
 batch (`tfhash.losses.label_similarity`), single-label class ids and
-multi-hot labels alike. So a pipeline yields `(images, labels)` batches.
+multi-hot labels alike. One function, `batches`, yields dicts of the fields a
+method names (`FIELDS`: images, labels, the row's index, neighbour lists,
+texts, labelled flags); the builders the README shows (`pairwise_batches`,
+`neighbour_batches`, `semi_supervised_batches`, `cross_modal_batches`) are
+calls of it in the tuple or dict shape their trainers take. Two are not:
+`graph_batches` draws related rows per row and epoch, and a partly labelled
+`semi_supervised_batches` fixes the labelled rows of each batch.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from tfhash.losses import label_similarity
+
+
+# The fields a batch can carry (`batches`).
+FIELDS = ("images", "labels", "index", "neighbours", "texts", "labelled")
+
+
+def batches(fields, *, images, labels=None, texts=None, neighbours=None, labelled=None, batch_size, seed=0,
+            shuffle=True, repeat=False):
+    """Batches of the named fields, as dicts {field: (batch, ...) tensor}.
+
+    Fields, one line each:
+    - "images": the images (or a frozen trunk's features) as given: raw uint8 pixels stay uint8.
+    - "labels": class ids (int32) or multi-hot rows (float32 if given as floats, else int32);
+      zeros in the rows `labelled` marks False, so an unlabelled row cannot leak its label.
+    - "index": the row's position in the arrays given, float32 (exact below 2**24, gatherable
+      across replicas): it addresses a per-sample memory (DPSH's U, DSDH's B, SSAH's).
+    - "neighbours": the row's (m,) neighbour list over the same rows, -1 padded, float32.
+    - "texts": the row's bag of words (V,), float32.
+    - "labelled": 1.0 where the row's labels may be used, else 0.0 (float32).
+
+    Batches are full (`drop_remainder=True`), so every replica of a
+    distribution strategy gets an equal share and every batch has the same
+    number of pairs. The shuffle is seeded: the order is reproducible run to run.
+
+    Args:
+        fields: the names, a tuple of `FIELDS`.
+        images: (n, height, width, channels) images, or (n, d) features.
+        labels: (n,) class ids or (n, c) multi-hot labels.
+        texts: (n, V) bags of words.
+        neighbours: (n, m) int neighbour lists, e.g.
+            `tfhash.neighbours.neighbour_structure(features)`.
+        labelled: (n,) boolean mask of the rows whose labels are kept (default: all).
+        batch_size: global batch size, in [2, n].
+        seed: shuffle seed.
+        shuffle: reshuffle each epoch (seeded).
+        repeat: repeat forever (pass `steps_per_epoch` to `fit`).
+
+    Returns:
+        A `tf.data.Dataset` of dicts.
+
+    Examples:
+    >>> ds = batches(("images", "labels", "index"), images=images, labels=labels, batch_size=64)
+    >>> next(iter(ds))["index"].shape
+    TensorShape([64])
+    """
+    if isinstance(fields, str) or not all(isinstance(field, str) for field in fields):
+        raise ValueError(f"fields must be a tuple of field names. Received: fields={fields!r}")
+    unknown = [field for field in fields if field not in FIELDS]
+    if unknown or len(set(fields)) != len(fields):
+        raise ValueError(f"Unknown or repeated batch field(s) {unknown or list(fields)}: each must be one of {FIELDS}. "
+                         f"Received: fields={tuple(fields)}")
+    images = np.asarray(images)
+    n = len(images)
+    given = {"labels": labels, "texts": texts, "neighbours": neighbours}
+    for field in given:
+        if field in fields and given[field] is None:
+            raise ValueError(f"The field {field!r} needs its array: pass {field}=... Received: {field}=None")
+    given = {field: np.asarray(array) for field, array in given.items() if field in fields}
+    if any(len(array) != n for array in given.values()):
+        names = ["images", *given]
+        raise ValueError(f"{', '.join(names[:-1])} and {names[-1]} must have the same length. Received: "
+                         + ", ".join(f"{len(array)} {name}" for name, array in zip(names, [images, *given.values()])))
+    if "labels" in given and given["labels"].ndim not in (1, 2):
+        raise ValueError(f"labels must be class ids (n,) or multi-hot (n, classes). Received shape {given['labels'].shape}")
+    if "neighbours" in given and given["neighbours"].ndim != 2:
+        raise ValueError(f"neighbours must be (n, m) lists for the {n} images. Received: shape={given['neighbours'].shape}")
+    if "texts" in given and given["texts"].ndim != 2:
+        raise ValueError(f"texts must be bag-of-words vectors (n, vocabulary_size). Received: shape={given['texts'].shape}")
+    if labelled is None:
+        labelled = np.ones(n, bool)
+    labelled = np.asarray(labelled)
+    if labelled.shape != (n,) or labelled.dtype != bool:
+        raise ValueError(f"labelled must be a boolean mask of shape ({n},). "
+                         f"Received: shape={labelled.shape}, dtype={labelled.dtype}")
+    if batch_size < 2 or batch_size > n:
+        raise ValueError(f"batch_size must be in [2, {n}] (pairs need two items). Received: batch_size={batch_size}")
+
+    rows = {}
+    for field in fields:
+        if field == "images":
+            rows[field] = images
+        elif field == "labels":
+            # Cross-replica collectives (all_gather, and Keras's build-time reduce under
+            # MultiWorkerMirroredStrategy) accept 32/64-bit types only, not uint8.
+            kept = np.where(labelled.reshape(-1, *[1] * (given["labels"].ndim - 1)), given["labels"], 0)
+            rows[field] = kept.astype(np.float32 if np.issubdtype(kept.dtype, np.floating) else np.int32)
+        elif field == "index":
+            rows[field] = np.arange(n, dtype=np.float32)  # float32: exact below 2**24, gatherable
+        elif field == "labelled":
+            rows[field] = labelled.astype(np.float32)
+        else:
+            rows[field] = given[field].astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices(rows)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return _shard_by_data(ds.batch(batch_size, drop_remainder=True))
+
+
+def _tuples(ds, shape):
+    """`batches`' dicts as the tuples a trainer takes: `shape` maps a dict of
+    fields to a tuple; images as float32 (exact for 0-255 pixels)."""
+    return ds.map(lambda batch: shape({**batch, "images": tf.cast(batch["images"], "float32")}))
+
 
 def pairwise_batches(images, labels, batch_size, *, seed=0, shuffle=True, repeat=False):
-    """Batches of `(images, labels)` for pairwise losses.
-
-    Batches are full (`drop_remainder=True`) so every replica of a distribution
-    strategy gets an equal share and every batch has the same number of pairs.
+    """Batches of `(images, labels)` for pairwise losses: `batches` of
+    ("images", "labels") as tuples, images as float32.
 
     Args:
         images: uint8 or float array (n, height, width, channels).
@@ -27,32 +137,9 @@ def pairwise_batches(images, labels, batch_size, *, seed=0, shuffle=True, repeat
     Returns:
         A `tf.data.Dataset`.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    if len(images) != len(labels):
-        raise ValueError(
-            f"images and labels must have the same length. Received: {len(images)} images, "
-            f"{len(labels)} labels"
-        )
-    if labels.ndim not in (1, 2):
-        raise ValueError(
-            "labels must be class ids (n,) or multi-hot (n, classes). "
-            f"Received shape {labels.shape}"
-        )
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).map(lambda x, y: (x, _label_type(y)))
-    return _finish(ds, len(images), batch_size, seed, shuffle, repeat)
-
-
-def _finish(ds, n, batch_size, seed, shuffle, repeat):
-    if batch_size < 2 or batch_size > n:
-        raise ValueError(
-            f"batch_size must be in [2, {n}] (pairs need two items). Received: batch_size={batch_size}"
-        )
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (tf.cast(x, "float32"), y))
-    return _shard_by_data(ds)
+    ds = batches(("images", "labels"), images=images, labels=labels, batch_size=batch_size, seed=seed,
+                 shuffle=shuffle, repeat=repeat)
+    return _tuples(ds, lambda b: (b["images"], b["labels"]))
 
 
 def _shard_by_data(ds):
@@ -64,7 +151,8 @@ def _shard_by_data(ds):
 
 
 def neighbour_batches(images, neighbours, batch_size, *, seed=0, shuffle=True):
-    """Batches of `(images, (ids, neighbour_lists))` for unsupervised models.
+    """Batches of `(images, (ids, neighbour_lists))` for unsupervised models:
+    `batches` of ("images", "index", "neighbours") as tuples, images as float32.
 
     The models derive S_ij in {-1, +1} from the ids and neighbour lists of the
     gathered batch (`tfhash.neighbours.batch_similarity`); no labels travel.
@@ -80,10 +168,9 @@ def neighbour_batches(images, neighbours, batch_size, *, seed=0, shuffle=True):
         raise ValueError(
             f"neighbours must be (n, m) lists for the {len(images)} images. Received: shape={neighbours.shape}"
         )
-    # Ids and lists as float32: exact below 2**24 and gatherable across replicas.
-    extras = (np.arange(len(images), dtype=np.float32), neighbours.astype(np.float32))
-    ds = tf.data.Dataset.from_tensor_slices((images, extras))
-    return _finish(ds, len(images), batch_size, seed, shuffle, repeat=False)
+    ds = batches(("images", "index", "neighbours"), images=images, neighbours=neighbours, batch_size=batch_size,
+                 seed=seed, shuffle=shuffle)
+    return _tuples(ds, lambda b: (b["images"], (b["index"], b["neighbours"])))
 
 
 def _label_type(labels):
@@ -93,18 +180,16 @@ def _label_type(labels):
 
 
 def pair_similarity(labels_a, labels_b):
-    """NumPy S_ij: 1 where items share a label (class ids or multi-hot)."""
-    a, b = np.asarray(labels_a), np.asarray(labels_b)
-    if a.ndim == 1:
-        return (a[:, None] == b[None, :]).astype(np.float32)
-    return ((a.astype(np.float32) @ b.T.astype(np.float32)) > 0).astype(np.float32)
+    """NumPy S_ij: 1 where items share a label (class ids or multi-hot), as a
+    (n, m) float32 array: `tfhash.losses.label_similarity` on arrays."""
+    return np.asarray(label_similarity(np.asarray(labels_a), np.asarray(labels_b)))
 
 
 def cross_modal_batches(images, texts, labels, batch_size, *, seed=0, shuffle=True):
-    """Batches of paired rows for cross-modal models (SSAH): a dict with
-    "images", "texts" (bag-of-words), "labels" (multi-hot) and "index" (the
-    row's position in the training arrays, which models use to address their
-    per-item memory), all float32 except the raw images.
+    """Batches of paired rows for cross-modal models (SSAH): `batches` of
+    "images" (raw), "texts" (bag-of-words), "labels" (multi-hot, float32) and
+    "index" (the row's position in the training arrays, which models use to
+    address their per-item memory).
 
     Args:
         images: (n, height, width, channels) raw images.
@@ -116,27 +201,12 @@ def cross_modal_batches(images, texts, labels, batch_size, *, seed=0, shuffle=Tr
     counts = {"images": len(images), "texts": len(texts), "labels": len(labels)}
     if len(set(counts.values())) != 1:
         raise ValueError(f"images, texts and labels must describe the same items. Received counts: {counts}")
-    if texts.ndim != 2:
-        raise ValueError(f"texts must be bag-of-words vectors (n, vocabulary_size). Received: shape={texts.shape}")
     if labels.ndim == 1:
         labels = np.eye(int(labels.max()) + 1, dtype=np.float32)[labels]
     if labels.ndim != 2:
         raise ValueError(f"labels must be multi-hot (n, classes) or class ids (n,). Received: shape={labels.shape}")
-    n = len(images)
-    if batch_size < 2 or batch_size > n:
-        raise ValueError(f"batch_size must be in [2, {n}] (pairs need two items). Received: batch_size={batch_size}")
-    ds = tf.data.Dataset.from_tensor_slices(
-        {
-            "images": images,
-            "texts": texts.astype(np.float32),
-            "labels": labels.astype(np.float32),
-            # Float32 (exact below 2**24) so ids can be gathered across replicas.
-            "index": np.arange(n, dtype=np.float32),
-        }
-    )
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return _shard_by_data(ds.batch(batch_size, drop_remainder=True))
+    return batches(("images", "texts", "labels", "index"), images=images, texts=texts,
+                   labels=labels.astype(np.float32), batch_size=batch_size, seed=seed, shuffle=shuffle)
 
 
 def graph_batches(images, texts, graph, batch_size, *, seed=0, shuffle=True):
@@ -230,8 +300,8 @@ def semi_supervised_batches(
     rest, whose labels are replaced by zeros before they enter the pipeline:
     an unlabelled row cannot leak its label into training.
 
-    With every row labelled this is `pairwise_batches` plus a column of ones.
-    Otherwise each batch holds `labelled_per_batch` labelled rows (cycled, as
+    With every row labelled this is `batches` of ("images", "labels",
+    "labelled") as tuples: `pairwise_batches` plus a column of ones. Otherwise each batch holds `labelled_per_batch` labelled rows (cycled, as
     there are few) and `batch_size - labelled_per_batch` unlabelled ones; an
     epoch is one pass over the unlabelled rows.
 
@@ -261,10 +331,9 @@ def semi_supervised_batches(
     if not labelled.any():
         raise ValueError("labelled marks no row: a semi-supervised model needs at least one labelled image")
     if labelled.all():
-        ds = tf.data.Dataset.from_tensor_slices((images, labels)).map(
-            lambda x, y: (x, (_label_type(y), tf.constant(1.0)))
-        )
-        return _finish(ds, len(images), batch_size, seed, shuffle=True, repeat=False)
+        ds = batches(("images", "labels", "labelled"), images=images, labels=labels, labelled=labelled,
+                     batch_size=batch_size, seed=seed)
+        return _tuples(ds, lambda b: (b["images"], (b["labels"], b["labelled"])))
 
     labelled_per_batch = batch_size // 2 if labelled_per_batch is None else int(labelled_per_batch)
     unlabelled_per_batch = batch_size - labelled_per_batch

@@ -3,6 +3,7 @@ and the cross-replica gather that makes pairwise losses strategy-independent."""
 
 import contextlib
 import dataclasses
+import inspect
 import os
 
 import keras
@@ -249,9 +250,15 @@ def _describe_specs(specs):
     return ", ".join(f"{name} {spec.dtype.name} {tuple(spec.shape)}" for name, spec in specs.items())
 
 
-class ImageHashModel(HashModel):
-    """Base of image encoders on a `Backbone` trunk: the code length, the raw
-    image shape and the trunk, built and configured once for every method.
+class ImageArguments:
+    """The arguments of every image encoder and image trainer, declared once:
+    the code length, the raw image shape and the trunk (`Backbone`).
+
+    `ImageHashModel` and the trainers that make one (`EncoderHarness`, `SSAH`)
+    have it in their MRO and take these by keyword through `**kwargs`, so
+    walking the MRO's `__init__` signatures (`init_parameters`, the
+    registry's settings) finds them here. They are kept, as given, in
+    `self.image_arguments` (a trainer passes them on to its encoder).
 
     Args:
         bits: code length K (multiple of 8).
@@ -269,12 +276,55 @@ class ImageHashModel(HashModel):
                  backbone_input_size=None, freeze_backbone=False, **kwargs):
         super().__init__(**kwargs)
         check_bits(bits)
-        self.bits = bits
-        self.image_shape = tuple(int(d) for d in input_shape)
-        self.backbone_name = backbone
-        self.dropout = float(dropout)
-        self.backbone = Backbone(backbone, self.image_shape, backbone_weights, dropout, input_size=backbone_input_size,
-                                 frozen=freeze_backbone, name="backbone")
+        self.image_arguments = dict(bits=bits, input_shape=input_shape, backbone=backbone,
+                                    backbone_weights=backbone_weights, dropout=dropout,
+                                    backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone)
+
+
+# The trunk's constructor arguments (`ImageArguments` less bits and input_shape).
+TRUNK_ARGUMENTS = ("backbone", "backbone_weights", "dropout", "backbone_input_size", "freeze_backbone")
+
+
+def init_parameters(cls, last=None):
+    """{name: inspect.Parameter} of the constructor arguments `cls` takes: its own
+    `__init__`'s, then, through its `**kwargs`, those of the next class of its
+    MRO that defines `__init__`, and so on; first declaration wins.
+
+    Stops at a class without `**kwargs`, at Keras's own classes, or after `last`.
+    """
+    parameters = {}
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__.split(".")[0] == "keras":
+            break
+        if "__init__" in vars(klass):
+            own = list(inspect.signature(klass.__init__).parameters.values())[1:]
+            for p in own:
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    parameters.setdefault(p.name, p)
+            if not any(p.kind == p.VAR_KEYWORD for p in own):
+                break
+        if klass is last:
+            break
+    return parameters
+
+
+class ImageHashModel(ImageArguments, HashModel):
+    """Base of image encoders on a `Backbone` trunk: the code length, the raw
+    image shape and the trunk, built and configured once for every method.
+
+    Takes `ImageArguments` (bits, input_shape and the trunk's five) by keyword.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        given = self.image_arguments
+        self.bits = given["bits"]
+        self.image_shape = tuple(int(d) for d in given["input_shape"])
+        self.backbone_name = given["backbone"]
+        self.dropout = float(given["dropout"])
+        self.backbone = Backbone(self.backbone_name, self.image_shape, given["backbone_weights"], self.dropout,
+                                 input_size=given["backbone_input_size"], frozen=given["freeze_backbone"],
+                                 name="backbone")
 
     def build(self, input_shape=None):
         """Builds the trunk; subclasses then build their heads on `feature_shape`
@@ -312,10 +362,6 @@ class ImageHashModel(HashModel):
         """The trunk's constructor arguments, for a harness's config (weights: the saved model's)."""
         config = self.get_config()
         return {key: config[key] for key in TRUNK_ARGUMENTS}
-
-
-# The trunk's constructor arguments every image trainer takes and passes on.
-TRUNK_ARGUMENTS = ("backbone", "backbone_weights", "dropout", "backbone_input_size", "freeze_backbone")
 
 
 class BowEncoder(HashModel):
@@ -467,10 +513,12 @@ class Trainer(keras.Model):
 MAX_EPOCHS_ENV = "TFHASH_MAX_EPOCHS"
 
 
-class EncoderHarness(Trainer):
+class EncoderHarness(ImageArguments, Trainer):
     """Base of the GAN training harnesses (BGAN, DSH-GAN): an exported `encoder`
     (an image `HashModel`) plus the networks and optimizers that train it;
-    `call`, `bits` and `image_shape` are the encoder's."""
+    `call`, `bits` and `image_shape` are the encoder's. It takes
+    `ImageArguments` by keyword and keeps them for its encoder
+    (`self.image_arguments`)."""
 
     @property
     def bits(self):

@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfhash.layers import AnnealedSign
-from tfhash.models.backbones import SMALL_CNN, image_generator
+from tfhash.models.backbones import image_generator
 from tfhash.losses import balanced_pair_weights
 from tfhash.models.base import (
     EncoderHarness,
@@ -54,17 +54,13 @@ class BGANEncoder(ImageHashModel):
     """Image -> trunk -> K units -> AnnealedSign: the exported part of BGAN.
 
     Args:
-        bits: code length K (multiple of 8).
-        input_shape: raw image shape, pixels 0-255.
-        backbone: "small_cnn" or a `keras.applications` name.
         beta: initial beta of the annealed sign.
-        backbone_weights, dropout: as `ImageHashModel`.
+        **kwargs: `ImageArguments` (bits, input_shape, the trunk) and Keras's.
     """
 
-    def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, beta=1.0, backbone_weights=None,
-                 dropout=0.0, **kwargs):
-        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
-        self.projection = layers.Dense(bits, name="fch")
+    def __init__(self, beta=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.projection = layers.Dense(self.bits, name="fch")
         self.sign = AnnealedSign(beta=beta, name="annealed_sign")
         finish_construction(self, BGANEncoder)
 
@@ -111,11 +107,12 @@ class BGAN(EncoderHarness):
     steps one device takes. Drive beta with `tfhash.callbacks.BetaSchedule`.
 
     Args:
-        bits, input_shape, backbone, beta: as `BGANEncoder`.
+        beta: initial beta of the encoder's annealed sign.
         neighbour_weight, content_weight, adversarial_weight: loss weights.
         balanced: weigh neighbour pairs T / P and the others 1 in the neighbour
             loss, so neighbour pairs weigh as much as all pairs
             (`tfhash.losses.balanced_pair_weights`; the paper does not).
+        **kwargs: `ImageArguments` (bits, input_shape, the trunk) for the encoder, and Keras's.
 
     Examples:
     >>> model = BGAN(bits=32, input_shape=(28, 28, 1))
@@ -128,28 +125,12 @@ class BGAN(EncoderHarness):
     loss_names = ("loss", "neighbour_loss", "content_loss", "adversarial_loss", "d_loss")
     optimizer_roles = {"optimizer": "adam", "d_optimizer": "adam"}
 
-    def __init__(
-        self,
-        bits=32,
-        input_shape=(28, 28, 1),
-        backbone=SMALL_CNN,
-        backbone_weights=None,
-        dropout=0.0,
-        backbone_input_size=None,
-        freeze_backbone=False,
-        beta=1.0,
-        neighbour_weight=1.0,
-        content_weight=1.0,
-        adversarial_weight=0.01,
-        balanced=False,
-        **kwargs,
-    ):
+    def __init__(self, beta=1.0, neighbour_weight=1.0, content_weight=1.0, adversarial_weight=0.01, balanced=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.balanced = bool(balanced)
-        self.encoder = BGANEncoder(bits, input_shape, backbone, beta, backbone_weights, dropout,
-                                   backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone,
-                                   name="encoder")
-        self.generator = image_generator(bits, self.encoder.image_shape)
+        self.encoder = BGANEncoder(beta=beta, **self.image_arguments, name="encoder")
+        self.generator = image_generator(self.bits, self.encoder.image_shape)
         self.discriminator = _discriminator(self.encoder.image_shape)
         self.neighbour_weight = float(neighbour_weight)
         self.content_weight = float(content_weight)

@@ -43,8 +43,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from tfhash.losses import PairwiseCrossEntropy
-from tfhash.models.backbones import SMALL_CNN, image_generator
+from tfhash.losses import PairwiseCrossEntropy, triplet_ranking
+from tfhash.models.backbones import image_generator
 from tfhash.models.base import (
     EncoderHarness,
     ImageHashModel,
@@ -65,17 +65,12 @@ class DSHGANEncoder(ImageHashModel):
     (z >= 0) is the paper's H >= 0.5.
 
     Args:
-        bits: code length K (multiple of 8).
-        input_shape: raw image shape, pixels 0-255.
-        backbone: "small_cnn" or a `keras.applications` name.
-        backbone_weights: None, a local weights file, or "imagenet" (network).
-        dropout: dropout rate inside the small CNN.
+        **kwargs: `ImageArguments` (bits, input_shape, the trunk) and Keras's.
     """
 
-    def __init__(self, bits=32, input_shape=(28, 28, 1), backbone=SMALL_CNN, backbone_weights=None,
-                 dropout=0.0, **kwargs):
-        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
-        self.hash_head = layers.Dense(bits, name="hash")
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hash_head = layers.Dense(self.bits, name="hash")
         finish_construction(self, DSHGANEncoder)
 
     def build(self, input_shape=None):
@@ -94,11 +89,8 @@ class DSHGANEncoder(ImageHashModel):
 
 
 
-def triplet_ranking_loss(anchor, positive, negative, margin):
-    """max(0, m - |a - n|^2 + |a - p|^2) per row: the relaxed Hamming triplet loss."""
-    far = tf.reduce_sum(tf.square(anchor - negative), axis=-1)
-    near = tf.reduce_sum(tf.square(anchor - positive), axis=-1)
-    return tf.nn.relu(margin - far + near)
+# The triplet loss is `tfhash.losses.triplet_ranking`; the old name stays for its importers.
+triplet_ranking_loss = triplet_ranking
 
 
 def negative_classes(targets, uniform):
@@ -119,7 +111,6 @@ class DSHGAN(EncoderHarness):
     `tfhash.callbacks.GeneratedImageGrid`.
 
     Args:
-        bits, input_shape, backbone, backbone_weights, dropout: as `DSHGANEncoder`.
         num_classes: number of classes (labels are class ids, or multi-hot
             rows of this width with `multi_label=True`).
         multi_label: sigmoid classification head for multi-hot labels; else softmax.
@@ -135,6 +126,7 @@ class DSHGAN(EncoderHarness):
         generator_batch_norm: DCGAN's batch norm in the generator (synchronized
             across replicas); see docs/methods/dsh_gan.md for what it measured.
         seed: seeds the noise and drawn classes (stateless, per step).
+        **kwargs: `ImageArguments` (bits, input_shape, the trunk) for the encoder, and Keras's.
 
     Examples:
     >>> model = DSHGAN(bits=32, input_shape=(28, 28, 1), num_classes=10)
@@ -148,44 +140,23 @@ class DSHGAN(EncoderHarness):
     # The generator's default is DCGAN's Adam(2e-4, beta_1=0.5).
     optimizer_roles = {"optimizer": "adam", "g_optimizer": lambda: keras.optimizers.Adam(2e-4, beta_1=0.5)}
 
-    def __init__(
-        self,
-        bits=32,
-        input_shape=(28, 28, 1),
-        num_classes=10,
-        multi_label=False,
-        backbone=SMALL_CNN,
-        backbone_weights=None,
-        dropout=0.0,
-        backbone_input_size=None,
-        freeze_backbone=False,
-        noise_dim=64,
-        margin=None,
-        classification_weight=1.0,
-        triplet_weight=1.0,
-        adversarial_weight=1.0,
-        pairwise_weight=0.0,
-        pairwise_alpha=0.25,
-        generator_batch_norm=False,
-        seed=0,
-        **kwargs,
-    ):
+    def __init__(self, num_classes=10, multi_label=False, noise_dim=64, margin=None, classification_weight=1.0,
+                 triplet_weight=1.0, adversarial_weight=1.0, pairwise_weight=0.0, pairwise_alpha=0.25,
+                 generator_batch_norm=False, seed=0, **kwargs):
         super().__init__(**kwargs)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be at least 2 (negatives need another class). Received: {num_classes}")
         self.num_classes = int(num_classes)
         self.multi_label = bool(multi_label)
         self.noise_dim = int(noise_dim)
-        self.margin = float(bits / 4 if margin is None else margin)
+        self.margin = float(self.image_arguments["bits"] / 4 if margin is None else margin)
         self.classification_weight = float(classification_weight)
         self.triplet_weight = float(triplet_weight)
         self.adversarial_weight = float(adversarial_weight)
         self.pairwise_weight = float(pairwise_weight)
         self.pairwise_loss = PairwiseCrossEntropy(alpha=pairwise_alpha, balanced=True)
         self.seed = int(seed)
-        self.encoder = DSHGANEncoder(bits, input_shape, backbone, backbone_weights, dropout,
-                                     backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone,
-                                     name="encoder")
+        self.encoder = DSHGANEncoder(**self.image_arguments, name="encoder")
         self.classifier = layers.Dense(self.num_classes, name="classifier")
         self.adversary = layers.Dense(1, name="adversary")
         self.generator = image_generator(
@@ -320,7 +291,7 @@ class DSHGAN(EncoderHarness):
                 + self._classification(class_pos, positive_targets)
                 + has_negative * self._classification(class_neg, negative_targets)
             )
-            triplet = has_negative * triplet_ranking_loss(h_x, h_pos, h_neg, self.margin)
+            triplet = has_negative * triplet_ranking(h_x, h_pos, h_neg, self.margin)
             d_loss = real_fake_loss(adv_x, True) + 0.5 * (real_fake_loss(adv_pos, False) + real_fake_loss(adv_neg, False))
             supervised = self.classification_weight * classification + self.triplet_weight * triplet
             if self.pairwise_weight:

@@ -50,10 +50,10 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tfhash.layers import check_bits
-from tfhash.losses import balanced_pair_weights
-from tfhash.models.backbones import SMALL_CNN
+from tfhash.losses import balanced_pair_weights, pairwise_likelihood
 from tfhash.models.base import (
     BowEncoder,
+    ImageArguments,
     ImageHashModel,
     Trainer,
     TrainingPlan,
@@ -134,29 +134,15 @@ class SSAHImageEncoder(ImageHashModel):
     """SSAH's ImgNet: raw images -> trunk -> F -> H. `call` gives H, the relaxed code.
 
     Args:
-        bits: code length K (multiple of 8).
         num_labels: c, for the label-prediction head used in training.
-        input_shape: raw image shape, pixels 0-255.
-        backbone: "small_cnn" or a `keras.applications` name (the paper: CNN-F or VGG19).
-        backbone_weights: None, a local weights file, or "imagenet".
         feature_units: width of F.
-        dropout: dropout rate inside the small CNN.
+        **kwargs: `ImageArguments` (bits, input_shape, the trunk; the paper's: CNN-F or VGG19) and Keras's.
     """
 
-    def __init__(
-        self,
-        bits=32,
-        num_labels=24,
-        input_shape=(64, 64, 3),
-        backbone=SMALL_CNN,
-        backbone_weights=None,
-        feature_units=512,
-        dropout=0.0,
-        **kwargs,
-    ):
-        super().__init__(bits, input_shape, backbone, backbone_weights, dropout, **kwargs)
+    def __init__(self, num_labels=24, feature_units=512, **kwargs):
+        super().__init__(**kwargs)
         self.num_labels, self.feature_units = int(num_labels), int(feature_units)
-        self.head = _semantic_head(bits, self.num_labels, self.feature_units, "img")
+        self.head = _semantic_head(self.bits, self.num_labels, self.feature_units, "img")
         finish_construction(self, SSAHImageEncoder)
 
     def build(self, input_shape=None):
@@ -301,13 +287,12 @@ def _discriminator(feature_units, hidden_units, name):
     )
 
 
-def _neg_log_likelihood(theta, s):
-    # -log p(S | theta) with p(S=1) = sigmoid(theta); softplus is stable for large |theta|.
-    return ops.softplus(theta) - s * theta
+# -log p(S | theta) is `tfhash.losses.pairwise_likelihood`; the old name stays for its importers.
+_neg_log_likelihood = pairwise_likelihood
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class SSAH(Trainer):
+class SSAH(ImageArguments, Trainer):
     """The SSAH training harness: LabNet, ImgNet, TxtNet, two discriminators.
 
     Each phase's step, for a batch of (image, text, labels, index) rows:
@@ -325,12 +310,10 @@ class SSAH(Trainer):
     one device takes.
 
     Args:
-        bits: code length K.
         num_labels: c.
         vocabulary_size: V, the bag-of-words length.
         num_train: N, training-set size (rows of the memory; `index` values
             in the data must lie in [0, N)).
-        input_shape, backbone, backbone_weights: as `SSAHImageEncoder`.
         hidden_units: width of LabNet's and TxtNet's first layer (paper: 4096).
         feature_units: width of F (paper: 512).
         discriminator_units: hidden width of the discriminators (code: 256).
@@ -343,6 +326,7 @@ class SSAH(Trainer):
             (`tfhash.losses.balanced_pair_weights`; the paper does not). With few similar pairs (digits: 10%), ReLU
             features F are pushed to 0 for every pair, and the codes computed
             from them collapse. The published recipes set it.
+        **kwargs: `ImageArguments` (bits K, input_shape and ImgNet's trunk) and Keras's.
 
     Examples:
     >>> model = SSAH(bits=32, num_labels=c, vocabulary_size=v, num_train=len(train_labels))
@@ -364,35 +348,11 @@ class SSAH(Trainer):
         )
     }
 
-    def __init__(
-        self,
-        bits=32,
-        num_labels=24,
-        vocabulary_size=1386,
-        num_train=10000,
-        input_shape=(64, 64, 3),
-        backbone=SMALL_CNN,
-        backbone_weights=None,
-        dropout=0.0,
-        backbone_input_size=None,
-        freeze_backbone=False,
-        hidden_units=4096,
-        feature_units=512,
-        discriminator_units=256,
-        label_epochs=10,
-        image_epochs=15,
-        text_epochs=15,
-        alpha=1.0,
-        gamma=1.0,
-        eta=1.0,
-        beta=1.0,
-        delta=1.0,
-        decay=10**-0.5,
-        balanced=False,
-        **kwargs,
-    ):
+    def __init__(self, num_labels=24, vocabulary_size=1386, num_train=10000, hidden_units=4096, feature_units=512,
+                 discriminator_units=256, label_epochs=10, image_epochs=15, text_epochs=15, alpha=1.0, gamma=1.0,
+                 eta=1.0, beta=1.0, delta=1.0, decay=10**-0.5, balanced=False, **kwargs):
         super().__init__(**kwargs)
-        check_bits(bits)
+        bits = self.image_arguments["bits"]
         self.balanced = bool(balanced)
         for name, value in (("label_epochs", label_epochs), ("image_epochs", image_epochs), ("text_epochs", text_epochs), ("num_train", num_train)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -403,13 +363,11 @@ class SSAH(Trainer):
         self.weights_ = dict(alpha=float(alpha), gamma=float(gamma), eta=float(eta), beta=float(beta), delta=float(delta))
         self.decay = float(decay)
         self.lab_net = LabNet(bits, num_labels, hidden_units, feature_units, name="lab_net")
-        self.image_encoder = SSAHImageEncoder(
-            bits, num_labels, input_shape, backbone, backbone_weights, feature_units, dropout,
-            backbone_input_size=backbone_input_size, freeze_backbone=freeze_backbone, name="image_encoder",
-        )
-        self.text_encoder = SSAHTextEncoder(
-            bits, num_labels, vocabulary_size, hidden_units, feature_units, name="text_encoder"
-        )
+        self.image_encoder = SSAHImageEncoder(num_labels=num_labels, feature_units=feature_units,
+                                              **self.image_arguments, name="image_encoder")
+        self.text_encoder = SSAHTextEncoder(bits=bits, num_labels=num_labels, vocabulary_size=vocabulary_size,
+                                            hidden_units=hidden_units, feature_units=feature_units,
+                                            name="text_encoder")
         self.discriminators = {
             "image": _discriminator(self.feature_units, self.discriminator_units, "image_discriminator"),
             "text": _discriminator(self.feature_units, self.discriminator_units, "text_discriminator"),
@@ -533,8 +491,8 @@ class SSAH(Trainer):
         if self.balanced:
             # Counted over the global batch's pairs with the known memory rows.
             weights = balanced_pair_weights(s, similarity(labels_all), known=filled)
-        j1 = tf.reduce_sum(_neg_log_likelihood(theta_f, s) * weights, axis=1)
-        j2 = tf.reduce_sum(_neg_log_likelihood(theta_h, s) * weights, axis=1)
+        j1 = tf.reduce_sum(pairwise_likelihood(theta_f, s) * weights, axis=1)
+        j2 = tf.reduce_sum(pairwise_likelihood(theta_h, s) * weights, axis=1)
         return j1, j2
 
     def _quantization_target(self, index, codes):

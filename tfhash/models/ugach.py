@@ -44,6 +44,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfhash.layers import check_bits
+from tfhash.losses import triplet_ranking
 from tfhash.models.backbones import Backbone, PixelPCA
 from tfhash.models.base import (
     BowEncoder,
@@ -133,7 +134,7 @@ class UGACHImageEncoder(_UGACHEncoder):
             self.trunk = Backbone(features, self.image_shape, weights=feature_weights,
                                   input_size=feature_input_size, frozen=True, name="trunk")
             self.feature_dims = int(self.trunk.compute_output_shape((None, *self.image_shape))[-1])
-        self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
+        self.head = TwoLayerHash(bits=bits, hidden_units=self.hidden_units, name="two_layer_hash")
         finish_construction(self, UGACHImageEncoder)
 
     @classmethod
@@ -185,7 +186,7 @@ class UGACHTextEncoder(_UGACHEncoder, BowEncoder):
         super().__init__(**kwargs)
         self.bits = bits
         self.vocabulary_size, self.hidden_units = int(vocabulary_size), int(hidden_units)
-        self.head = TwoLayerHash(bits, self.hidden_units, name="two_layer_hash")
+        self.head = TwoLayerHash(bits=bits, hidden_units=self.hidden_units, name="two_layer_hash")
         finish_construction(self, UGACHTextEncoder)
 
     def build(self, input_shape=None):
@@ -205,11 +206,9 @@ class UGACHTextEncoder(_UGACHEncoder, BowEncoder):
         }
 
 
-def relevance_hinge(query, related, picked, margin):
-    """f = max(0, m + |q - x^M|^2 - |q - x^G|^2) per row, on sigmoid codes."""
-    near = tf.reduce_sum(tf.square(query - related), axis=-1)
-    far = tf.reduce_sum(tf.square(query - picked), axis=-1)
-    return tf.nn.relu(margin + near - far)
+# f = max(0, m + |q - x^M|^2 - |q - x^G|^2) is `tfhash.losses.triplet_ranking(q, x^M, x^G, m)`;
+# the old name stays for its importers.
+relevance_hinge = triplet_ranking
 
 
 def sample_candidates(logits, excluded, gumbel):
@@ -290,11 +289,13 @@ class UGACH(Trainer):
         self.seed = int(seed)
         # ImageNet weights for a trunk, read when the trainer is built; the saved encoder carries them.
         self.image_encoder = UGACHImageEncoder(
-            bits, input_shape, feature_dims, hidden_units, features=features, feature_input_size=feature_input_size,
+            bits=bits, input_shape=input_shape, feature_dims=feature_dims, hidden_units=hidden_units,
+            features=features, feature_input_size=feature_input_size,
             feature_weights=None if features == "pixels" else "imagenet", name="image_encoder")
-        self.text_encoder = UGACHTextEncoder(bits, vocabulary_size, hidden_units, name="text_encoder")
-        self.generator_image = TwoLayerHash(bits, hidden_units, name="generator_image")
-        self.generator_text = TwoLayerHash(bits, hidden_units, name="generator_text")
+        self.text_encoder = UGACHTextEncoder(bits=bits, vocabulary_size=vocabulary_size, hidden_units=hidden_units,
+                                             name="text_encoder")
+        self.generator_image = TwoLayerHash(bits=bits, hidden_units=hidden_units, name="generator_image")
+        self.generator_text = TwoLayerHash(bits=bits, hidden_units=hidden_units, name="generator_text")
         finish_construction(self, UGACH)
 
     @property
@@ -427,10 +428,10 @@ class UGACH(Trainer):
             """(image-query f, text-query f) per row, on the discriminator's codes."""
             image_net, text_net = self.image_encoder.hash_logits, self.text_encoder.hash_logits
             h_image, h_text = tf.sigmoid(image_net(image_features)), tf.sigmoid(text_net(texts))
-            image_query = relevance_hinge(
+            image_query = triplet_ranking(
                 h_image, tf.sigmoid(text_net(related_texts)), tf.sigmoid(text_net(picked_texts)), self.margin
             )
-            text_query = relevance_hinge(
+            text_query = triplet_ranking(
                 h_text, tf.sigmoid(image_net(related_images)), tf.sigmoid(image_net(picked_images)), self.margin
             )
             return image_query * has_candidate, text_query * has_candidate
