@@ -171,3 +171,10 @@ def test_the_readme_methods_table_is_the_registry():
                 f"[docs/methods/{m.name}.md](docs/methods/{m.name}.md) |" for m in registry.METHODS.values()]
     assert rows == expected
     assert all((root / "docs" / "methods" / f"{name}.md").is_file() for name in registry.names())
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_every_setting_says_what_it_means(method):
+    """`tfhash methods NAME` shows a one-line meaning per setting: the trainer's docstring
+    (`Args:`) or the record documents each one."""
+    assert [key for key, (_, meaning) in registry.get(method).describe().items() if not meaning] == []

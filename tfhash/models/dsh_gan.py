@@ -89,10 +89,6 @@ class DSHGANEncoder(ImageHashModel):
 
 
 
-# The triplet loss is `tfhash.losses.triplet_ranking`; the old name stays for its importers.
-triplet_ranking_loss = triplet_ranking
-
-
 def negative_classes(targets, uniform):
     """One-hot y' per row: the class, among those the row lacks, with the largest
     uniform draw (so a uniform pick); and whether the row lacks any class."""

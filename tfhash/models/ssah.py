@@ -287,10 +287,6 @@ def _discriminator(feature_units, hidden_units, name):
     )
 
 
-# -log p(S | theta) is `tfhash.losses.pairwise_likelihood`; the old name stays for its importers.
-_neg_log_likelihood = pairwise_likelihood
-
-
 @keras.saving.register_keras_serializable(package="tfhash")
 class SSAH(ImageArguments, Trainer):
     """The SSAH training harness: LabNet, ImgNet, TxtNet, two discriminators.

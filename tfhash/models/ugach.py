@@ -206,11 +206,6 @@ class UGACHTextEncoder(_UGACHEncoder, BowEncoder):
         }
 
 
-# f = max(0, m + |q - x^M|^2 - |q - x^G|^2) is `tfhash.losses.triplet_ranking(q, x^M, x^G, m)`;
-# the old name stays for its importers.
-relevance_hinge = triplet_ranking
-
-
 def sample_candidates(logits, excluded, gumbel):
     """One candidate per row drawn from softmax(logits) over the candidates not
     excluded (Gumbel-max: argmax of logits plus Gumbel noise)."""
