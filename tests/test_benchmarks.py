@@ -1,14 +1,18 @@
 """The standard benchmark protocols (CIFAR-10's three conventions, NUS-WIDE-21,
 MIRFlickr-25K) for users with the data: database conventions, split sizes,
 draw-once splits kept in the user's cache, the papers' metric variant, and the
-CIFAR-10 loader on TFDS mock data (no download)."""
+CIFAR-10 loader on TFDS mock data (no download); and the benchmark tables of
+README.md and docs/methods/*.md against bench/methods.py's committed records."""
 
 import dataclasses
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tfhash import metrics
+from tfhash import metrics, recipes, registry, training
 from tfhash.data import load_protocol, protocols
 from tfhash.data.cifar10 import load_cifar10
 from tfhash.evaluation import evaluate_model
@@ -118,3 +122,125 @@ def test_coco_loader_keeps_labelled_images_as_multi_hot_rows(monkeypatch):
     assert (coco.num_query, coco.num_train, coco.map_k) == (5000, 10000, 5000)
     split = coco.draw(np.zeros((122218, 80)))
     assert (len(split.query), len(split.train), len(split.database)) == (5000, 10000, 117218)
+
+
+# ---------------------------------------------------------------------------
+# bench/methods.py's records (bench/results/METHOD_PROTOCOL.jsonl, committed) and the tables
+# bench/tables.py generates from them in README.md and docs/methods/*.md. Nothing here trains.
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(name):
+    """A script of bench/ (no package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tables = _bench("tables")
+
+
+def test_readme_and_method_pages_agree_with_the_committed_results():
+    expected = tables.expected()
+    assert REPO / "README.md" in expected
+    lacking = sorted(f"docs/methods/{m}.md" for m in set(registry.names()) - {p.stem for p in expected})
+    assert not lacking, (f"{lacking} lack the generated table: add a line {tables.BEGIN} and a line {tables.END} "
+                         "(e.g. under a heading before '## Published figures'), then run bench/tables.py")
+    stale = [str(path.relative_to(REPO)) for path, text in expected.items() if path.read_text() != text]
+    assert not stale, f"{stale} disagree with bench/results/*.jsonl: run .venv/bin/python bench/tables.py"
+
+
+def test_committed_records_are_whole_and_name_their_recipe():
+    records = tables.read_records()
+    assert any(r["method"] == "dhn" and r["protocol"] == "fashion_mnist" for r in records)
+    published = recipes.published_names()
+    for record in records:
+        path = tables.results_path(record["method"], record["protocol"])
+        assert path.is_file(), f"a {record['method']} record on {record['protocol']} outside {path.name}"
+        assert record["method"] in registry.names()
+        if record["recipe"] is not None:
+            assert record["recipe"] in published
+            recipe = recipes.published(record["recipe"])
+            assert (recipe["method"], recipe["protocol"], recipe["bits"]) == (
+                record["method"], record["protocol"], record["bits"])
+            # The recorded settings are the recipe's, but for the overrides.
+            changed = {k: v for k, v in recipe["settings"].items() if record["settings"].get(k) != v}
+            assert set(changed) <= set(record["overrides"])
+        cross_modal = protocols.get_protocol(record["protocol"]).cross_modal
+        directions = ["image_to_text", "text_to_image"] if cross_modal else ["image_to_image"]
+        for figures in (record["scores"], record["untrained"], *record["baselines"].values()):
+            assert [d for d in figures if d != "fit_seconds"] == directions
+            for d in directions:
+                assert set(figures[d]) == {"map", "precision@100", "precision@r2", "recall@r2"}
+                assert all(0 <= v <= 1 for v in figures[d].values())
+        assert set(record["baselines"]) == ({"cca_itq"} if cross_modal else {"lsh", "itq"})
+        assert record["command"].split()[1:3] == ["bench/methods.py", "--method"] and record["train_seconds"] > 0
+
+
+def test_results_are_committed_and_scratch_outputs_ignored():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    import subprocess
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+    assert not ignored("bench/results/dhn_fashion_mnist.jsonl")
+    assert ignored("bench/results/reliability.json") and ignored("bench/results/bgan.png")
+
+
+def _record(method, bits, map_, *, recipe=None, overrides=None, seed=0, date="2026-12-01", protocol="digits"):
+    figures = {"image_to_image": {"map": map_, "precision@100": 0.5, "precision@r2": 0.25, "recall@r2": 0.1}}
+    return {"method": method, "protocol": protocol, "bits": bits, "seed": seed, "recipe": recipe,
+            "overrides": overrides or {}, "settings": {"epochs": 30, **(overrides or {})}, "data": {},
+            "scores": figures, "train_seconds": 12.3, "untrained": figures,
+            "baselines": {"lsh": {**figures, "fit_seconds": 0.1}},
+            "versions": {}, "command": "python bench/methods.py --method x", "date": date, "cpus": 2}
+
+
+def test_tables_keep_the_last_record_and_divide_by_dhns_recipe_run():
+    records = [
+        _record("dhn", 32, 0.50, date="2026-12-01"),
+        _record("dhn", 32, 0.80, date="2026-12-02"),  # the same run again: the last record stands
+        _record("dhn", 32, 0.72, overrides={"epochs": 5}),  # not the bar: a setting changed
+        _record("dpsh", 32, 0.88, recipe="dpsh_digits_32", overrides={"epochs": 5}),
+        _record("dpsh", 32, 0.60, seed=1),  # no DHN run at seed 1
+    ]
+    rows = {(r["method"], r["seed"], r["settings"]): r for r in tables.rows(records)}
+    assert len(rows) == 4
+    last = rows["dhn", "0", "defaults"]
+    assert last["mAP@all"] == "**0.8000**" and last["date"] == "2026-12-02"
+    assert rows["dhn", "0", "defaults, epochs=5"]["x DHN"] == "0.90"
+    assert rows["dpsh", "0", "recipe `dpsh_digits_32`, epochs=5"]["x DHN"] == "1.10"
+    assert rows["dpsh", "1", "defaults"]["x DHN"] == "–"
+    assert [r["method"] for r in tables.rows(records, {"dpsh"})] == ["dpsh", "dpsh"]
+    hint = tables.block([], {"dpsh"}, "bench/methods.py --method dpsh")
+    assert hint == "No record yet. `bench/methods.py --method dpsh` trains, scores and appends one to `bench/results/`."
+    page = f"# DPSH\n\n{tables.BEGIN}\nold\n{tables.END}\n\n## Next\n"
+    assert tables.replace_block(page, "new") == f"# DPSH\n\n{tables.BEGIN}\nnew\n{tables.END}\n\n## Next\n"
+    with pytest.raises(ValueError, match="exactly one"):
+        tables.replace_block("# no markers\n", "new")
+
+
+def test_bench_methods_plans_the_recipe_and_reuses_a_recorded_run(tmp_path, monkeypatch, capsys):
+    methods = _bench("methods")
+    recipe, name, overrides = methods.plan("dhn", "fashion_mnist", 32)
+    assert name == "dhn_fashion_mnist_32" and overrides == {} and recipe["settings"]["alpha"] == 0.25
+    recipe, name, overrides = methods.plan("dhn", "fashion_mnist", 32, seed=3, epochs=2)
+    assert name == "dhn_fashion_mnist_32" and overrides == {"epochs": 2} and recipe["seed"] == 3
+    recipe, name, overrides = methods.plan("dhn", "digits", 32)  # no recipe: the defaults
+    assert name is None and overrides == {} and recipe["settings"] == registry.get("dhn").defaults()
+
+    # --reuse: a recorded (method, protocol, bits, seed, data, settings) is not trained again.
+    record = _record("dhn", 32, 0.9)
+    record["settings"] = recipe["settings"]
+    record["baselines"]["itq"] = record["baselines"]["lsh"]
+    (tmp_path / "dhn_digits.jsonl").write_text(json.dumps(record) + "\n")
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained a recorded run"))
+    methods.main(["--method", "dhn", "--protocol", "digits", "--bits", "32", "--reuse", "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "dhn 32 bits: reused the record of 2026-12-01" in out
+    assert "| 32 | dhn | defaults | image->image | 0.9000 | 1.00 | 0.5000 | 0.2500 | 12 |" in out
+    assert (tmp_path / "dhn_digits.jsonl").read_text().count("\n") == 1  # nothing appended

@@ -354,6 +354,15 @@ def get(name):
     return METHODS[name]
 
 
+def markdown_table():
+    """The README's methods table, one row per method in the registry's order
+    (`bench/tables.py` writes it into README.md; a test checks it is there)."""
+    rows = ["| method | kind | modalities | paper | details |", "|---|---|---|---|---|"]
+    rows += [f"| `{m.name}` | {m.kind} | {' + '.join(m.modalities)} | {m.paper} | "
+             f"[docs/methods/{m.name}.md](docs/methods/{m.name}.md) |" for m in METHODS.values()]
+    return rows
+
+
 def table():
     """One row per method, for `tfhash methods`."""
     return [
