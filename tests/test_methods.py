@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import method_checks
+from method_checks import float64  # noqa: F401  (a fixture)
 from tfhash import recipes, registry, training
 
 # Sizes only (each record's `tiny`): each method keeps its published recipe's other settings.
@@ -97,18 +98,6 @@ def test_export_contract(method, trained, data_for, tmp_path):
     result, _ = trained(method)
     for modality, encoder in result.encoders.items():
         method_checks.run_export_test(encoder, _inputs(data_for(method), modality), tmp_path / modality)
-
-
-@pytest.fixture
-def float64():
-    """float64 layers and tensors for one test. Keras caches its global dtype
-    policy at the first layer, so the policy is set along with floatx."""
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
 
 
 # Every method's published configuration, and the options that change how a

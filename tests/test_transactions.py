@@ -23,12 +23,17 @@ from tfhash.retrieval import Retriever
 TINY = ["--protocol", "digits", "--bits", "16", "--epochs", "1"]
 
 
+def _write(home, version):
+    """Writes `version` of a two-member result (a.json, b.json) through one transaction."""
+    with io.transaction(home) as t:
+        t.write_json({"version": version}, os.path.join(home, "a.json"))
+        t.write_json({"version": version}, os.path.join(home, "b.json"))
+
+
 def _versions(home, n):
-    """Writes versions 0..n-1 of a two-member result (a.json, b.json) through one transaction each."""
+    """Writes versions 0..n-1 of the result, one transaction each."""
     for version in range(n):
-        with io.transaction(home) as t:
-            t.write_json({"version": version}, os.path.join(home, "a.json"))
-            t.write_json({"version": version}, os.path.join(home, "b.json"))
+        _write(home, version)
 
 
 def _read(home):
@@ -49,9 +54,7 @@ def test_a_commit_killed_between_its_renames_is_finished_by_the_next_reader(tmp_
 
     monkeypatch.setattr(os, "replace", killed_after_one_rename)
     with pytest.raises(KeyboardInterrupt):
-        with io.transaction(home) as t:
-            t.write_json({"version": 1}, os.path.join(home, "a.json"))
-            t.write_json({"version": 1}, os.path.join(home, "b.json"))
+        _write(home, 1)
     monkeypatch.undo()
     # On disk now: a.json new, b.json old, the record naming b.json's temporary.
     assert json.load(open(os.path.join(home, "a.json")))["version"] == 1
@@ -71,9 +74,7 @@ def test_a_write_killed_before_its_record_leaves_the_old_version_and_no_temporar
 
     monkeypatch.setattr(io, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
-        with io.transaction(home) as t:
-            t.write_json({"version": 1}, os.path.join(home, "a.json"))
-            t.write_json({"version": 1}, os.path.join(home, "b.json"))
+        _write(home, 1)
     monkeypatch.undo()
     assert _read(home) == [0, 0]
     assert sorted(os.listdir(home)) == ["a.json", "b.json"]  # the failed write removed its temporaries
