@@ -40,7 +40,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/index.py
-	$(BIN)/python bench/dhn.py
+	$(BIN)/python bench/methods.py --method dhn --bits 32 64
+	$(BIN)/python bench/tables.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
