@@ -30,15 +30,15 @@ def test_three_items_loss_by_hand(float64):
     # K = 8, u1 = u2 = 0.5 * ones, u3 = -u1; labels 0, 0, 1. Theta = u_i.u_j / 2 is 8 * 0.25 / 2 = 1
     # between u1 and u2 (and each with itself), -1 against u3. Every pair is then either similar at
     # Theta = 1 or dissimilar at Theta = -1, and both cost log(1 + e^-1): each row's mean is that.
-    # Quantization: |sign(u) - u|^2 = 8 * 0.5^2 = 2 per row, weighed by eta = 0.1.
+    # Quantization: |sign(u) - u|^2 / K = 8 * 0.5^2 / 8 = 0.25 per row, weighed by eta = 0.1.
     model = DPSH(bits=8, input_shape=(8, 8, 1))
     half = np.full(8, 0.5)
     codes = keras.ops.convert_to_tensor(np.stack([half, half, -half]))
     labels = keras.ops.convert_to_tensor(np.array([0.0, 0.0, 1.0]))
     terms = model.loss_terms(codes, labels, codes, labels, {})
     np.testing.assert_allclose(np.asarray(terms["likelihood_loss"]), [LOG1P_EXP_MINUS_1] * 3, rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(terms["quantization_loss"]), [2.0] * 3, rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(_weighted(model, terms)), [LOG1P_EXP_MINUS_1 + 0.2] * 3, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(terms["quantization_loss"]), [0.25] * 3, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(_weighted(model, terms)), [LOG1P_EXP_MINUS_1 + 0.025] * 3, rtol=1e-12)
 
 
 def test_the_code_memory_pairs_each_row_with_every_training_rows_latest_code(float64):

@@ -9,7 +9,8 @@ Theta_ij = u_i^T u_j / 2, DPSH minimizes
 Choices, one line each (docs/methods/dpsh.md):
 - Pairs: each row against the global batch (the family's); `memory=True` against a memory of every
   training row's latest code and label instead (the reference code's U and Y; `evaluate` writes it too).
-- Per example: the likelihood averaged over the row's pairs, the quantization summed over the bits.
+- Per example: the likelihood averaged over the row's pairs, the quantization over the bits: eta weighs
+  the per-bit mean, as in DeepHash-pytorch, whose eta 0.1 is the default (the paper sums both terms).
 - Head: linear (the paper); the family's `activation` offers "tanh" and "sign" (straight-through).
 
 Defaults: bits 32, eta 0.1, memory False, identity head, small_cnn.
@@ -27,7 +28,7 @@ class DPSH(PairwiseHashModel):
     """Supervised image hashing with DPSH's pairwise likelihood and quantization term.
 
     Args:
-        eta: weight of the quantization term |sign(u) - u|^2.
+        eta: weight of the quantization term |sign(u) - u|^2 / K.
         memory: pair each row with a memory of every training row's latest code
             and label (the reference code's) instead of the global batch.
         num_train: N, the training rows (with `memory`; taken from the data).
@@ -57,7 +58,7 @@ class DPSH(PairwiseHashModel):
         if self.code_memory is not None:
             all_codes, all_labels = self.code_memory(batch["index"], all_codes, all_labels)
         return {"likelihood_loss": self.likelihood(codes, labels, all_codes, all_labels),
-                "quantization_loss": quantization_l2(codes)}
+                "quantization_loss": quantization_l2(codes) / self.bits}
 
 
 # The registry's `plan`: the family's.
