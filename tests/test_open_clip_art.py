@@ -13,7 +13,7 @@ import pytest
 from tfhash.data import open_clip_art, protocols
 from tfhash.data.open_clip_art import load_open_clip_art
 
-needs_open_clip_art = pytest.mark.skipif(
+needs_open_clip_art = pytest.mark.needs_data(  # skipped without it; failed under CI (conftest.py)
     open_clip_art.find_local_dir() is None,
     reason="Debian packages openclipart-png and openclipart-svg are not installed",
 )
