@@ -280,9 +280,11 @@ def test_real_fake_golden_and_as_tensorflows():
     # Per-example targets: y = 0.5 at x = 2: log(1 + e^-2) + 2 * 0.5 = 1.126928.
     np.testing.assert_allclose(_np(losses.real_fake(x, f64(1, 0.5, 0))), [0.6931471805599453, 1.1269280110429725,
                                                                            0.04858735157374206], rtol=1e-15)
-    # Bit for bit tf.nn.sigmoid_cross_entropy_with_logits (the models' real_fake_loss),
+    # Bit for bit tf.nn.sigmoid_cross_entropy_with_logits (what the GANs used before),
     # value and gradient, x = 0 included (gradient sigmoid(0) - y = -0.5 for y = 1).
-    from tfhash.models.base import real_fake_loss
+    def real_fake_loss(logits, real):
+        target = tf.ones_like(logits) if real else tf.zeros_like(logits)
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
 
     logits = tf.constant(np.r_[0.0, np.random.default_rng(4).normal(size=31) * 5].astype("float32"))
     for real in (True, False):

@@ -379,14 +379,6 @@ class BowEncoder(HashModel):
         return check_bow(bow, self.vocabulary_size, name)
 
 
-def real_fake_loss(logits, real):
-    """Per-row sigmoid cross-entropy of discriminator logits (n,) against
-    "real" (target 1) or "fake" (target 0): every GAN in tfhash scores its
-    players with it."""
-    target = tf.ones_like(logits) if real else tf.zeros_like(logits)
-    return tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
-
-
 def replica_share(draw, rows):
     """This replica's `rows` of `draw(global_rows)`, a stateless random draw made
     for the global batch: every replica makes the same draw and keeps its own

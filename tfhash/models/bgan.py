@@ -36,14 +36,13 @@ from keras import layers
 
 from tfhash.layers import AnnealedSign
 from tfhash.models.backbones import image_generator
-from tfhash.losses import balanced_pair_weights
+from tfhash.losses import balanced_pair_weights, real_fake
 from tfhash.models.base import (
     EncoderHarness,
     ImageHashModel,
     TrainingPlan,
     finish_construction,
     gather_across_replicas,
-    real_fake_loss,
     record_losses,
 )
 from tfhash.neighbours import batch_similarity
@@ -160,7 +159,7 @@ class BGAN(EncoderHarness):
             fake = self.generator(self.encoder(images, training=True), training=True)
             real_logit, _ = self.discriminator(real, training=True)
             fake_logit, _ = self.discriminator(tf.stop_gradient(fake), training=True)
-            d_per_example = real_fake_loss(real_logit[:, 0], True) + real_fake_loss(fake_logit[:, 0], False)
+            d_per_example = real_fake(real_logit[:, 0], True) + real_fake(fake_logit[:, 0], False)
             d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply(tape.gradient(d_loss, d_vars), d_vars)
@@ -185,7 +184,7 @@ class BGAN(EncoderHarness):
             content = tf.reduce_mean(tf.square(real - fake), axis=[1, 2, 3]) + tf.reduce_mean(
                 tf.square(real_features - fake_features), axis=[1, 2, 3]
             )
-            adversarial = real_fake_loss(fake_logit[:, 0], True)
+            adversarial = real_fake(fake_logit[:, 0], True)
             per_example = (
                 self.neighbour_weight * neighbour
                 + self.content_weight * content

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from tfhash.losses import PairwiseCrossEntropy, triplet_ranking
+from tfhash.losses import PairwiseCrossEntropy, real_fake, triplet_ranking
 from tfhash.models.backbones import image_generator
 from tfhash.models.base import (
     EncoderHarness,
@@ -51,7 +51,6 @@ from tfhash.models.base import (
     TrainingPlan,
     finish_construction,
     gather_across_replicas,
-    real_fake_loss,
     record_losses,
     replica_share,
 )
@@ -288,7 +287,7 @@ class DSHGAN(EncoderHarness):
                 + has_negative * self._classification(class_neg, negative_targets)
             )
             triplet = has_negative * triplet_ranking(h_x, h_pos, h_neg, self.margin)
-            d_loss = real_fake_loss(adv_x, True) + 0.5 * (real_fake_loss(adv_pos, False) + real_fake_loss(adv_neg, False))
+            d_loss = real_fake(adv_x, True) + 0.5 * (real_fake(adv_pos, False) + real_fake(adv_neg, False))
             supervised = self.classification_weight * classification + self.triplet_weight * triplet
             if self.pairwise_weight:
                 pairwise = self._pairwise(2.0 * h_x - 1.0, targets, labelled_all)
@@ -311,7 +310,7 @@ class DSHGAN(EncoderHarness):
             _, class_pos, class_neg = split(logits)
             _, adv_pos, adv_neg = split(adversary)
             g_loss = self.adversarial_weight * 0.5 * (
-                real_fake_loss(adv_pos, True) + real_fake_loss(adv_neg, True)
+                real_fake(adv_pos, True) + real_fake(adv_neg, True)
             ) + self.classification_weight * (
                 self._classification(class_pos, conditions[:rows])
                 + has_negative * self._classification(class_neg, conditions[rows:])

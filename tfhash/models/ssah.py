@@ -50,7 +50,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tfhash.layers import check_bits
-from tfhash.losses import balanced_pair_weights, pairwise_likelihood
+from tfhash.losses import balanced_pair_weights, pairwise_likelihood, real_fake
 from tfhash.models.base import (
     BowEncoder,
     ImageArguments,
@@ -59,7 +59,6 @@ from tfhash.models.base import (
     TrainingPlan,
     finish_construction,
     gather_across_replicas,
-    real_fake_loss,
     record_losses,
     with_grappler_options,
 )
@@ -532,7 +531,7 @@ class SSAH(ImageArguments, Trainer):
         with tf.GradientTape() as tape:
             own = tf.stop_gradient(net.semantics(inputs, training=True)[0])
             real_logit, fake_logit = discriminator(label_features, training=True), discriminator(own, training=True)
-            d_per_example = real_fake_loss(real_logit[:, 0], True) + real_fake_loss(fake_logit[:, 0], False)
+            d_per_example = real_fake(real_logit[:, 0], True) + real_fake(fake_logit[:, 0], False)
             d_loss = tf.nn.compute_average_loss(d_per_example, global_batch_size=global_batch)
         d_vars = discriminator.trainable_variables
         self.d_optimizers[modality].apply(tape.gradient(d_loss, d_vars), d_vars)
@@ -544,7 +543,7 @@ class SSAH(ImageArguments, Trainer):
             j3 = squared(self._quantization_target(index, codes), codes)
             j4 = squared(labels, predicted)
             logit = discriminator(features, training=False)
-            adversarial = real_fake_loss(logit[:, 0], True)
+            adversarial = real_fake(logit[:, 0], True)
             per_example = (
                 w["alpha"] * j1 + w["gamma"] * j2 + w["eta"] * j3 + w["beta"] * j4 + w["delta"] * adversarial
             )
