@@ -44,7 +44,7 @@ import tensorflow as tf
 from keras import layers
 
 from tfhash.layers import check_bits
-from tfhash.losses import triplet_ranking
+from tfhash.losses import squared_euclidean_distances, triplet_ranking
 from tfhash.models.backbones import Backbone, PixelPCA
 from tfhash.models.base import (
     BowEncoder,
@@ -212,15 +212,6 @@ def sample_candidates(logits, excluded, gumbel):
     return tf.argmax(tf.where(excluded, tf.cast(_EXCLUDED, logits.dtype), logits) + gumbel, axis=-1, output_type="int32")
 
 
-def _squared_distances(a, b):
-    """|a_i - b_j|^2, (n, m)."""
-    return (
-        tf.reduce_sum(tf.square(a), axis=-1, keepdims=True)
-        - 2.0 * tf.matmul(a, b, transpose_b=True)
-        + tf.reduce_sum(tf.square(b), axis=-1)[None, :]
-    )
-
-
 @keras.saving.register_keras_serializable(package="tfhash")
 class UGACH(Trainer):
     """The UGACH training harness: the discriminator's two encoders (exported),
@@ -380,7 +371,7 @@ class UGACH(Trainer):
 
     def _generator_logits(self, queries, candidates, query_net, candidate_net, related):
         """log p(x | q) up to a constant: -|h(q) - h(x)|^2, relatives excluded."""
-        distances = _squared_distances(tf.sigmoid(query_net(queries)), tf.sigmoid(candidate_net(candidates)))
+        distances = squared_euclidean_distances(tf.sigmoid(query_net(queries)), tf.sigmoid(candidate_net(candidates)))
         return tf.where(related, tf.cast(_EXCLUDED, distances.dtype), -distances)
 
     def train_step(self, data):
