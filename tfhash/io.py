@@ -372,7 +372,6 @@ class Transaction:
         self.home = os.path.abspath(os.fspath(home))
         self._moves = {}  # target -> temporary
         self._removes = []
-        self.committed = False
 
     def write(self, path, write, suffix=""):
         """Calls `write(temporary)` for the member `path` (a file), syncs it
@@ -444,7 +443,6 @@ class Transaction:
                 raise
             _apply_record(record_file)
         self._moves.clear()
-        self.committed = True
 
 
 def _remove(path):

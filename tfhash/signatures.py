@@ -166,7 +166,7 @@ def settings(path):
         for argument, default in pairs:
             if argument.arg == "self" or argument.arg in found:
                 continue
-            value = _value(where, default) if default is not None else _REQUIRED
+            value = _value(where, default) if default is not None else REQUIRED
             found[argument.arg] = (value, meanings.get(argument.arg, ""))
         if init.args.kwarg is None:  # nothing passes on: the rest of the MRO takes no settings from here
             break
@@ -180,5 +180,4 @@ class _Required:
         return "<required>"
 
 
-_REQUIRED = _Required()
-REQUIRED = _REQUIRED
+REQUIRED = _Required()
