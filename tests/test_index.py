@@ -1,5 +1,6 @@
 """Tests for tfhash.index.HammingIndex."""
 
+import json
 import os
 import pathlib
 import re
@@ -363,9 +364,9 @@ def test_load_empty_file(tmp_path):
 def test_load_newer_version(saved):
     _, path = saved
     data = bytearray(path.read_bytes())
-    data[8:12] = struct.pack("<I", 2)
+    data[8:12] = struct.pack("<I", 3)
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="format version 2 .*newer.*reads version 1"):
+    with pytest.raises(ValueError, match="format version 3 .*newer.*reads version 2"):
         HammingIndex.load(path)
 
 
@@ -418,7 +419,7 @@ def test_load_header_count_beyond_file_size(tmp_path, no_allocation, n, flags):
 def test_load_header_unknown_flags(tmp_path, no_allocation):
     path = tmp_path / "bad.tfhi"
     write_header(path, 8, n=0, flags=2)
-    with pytest.raises(ValueError, match="invalid header: expected flags in \\{0, 1\\}, found flags=2.$"):
+    with pytest.raises(ValueError, match="invalid header: expected flags in \\[0, 1\\] for format version 1, found flags=2.$"):
         HammingIndex.load(path)
 
 
@@ -653,3 +654,45 @@ def test_cli_search_huge_k_prints_every_code(cli_index, capsys):
     assert capsys.readouterr().out == "query 0: ids [0, 1, 2] distances [0, 1, 2]\n"
     assert main(["search", index, "--queries", queries, "--radius", "16", "-k", "2"]) == 0
     assert capsys.readouterr().out == "query 0: 3 within radius 16, nearest 2: [0, 1]\n"
+
+
+def test_metadata_round_trip_and_checksum(tmp_path):
+    """Metadata (an image folder's paths) is saved after the codes and ids, in
+    format version 2, inside the payload checksum; an index without metadata is
+    still version 1, which older readers load."""
+    index = HammingIndex(bits=8)
+    index.add(np.array([[1], [2]], np.uint8))
+    plain = tmp_path / "plain.thi"
+    index.save(plain)
+    assert struct.unpack_from("<I", plain.read_bytes(), 8) == (1,)
+    index.metadata = {"paths": ["a/1.png", "b/é.jpg"], "run": "/runs/x"}
+    path = tmp_path / "meta.thi"
+    index.save(path)
+    data = path.read_bytes()
+    text = json.dumps(index.metadata, sort_keys=True).encode()
+    # 32-byte header, 2 codes of 1 byte, the u64 length, the JSON, the CRC.
+    assert len(data) == 32 + 2 + 8 + len(text) + 4
+    assert struct.unpack_from("<II", data, 8) == (2, 8) and struct.unpack_from("<I", data, 16) == (2,)
+    loaded = HammingIndex.load(path)
+    assert loaded.metadata == index.metadata and loaded.search(np.array([[2]], np.uint8), 1)[1].tolist() == [[1]]
+    assert HammingIndex.load(plain).metadata == {}
+    damaged = bytearray(data)
+    damaged[32 + 2 + 8 + 3] ^= 1  # one bit of the JSON
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="corrupted: checksum"):
+        HammingIndex.load(path)
+    path.write_bytes(data[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        HammingIndex.load(path)
+
+
+def test_codes_copy_in_insertion_order():
+    index = HammingIndex(bits=16)
+    assert index.codes().shape == (0, 2)
+    rows = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
+    index.add(rows[:2])
+    index.add(rows[2:])  # a second add grows the buffer: the copy is still the rows added
+    codes = index.codes()
+    assert codes.tolist() == rows.tolist()
+    codes[0, 0] = 99  # a copy: the index keeps its codes
+    assert index.codes()[0, 0] == 1

@@ -1,15 +1,20 @@
 """The pretrained zoo: a zoo folder (manifest + one tiny trained encoder) served
 over HTTP on 127.0.0.1, and every way fetching it can go: first download,
 cache hit, corrupted cache, wrong hash, unknown name, a file name escaping the
-cache, no network, a missing file; `from_preset` and the `tfhash zoo` command;
-publishing (`tfhash.publish`) and the recipes behind the entries."""
+cache, no network, a missing file, an entry a local zoo has not published;
+what `list` says can be fetched; download progress on a terminal and off it;
+`from_preset` and the `tfhash zoo` command; publishing (`tfhash.publish`, from
+a recipe or a run of it) and the recipes behind the entries. The zoo on the
+Hugging Face Hub: tests/test_hub.py."""
 
 import dataclasses
 import functools
 import hashlib
 import http.server
+import io
 import json
 import shutil
+import sys
 import threading
 
 import keras
@@ -236,6 +241,130 @@ def test_cli_lists_downloads_and_verifies(served, capsys):
     assert cli.main(["zoo", "verify", NAME]) == 0
     assert cli.main(["zoo", "download", "nope"]) == 2
     assert "Unknown zoo entry 'nope'" in capsys.readouterr().err
+
+
+def test_list_says_which_files_can_be_had(served, zoo_folder, tmp_path, monkeypatch, capsys):
+    server, _, _ = served
+    # Over HTTP: not asked by default; asked (a HEAD request) with check.
+    assert [item["status"] for item in zoo.list()] == [zoo.REMOTE] and server.requests == []
+    assert zoo.list(check=True)[0]["status"] == zoo.AVAILABLE and server.requests == [f"/{NAME}.keras"]
+    zoo.download(NAME)
+    assert zoo.list()[0]["status"] == zoo.CACHED
+    _edit_manifest(tmp_path, monkeypatch, file="missing.keras")
+    assert zoo.list(check=True)[0]["status"] == zoo.NOT_PUBLISHED  # the server's 404
+    # A local zoo: whether the file is there, without reading it.
+    copy = tmp_path / "copy"
+    shutil.copytree(zoo_folder[0], copy)
+    monkeypatch.setenv(zoo.URL_ENV, copy.as_uri())
+    monkeypatch.setenv(zoo.MANIFEST_ENV, str(copy / "manifest.json"))
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "empty_cache"))
+    assert zoo.list()[0]["status"] == zoo.AVAILABLE
+    (copy / f"{NAME}.keras").unlink()
+    assert zoo.list()[0]["status"] == zoo.NOT_PUBLISHED
+    capsys.readouterr()
+    assert cli.main(["zoo", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].startswith(NAME) and out.splitlines()[1].endswith("  not published")
+    assert f"1 of 1 entries are not published at {copy.as_uri()}/: `tfhash zoo publish RECIPE --zoo-dir {copy}`" in err
+
+
+def test_an_entry_a_local_zoo_lacks_says_how_to_publish_it(zoo_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(zoo.URL_ENV, raising=False)
+    monkeypatch.delenv(zoo.MANIFEST_ENV, raising=False)
+    monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path / "cache"))
+    packaged = zoo.manifest_path().parent.resolve()
+    if (packaged / "files" / "dhn_fashion_mnist_32.keras").exists():
+        pytest.skip("this checkout has published dhn_fashion_mnist_32 into tfhash/zoo")
+    # The package's zoo: its recipe by name, its folder, no word of a network.
+    with pytest.raises(zoo.ZooError) as error:
+        DHN.from_preset("dhn_fashion_mnist_32")
+    message = str(error.value)
+    assert message.startswith("Zoo entry 'dhn_fashion_mnist_32' is not published here: no file "
+                              f"{packaged}/files/dhn_fashion_mnist_32.keras. Publish it with `tfhash zoo publish "
+                              f"dhn_fashion_mnist_32 --zoo-dir {packaged}`")
+    assert "TFHASH_ZOO_URL to a published zoo" in message and "network" not in message and "\n" not in message
+    # Another local zoo: its recipe by its file there (`zoo publish` takes a recipe file).
+    copy = tmp_path / "copy"
+    shutil.copytree(zoo_folder[0], copy)
+    (copy / f"{NAME}.keras").unlink()
+    (copy / "recipes").mkdir()
+    (copy / "recipes" / f"{NAME}.json").write_text("{}")
+    monkeypatch.setenv(zoo.URL_ENV, copy.as_uri())
+    assert cli.main(["zoo", "download", NAME]) == 2
+    assert (f"`tfhash zoo publish {copy}/recipes/{NAME}.json --zoo-dir {copy}`"
+            in capsys.readouterr().err)
+
+
+def test_download_progress_is_one_line_off_a_terminal_and_none_when_quiet(served, capsys):
+    server, _, cache = served
+    assert cli.main(["zoo", "download", NAME]) == 0
+    out, err = capsys.readouterr()
+    size = zoo.entry(NAME)["size"]
+    assert out.strip().endswith(f"{NAME}.keras")  # stdout: the path alone
+    assert err == f"downloaded {NAME} ({size / 1e6:.1f} MB, sha256 verified) from {server.url}{NAME}.keras\n"
+    assert cli.main(["zoo", "download", NAME]) == 0 and capsys.readouterr().err == ""  # cached: nothing said
+    shutil.rmtree(cache)
+    assert cli.main(["zoo", "download", NAME, "--quiet"]) == 0
+    assert capsys.readouterr().err == "" and len(server.requests) == 2
+
+
+def test_download_progress_is_redrawn_on_a_terminal(served, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    zoo.download(NAME, progress=True)
+    size = zoo.entry(NAME)["size"]  # 1.7 MB: two blocks of 1 MiB read, each redraws the line
+    frames = [f"downloading {NAME}: {min(end, size) / 1e6:.1f}/{size / 1e6:.1f} MB"
+              for end in range(2**20, size + 2**20, 2**20)]
+    assert len(frames) == 2 and sys.stderr.getvalue() == "\r" + "\r".join(frames) + "\n"  # no ANSI codes
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # stdout piped: the one line instead
+    zoo.download(NAME, progress=True, force=True)
+    assert sys.stderr.getvalue().endswith(f"MB\ndownloaded {NAME} ({size / 1e6:.1f} MB, sha256 verified) from "
+                                          f"{served[0].url}{NAME}.keras\n")
+
+
+def test_publish_takes_a_run_of_the_recipe_without_training(digits, tmp_path, monkeypatch, capsys):
+    recipe = {"name": "dhn_digits_16", "method": "dhn", "protocol": "digits", "bits": 16, "seed": 0,
+              "settings": {"epochs": 1, "batch_size": 50}}
+    (tmp_path / "dhn_digits_16.json").write_text(json.dumps(recipe))
+    run, zoo_dir = tmp_path / "run", tmp_path / "zoo"
+    training.train(recipe=recipe, data=digits, output_dir=str(run), verbose=0)
+    record = training.read_run(str(run))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("publish --run trained")
+
+    monkeypatch.setattr(publish, "train", no_training)
+    assert cli.main(["zoo", "publish", str(tmp_path / "dhn_digits_16.json"), "--run", str(run),
+                     "--zoo-dir", str(zoo_dir)]) == 0
+    assert "published dhn_digits_16\n" in capsys.readouterr().out
+    item = zoo.read_manifest(zoo_dir / "manifest.json")["entries"]["dhn_digits_16"]
+    # The run's encoder, byte for byte; its score and time; the recipe copied as written.
+    assert item["sha256"] == record["files"]["image_encoder.keras"] == zoo.sha256(run / "image_encoder.keras")
+    assert item["metric"] == {"name": "map@all", "value": round(record["scores"]["image"]["map"], 4), "tolerance": 0.01}
+    assert item["train_seconds"] == record["train_seconds"] and item["class"] == "DHN"
+    assert json.loads((zoo_dir / item["recipe"]).read_text()) == recipe
+    assert item["input"]["shape"] == [8, 8, 1] and item["size"] == (zoo_dir / item["file"]).stat().st_size
+    # A recipe the run was not trained with: refused in one line naming what differs; nothing written.
+    other = {**recipe, "seed": 1, "settings": {"epochs": 2, "batch_size": 50}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    manifest = (zoo_dir / "manifest.json").read_bytes()
+    assert cli.main(["zoo", "publish", str(tmp_path / "other.json"), "--run", str(run), "--zoo-dir",
+                     str(zoo_dir)]) == 2
+    err = capsys.readouterr().err
+    assert (f"The run {run} is not a run of the recipe 'dhn_digits_16': seed (run 0, recipe 1), settings.epochs "
+            f"(run 1, recipe 2) differ.") in err and err.count("\n") == 1
+    assert (zoo_dir / "manifest.json").read_bytes() == manifest
+    # Without a recipe, the run's must be a published one; a folder without run.json is no run.
+    with pytest.raises(ValueError, match=r"trained the recipe 'dhn_digits_16', which is not a published one"):
+        publish.publish(run=run, zoo_dir=zoo_dir)
+    with pytest.raises(ValueError, match=r"is not a run directory: expected run.json"):
+        publish.publish(recipe, run=tmp_path, zoo_dir=zoo_dir)
+    assert cli.main(["zoo", "publish", "--all", "--run", str(run)]) == 2
+    assert "Expected a recipe, --run RUN or --all" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@
   atomically and checked on load; see :meth:`HammingIndex.save`.
 """
 
+import json
 import os
 import struct
 import zlib
@@ -27,13 +28,18 @@ MAX_BITS = 4096
 # File layout, all integers little-endian:
 #   magic (8s) | version (u32) | bits (u32) | flags (u32) | n (u64) |
 #   header crc32 of the 28 bytes before it (u32)            -> 32 bytes
-#   codes: n * bits/8 bytes | ids: n int64 (if FLAG_IDS)     -> payload
+#   codes: n * bits/8 bytes | ids: n int64 (if FLAG_IDS) |
+#   metadata: length (u64) + UTF-8 JSON (if FLAG_METADATA)    -> payload
 #   crc32 of the payload (u32)                                -> 4 bytes
 # Magic and version come first and never move, so any later version can be
-# recognized (and refused) before the rest of its header is parsed.
+# recognized (and refused) before the rest of its header is parsed. Version 2
+# adds FLAG_METADATA; an index without metadata is still written as version 1,
+# so older readers load it.
 MAGIC = b"TFHASHIX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FLAG_IDS = 1
+FLAG_METADATA = 2
+_LENGTH = struct.Struct("<Q")
 _PREAMBLE = struct.Struct("<8sI")
 _HEADER = struct.Struct("<8sIIIQ")
 _HEADER_SIZE = _HEADER.size + 4
@@ -109,6 +115,8 @@ class HammingIndex:
         code_size: bytes per packed code, `bits // 8`.
         ntotal: number of codes held (also `len(index)`).
         has_ids: whether codes were added with custom `ids`.
+        metadata: a JSON-able dict saved with the codes (`tfhash encode
+            --images` keeps each row's file path and the encoder's run there).
 
     Examples:
 
@@ -135,6 +143,9 @@ class HammingIndex:
         # Only allocated when ids are given: position -> user id. Same
         # capacity as the engine's code buffer.
         self._ids = None
+        # What the codes are of, saved with them (JSON-able dict): e.g. an
+        # image folder's paths, row by row, and the encoder that made them.
+        self.metadata = {}
 
     # ------------------------------------------------------------------
     # Size and memory
@@ -224,6 +235,10 @@ class HammingIndex:
             id_buf[old_n:new_n] = ids
         engine.ntotal = new_n
         self._index, self._ids = engine, id_buf
+
+    def codes(self):
+        """A copy of the packed codes held, (ntotal, bits / 8) uint8, in insertion order."""
+        return self._view(self._index, self.ntotal).copy().reshape(self.ntotal, self.code_size)
 
     # ------------------------------------------------------------------
     # Searching
@@ -327,9 +342,11 @@ class HammingIndex:
         earlier saves to `path` killed outright (SIGKILL, power loss).
 
         Format (little-endian): magic `b"TFHASHIX"`, format version (u32),
-        bits (u32), flags (u32, bit 0 = has ids), n (u64), CRC-32 of those 28
-        bytes (u32); then the codes (`n * bits / 8` bytes), the ids (`n`
-        int64, if any) and a CRC-32 of codes and ids (u32). No pickle.
+        bits (u32), flags (u32, bit 0 = has ids, bit 1 = has metadata), n
+        (u64), CRC-32 of those 28 bytes (u32); then the codes (`n * bits / 8`
+        bytes), the ids (`n` int64, if any), the metadata (u64 length and
+        UTF-8 JSON, if any; format version 2) and a CRC-32 of all of them
+        (u32). No pickle.
 
         Args:
             path: destination file (str or path-like).
@@ -352,8 +369,9 @@ class HammingIndex:
         atomically: for a writer that makes the file whole itself (`save`,
         or a `tfhash.io.transaction` member)."""
         n = self.ntotal
-        flags = FLAG_IDS if self._ids is not None else 0
-        header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.bits, flags, n)
+        flags = (FLAG_IDS if self._ids is not None else 0) | (FLAG_METADATA if self.metadata else 0)
+        version = 2 if self.metadata else 1  # version 1 readers load an index without metadata
+        header = _HEADER.pack(MAGIC, version, self.bits, flags, n)
         header += _CRC.pack(zlib.crc32(header))
         with open(file, "wb") as f:
             f.write(header)
@@ -361,6 +379,11 @@ class HammingIndex:
             for chunk in self._payload_chunks():
                 crc = zlib.crc32(chunk, crc)
                 f.write(chunk)
+            if self.metadata:
+                text = json.dumps(self.metadata, sort_keys=True).encode()
+                for chunk in (_LENGTH.pack(len(text)), text):
+                    crc = zlib.crc32(chunk, crc)
+                    f.write(chunk)
             f.write(_CRC.pack(crc))
 
     @classmethod
@@ -399,6 +422,13 @@ class HammingIndex:
             code_size = bits // 8
             ids_size = 8 * n if flags & FLAG_IDS else 0
             expected = _HEADER_SIZE + n * code_size + ids_size + _CRC.size
+            metadata_size = 0
+            if flags & FLAG_METADATA and size >= expected + _LENGTH.size:
+                f.seek(expected - _CRC.size)
+                (metadata_size,) = _LENGTH.unpack(f.read(_LENGTH.size))
+                f.seek(_HEADER_SIZE)
+            if flags & FLAG_METADATA:
+                expected += _LENGTH.size + metadata_size
             if size != expected:
                 what = "truncated" if size < expected else "corrupted (trailing bytes)"
                 raise ValueError(
@@ -421,6 +451,10 @@ class HammingIndex:
                 if n:
                     _read_into(f, ids.view(np.uint8))
                     crc = zlib.crc32(ids.view(np.uint8), crc)
+            metadata = {}
+            if flags & FLAG_METADATA:
+                text = f.read(_LENGTH.size + metadata_size)
+                crc = zlib.crc32(text, crc)
             (stored,) = _CRC.unpack(f.read(_CRC.size))
             if crc != stored:
                 raise ValueError(
@@ -428,8 +462,15 @@ class HammingIndex:
                     f"(CRC-32 of codes and ids) expected 0x{stored:08x} as "
                     f"stored, found 0x{crc:08x}."
                 )
+            if flags & FLAG_METADATA:
+                try:
+                    metadata = json.loads(text[_LENGTH.size:])
+                except ValueError as error:
+                    raise ValueError(f"HammingIndex file {path!r} is corrupted: expected its metadata as JSON. "
+                                     f"Received: {error}") from None
         index._index.ntotal = n
         index._ids = None if ids is None else ids.astype(np.int64, copy=False)
+        index.metadata = metadata
         return index
 
     # ------------------------------------------------------------------
@@ -551,10 +592,11 @@ def _parse_header(path, head):
             f"HammingIndex file {path!r} has an invalid header: expected "
             f"bits a multiple of 8 in [8, {MAX_BITS}], found bits={bits}."
         )
-    if flags & ~FLAG_IDS:
+    known = FLAG_IDS | (FLAG_METADATA if version >= 2 else 0)
+    if flags & ~known:
         raise ValueError(
             f"HammingIndex file {path!r} has an invalid header: expected "
-            f"flags in {{0, {FLAG_IDS}}}, found flags={flags}."
+            f"flags in [0, {known}] for format version {version}, found flags={flags}."
         )
     return bits, flags, n
 

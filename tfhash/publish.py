@@ -1,17 +1,20 @@
 """Publishing to the zoo, for maintainers: train a recipe through the one
-training path, write its encoders and their manifest entries; re-build an
-entry and check its mAP against the manifest.
+training path (or take a run of it already trained), write its encoders and
+their manifest entries; re-build an entry and check its mAP against the
+manifest.
 
 Single-modal recipes publish one entry, named like the recipe; image-text
 ones an `_image` entry (scored image->text) and a `_text` entry (text->image).
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from tfhash import recipes, zoo
-from tfhash.io import transaction
-from tfhash.training import train
+from tfhash.io import sha256, transaction
+from tfhash.rundir import ENCODER_FILE
+from tfhash.training import Result, load_run, read_run, resolve, train
 
 
 def entry_names(recipe, encoders):
@@ -31,11 +34,12 @@ def input_contract(encoder):
 DEFAULT_ZOO_DIR = "zoo"
 
 
-def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbose=0, wait=True):
-    """Trains a recipe and adds its encoders to the zoo folder `zoo_dir`
-    (created if needed): `files/NAME.keras`, `recipes/RECIPE.json` (a copy
-    of the recipe) and their entries in `manifest.json`, so the folder is a
-    zoo that can be served as it is (`TFHASH_ZOO_URL`).
+def publish(recipe=None, *, run=None, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbose=0, wait=True):
+    """Trains a recipe (or takes a run of it, `run`) and adds its encoders
+    to the zoo folder `zoo_dir` (created if needed): `files/NAME.keras`,
+    `recipes/RECIPE.json` (a copy of the recipe) and their entries in
+    `manifest.json`, so the folder is a zoo that can be served as it is
+    (`TFHASH_ZOO_URL`).
 
     The entry is written whole, through one `tfhash.io.transaction` on the
     zoo folder: a publish killed at any instant leaves the old entry or the
@@ -49,16 +53,30 @@ def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbo
     `tfhash.io.transaction`).
 
     Args:
-        recipe: a published recipe name or a recipe JSON file (anywhere).
+        recipe: a published recipe name or a recipe JSON file (anywhere);
+            with `run`, by default the published recipe its run.json names.
+        run: a run directory (`tfhash train --output`) of that recipe,
+            published as it is instead of training: its run.json recipe must
+            equal the recipe resolved (`tfhash.training.resolve`), its
+            encoder files are copied byte for byte and its scores taken.
         zoo_dir: the zoo folder (default `./zoo`; the package's own is
             `tfhash/zoo` in a source checkout).
         tolerance: the mAP difference `build` accepts.
 
     Returns the names of the entries written.
+
+    Raises:
+        ValueError: no recipe, or a run of another recipe (naming the
+            differing keys), unscored, or changed while being published.
     """
     zoo_dir = Path(zoo_dir)
-    recipe = recipes.load(str(recipe))  # checked before any training
-    result = train(recipe=recipe, data=data, verbose=verbose)
+    if run is not None:
+        recipe, result, files = _read_run(run, recipe)
+    elif recipe is None:
+        raise ValueError("Expected a recipe (a published name or a recipe file) or a run directory. Received: neither")
+    else:
+        recipe = recipes.load(str(recipe))  # checked before any training
+        result, files = train(recipe=recipe, data=data, verbose=verbose), {}
     path = zoo_dir / "manifest.json"
     names = entry_names(result.recipe, result.encoders)
     with transaction(zoo_dir, wait=wait) as zoo_write:
@@ -69,7 +87,7 @@ def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbo
         for modality, name in names.items():
             encoder = result.encoders[modality]
             file = Path("files") / f"{name}.keras"
-            zoo_write.write(zoo_dir / file, encoder.save, suffix=".keras")
+            zoo_write.write(zoo_dir / file, files.get(modality) or encoder.save, suffix=".keras")
             direction = result.direction(modality)
             metric = "map@all" if direction == "image" else f"map@all {direction}"
             manifest["entries"][name] = {
@@ -89,6 +107,68 @@ def publish(recipe, *, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, data=None, verbo
             }
         zoo.write_manifest(manifest, path, zoo_write)
     return sorted(names.values())
+
+
+def _differences(expected, received, prefix=""):
+    """The keys (dotted: `settings.epochs`) whose values differ between two recipes."""
+    keys = sorted(set(expected) | set(received))
+    found = []
+    for key in keys:
+        a, b = expected.get(key), received.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b or (key in expected) != (key in received):
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def _read_run(run_dir, recipe=None):
+    """`(recipe, Result, {modality: writer})` of a run directory to publish:
+    its run.json recipe checked against `recipe` (default: the published
+    recipe it names), its encoders loaded (checked against run.json's
+    sha256), and writers copying their files byte for byte, each copy checked
+    against that sha256 (a run rewritten meanwhile is refused)."""
+    run_dir = os.fspath(run_dir)
+    record = read_run(run_dir) if os.path.isdir(run_dir) else None
+    if record is None:
+        raise ValueError(f"{run_dir} is not a run directory: expected run.json and the encoders written by "
+                         f"`tfhash train --output {run_dir}`")
+    ran = record.get("recipe") or {}
+    if recipe is None:
+        if ran.get("name") not in recipes.published_names():
+            raise ValueError(f"The run {run_dir} trained the recipe {ran.get('name')!r}, which is not a published "
+                             f"one: name its recipe file, `tfhash zoo publish RECIPE.json --run {run_dir}`")
+        recipe = ran["name"]
+    given, recipe = os.fspath(recipe), recipes.load(str(recipe))
+    differing = _differences(resolve(recipe=recipe), ran)
+    if differing:
+        shown = ", ".join(f"{key} (run {b!r}, recipe {a!r})" for key, a, b in differing)
+        raise ValueError(f"The run {run_dir} is not a run of the recipe {recipe['name']!r}: {shown} differ. "
+                         f"Train it (`tfhash train --recipe {given} --output RUN`), or publish without --run")
+    import tfhash.models  # noqa: F401  (registers the encoder classes the run's files name)
+
+    record, encoders = load_run(run_dir)
+    if record.get("recipe") != ran:
+        raise ValueError(f"The run {run_dir} changed while it was being published. Publish again once it is written")
+    missing = [m for m in encoders if "map" not in (record.get("scores") or {}).get(m, {})]
+    if missing:
+        raise ValueError(f"The run {run_dir} has no score for its {missing} encoder: expected a run trained with "
+                         f"scoring on (`tfhash train`), whose run.json holds the mAP to publish")
+    result = Result(record["recipe"], encoders, record["scores"], record.get("train_seconds"))
+
+    def copier(modality):
+        source = os.path.join(run_dir, ENCODER_FILE.format(modality=modality))
+        expected = (record.get("files") or {}).get(os.path.basename(source)) or sha256(source)
+
+        def copy(partial):
+            shutil.copyfile(source, partial)
+            if sha256(partial) != expected:
+                raise ValueError(f"{source} changed while it was being published: expected sha256 {expected[:16]}..."
+                                 f" (its run.json's). Publish again once the run is written")
+
+        return copy
+
+    return recipe, result, {modality: copier(modality) for modality in encoders}
 
 
 def publish_all(*, zoo_dir=DEFAULT_ZOO_DIR, tolerance=0.01, verbose=0):

@@ -4,6 +4,8 @@ As keras-hub's `from_preset`, one call takes what a user has at hand:
 
 - a zoo entry name (`tfhash zoo list`), fetched from the zoo at
   `TFHASH_ZOO_URL` (or the packaged manifest's files), sha256-verified, cached;
+- an entry of a zoo on the Hugging Face Hub, `hf://ORG/REPO/ENTRY` or
+  `hf://ORG/REPO@REVISION/ENTRY` (`pip install "tfhash[hub]"`; `tfhash.zoo.hub`);
 - a local `.keras` file (`encoder.save`);
 - a folder: a run directory (`tfhash train --output`: `run.json` and
   `{modality}_encoder.keras`) or any folder holding exactly one `.keras` file.
@@ -80,7 +82,7 @@ def load_preset(preset, *, expected=None, modality="image", **overrides):
     """The encoder `preset` names (see the module docstring).
 
     Args:
-        preset: zoo entry name, `.keras` file or folder.
+        preset: zoo entry name, `hf://ORG/REPO[@REVISION]/ENTRY`, `.keras` file or folder.
         expected: a predicate on the loaded model and a description of what
             it accepts, `(check, "a DHN encoder")`; the caller's class.
         modality: which encoder of a run directory ("image" or "text").
@@ -89,7 +91,9 @@ def load_preset(preset, *, expected=None, modality="image", **overrides):
     from tfhash import zoo
 
     path = os.fspath(preset)
-    if os.path.isdir(path):
+    if path.startswith(zoo.HF):  # before the local forms: "hf://a/b/c" has separators
+        model = zoo.load(path)
+    elif os.path.isdir(path):
         keras_files = sorted(f for f in os.listdir(path) if f.endswith(".keras"))
         if os.path.exists(os.path.join(path, rundir.RUN_FILE)) or len(keras_files) != 1:
             model = load_encoder(path, modality)
@@ -98,7 +102,8 @@ def load_preset(preset, *, expected=None, modality="image", **overrides):
     elif os.path.isfile(path):
         model = read_keras(path)
     elif path.endswith(".keras") or os.sep in path:
-        raise FileNotFoundError(f"No preset at {path}: expected a zoo entry name, a .keras file or a folder")
+        raise FileNotFoundError(f"No preset at {path}: expected a zoo entry name, hf://ORG/REPO[@REVISION]/ENTRY, "
+                                f"a .keras file or a folder")
     else:
         model = zoo.load(path)
     if expected is not None and not expected[0](model):
