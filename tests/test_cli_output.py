@@ -1,6 +1,7 @@
 """What the `tfhash` command prints: its results, without TensorFlow's start-up
 lines, and progress only on a terminal (issue 22)."""
 
+import argparse
 import io
 import logging
 import os
@@ -63,6 +64,80 @@ def test_train_then_evaluate_write_clean_logs_ending_in_the_summary(tmp_path):
     assert len(text.splitlines()) == 1 and text.startswith("dhn_digits_16: trained dhn on digits"), text
 
 
+# A line TensorFlow, absl, oneDNN or CUDA print (C++ log lines, "rebuild TensorFlow with the appropriate
+# compiler flags", Python loggers' "WARNING:tensorflow"), or terminal control (ANSI escapes, redrawn lines).
+TF_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+|absl|onednn|cuda|cuinit|cpu_feature_guard|rebuild tensorflow"
+                     r"|^warning:(tensorflow|absl)|tensorflow/(core|compiler|python|tsl)|\x1b\[|\r", re.I | re.M)
+# The commands that answer at once, without TensorFlow.
+QUICK = (["--version"], ["--help"], ["methods"], ["methods", "dhn"], ["methods", "ssah"], ["zoo", "list"],
+         ["zoo", "missing"])
+
+
+def _command_words(parser, prefix=()):
+    """Every command and nested command of the parser, as its words: ("train",), ("zoo", "list"), ..."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                yield (*prefix, name)
+                yield from _command_words(command, (*prefix, name))
+
+
+def test_every_help_and_quick_command_prints_no_tensorflow_line(tmp_path):
+    """`--help` of every command (found in the parser, nested ones included) and the quick commands
+    (`QUICK`), their stdout and stderr in a file as a user's log would have them (issue 29): no
+    TensorFlow, absl, oneDNN or CUDA line, no ANSI escape, and TensorFlow never loaded. One process
+    calls `tfhash.cli.main` for each (argparse's exits caught), so the test stays fast."""
+    helps = [[*words, "--help"] for words in _command_words(build_parser())]
+    assert ["zoo", "list", "--help"] in helps and ["export", "savedmodel", "--help"] in helps
+    commands = helps + [list(q) for q in QUICK]
+    code = ("import sys\nfrom tfhash import cli\n"
+            f"for argv in {commands!r}:\n"
+            "    print('$ tfhash', *argv, flush=True)\n"
+            "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "    sys.stdout.flush()\n"
+            "print('loaded:', 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=env, cwd=tmp_path, timeout=300)
+    with open(log, newline="") as f:  # newline="": a \r stays a \r
+        text = f.read()
+    assert done.returncode == 0, text
+    assert text.count("usage: tfhash") == len(helps) + 1, text  # and `tfhash --help`
+    assert not TF_LINE.search(text), f"{TF_LINE.search(text).group(0)!r} in:\n{text}"
+    assert text.splitlines()[-1] == "loaded: False False", text[-2000:]
+
+
+def test_a_command_that_loads_tensorflow_prints_none_of_its_start_up_lines(tmp_path):
+    """A real `tfhash` process that loads TensorFlow (`evaluate`) and fails at once: its log is
+    the one error line, without TensorFlow's start-up lines."""
+    code, text = _tfhash(["evaluate", "no_such_run", "--quiet"], tmp_path / "log", tmp_path)
+    assert (code, text) == (2, "tfhash evaluate: error: No model at no_such_run: expected a run directory or a "
+                               ".keras file\n"), text
+
+
+@pytest.mark.slow
+def test_evaluate_quiet_prints_the_results_only(tmp_path, capfd):
+    """`evaluate --quiet` (issue 29): the scores and the file it wrote; no protocol description,
+    no "encoding ..." notice, no sample query's neighbours, no progress."""
+    from tfhash import training
+    from tfhash.cli import main
+
+    run = str(tmp_path / "run")
+    training.train("dhn", "digits", bits=16, epochs=1, batch_size=64, output_dir=run, verbose=0, score=False)
+    capfd.readouterr()
+    report = str(tmp_path / "m.json")
+    assert main(["evaluate", run, "--quiet", "--json", report]) == 0
+    out, err = capfd.readouterr()
+    patterns = [r"image: mAP@all \(retrieved, no_relevant=zero\): \d\.\d{4}", r"  P@100: \d\.\d{4}",
+                r"  precision / recall within radius 2: \d\.\d{4} / \d\.\d{4}", re.escape(f"wrote metrics to {report}")]
+    lines = out.splitlines()
+    assert len(lines) == len(patterns) and all(re.fullmatch(p, line) for p, line in zip(patterns, lines)), out
+    assert err == "", err
+
+
 def test_version_prints_the_version_and_loads_no_tensorflow(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO}
     out = subprocess.run([sys.executable, "-m", "tfhash.cli", "--version"], capture_output=True, text=True,
@@ -73,6 +148,33 @@ def test_version_prints_the_version_and_loads_no_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
                          timeout=60)
     assert out.stdout.splitlines()[-1] == "False False"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`tfhash search ... | head` (issue 29): the reader closes the pipe after its line; the
+    command stops there, with nothing on stderr (no "[Errno 32] Broken pipe", no
+    "Exception ignored" at exit) and exit status 1, as the Python docs' recipe has it."""
+    import numpy as np
+
+    from tfhash.index import HammingIndex
+
+    rng = np.random.default_rng(0)
+    index = HammingIndex(bits=32)
+    index.add(rng.integers(0, 256, (500, 4), dtype=np.uint8))
+    index.save(str(tmp_path / "db.thi"))
+    # 5,000 rows of about 100 bytes: far more than a pipe holds (64 KiB), so the command is still
+    # writing when the pipe closes.
+    np.save(tmp_path / "q.npy", rng.integers(0, 256, (5000, 4), dtype=np.uint8))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, "-m", "tfhash.cli", "search", "db.thi", "--queries", "q.npy", "-k", "10"]
+    search = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              cwd=tmp_path, env=env)
+    first = search.stdout.readline()
+    search.stdout.close()  # as `head -n 1` does once it has its line
+    err = search.stderr.read()
+    search.stderr.close()
+    assert (search.wait(timeout=60), err.decode()) == (1, "")
+    assert first.startswith(b"query 0: ids ["), first
 
 
 def test_verbose_is_accepted_before_and_after_any_command():

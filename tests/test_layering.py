@@ -5,6 +5,7 @@ inside functions."""
 import ast
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,23 @@ def test_import_tfhash_is_lazy():
         "print(before, 'tensorflow' in sys.modules, type(index).__name__, tfhash.__version__)"
     )
     assert line == f"False False HammingIndex {tfhash.__version__}"
+
+
+def test_import_tfhash_gives_every_submodule_its_docs_name():
+    """`import tfhash; tfhash.serving.Client(...)`, as the README writes it (issue 29): every
+    `tfhash.NAME` of the repository's Markdown resolves after a bare `import tfhash`, which
+    still loads no TensorFlow until a name needs it."""
+    repo = PACKAGE.parent
+    pages = [path for path in repo.rglob("*.md")
+             if not any(part.startswith(".") or part in ("runs", "build") for part in path.relative_to(repo).parts)]
+    named = sorted({name for path in pages for name in re.findall(r"\btfhash\.([A-Za-z_]\w*)", path.read_text())})
+    assert {"serving", "export", "models", "data", "index", "callbacks", "evaluation"} <= set(named), named
+    line = _imports_in_fresh_process(
+        "import sys, tfhash; light = 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+        f"missing = [name for name in {named!r} if not hasattr(tfhash, name)]; "
+        "print(light, missing, missing or (tfhash.serving.Client.__name__, tfhash.export.TFLiteEncoder.__name__))"
+    )
+    assert line == "True [] ('Client', 'TFLiteEncoder')"
 
 
 def test_the_command_line_parser_imports_no_tensorflow():

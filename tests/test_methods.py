@@ -165,3 +165,59 @@ def test_every_setting_says_what_it_means(method):
     """`tfhash methods NAME` shows a one-line meaning per setting: the trainer's docstring
     (`Args:`) or the record documents each one."""
     assert [key for key, (_, meaning) in registry.get(method).describe().items() if not meaning] == []
+
+def _tiny_plan(method, data, **settings):
+    """The method's `TrainingPlan` (a built, compiled, untrained trainer) at its tiny size, as
+    `tfhash.training.train` makes it, without fitting."""
+    from tfhash.distribute import get_strategy
+
+    record = registry.get(method)
+    model, train = record.split(record.resolve({**TINY[method], **settings}))
+    return record.plan_function()(data, bits=16, seed=0, strategy=get_strategy("one_device"), model=model, train=train)
+
+
+# The methods that train in phases, their tiny phase settings and the shortest run that trains every phase:
+# SSAH's round (label + image + text epochs, one network at a time), UGACH's pre-training epochs plus one
+# (the generator's first), BGAN's betas (an epoch each at least).
+PHASED = {"ssah": ({"label_epochs": 1, "image_epochs": 1, "text_epochs": 1}, 3),
+          "ugach": ({"pretrain_epochs": 1}, 2),
+          "bgan": ({"betas": [2, 5, 10]}, 3)}
+
+
+@pytest.mark.parametrize("method", sorted(PHASED))
+def test_a_run_shorter_than_a_methods_phases_warns_naming_the_minimum(method, data_for):
+    """`tfhash train --method ssah --epochs 1` (issue 29) trained the label network only and said
+    nothing: a run that leaves a phase out warns in one line, naming the epochs it needs; a run of
+    that many does not. SSAH warns from `fit` (Python users too); UGACH and BGAN from their plans."""
+    phases, minimum = PHASED[method]
+    data = data_for(method)
+    short = dict(phases, epochs=minimum - 1)
+    with pytest.warns(UserWarning, match=rf"^{method.upper()}: epochs={minimum - 1} .*Train at least {minimum} epochs"):
+        plan = _tiny_plan(method, data, **short)
+        if method == "ssah":
+            plan.model.fit(plan.batches, epochs=plan.epochs, verbose=0, shuffle=False)
+    if method == "ssah":
+        # With 1 + 1 + 1 epochs, 2 leave the text encoder untrained, 1 the image one too; 3 is a round.
+        assert "the text encoder is never trained" in plan.model.short_run(2)
+        assert "the image and text encoders are never trained" in plan.model.short_run(1)
+        assert plan.model.short_run(minimum) is None
+    else:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _tiny_plan(method, data, **dict(phases, epochs=minimum))
+        assert not [w for w in caught if "Train at least" in str(w.message)]
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_every_trainer_encodes_as_its_image_encoder(method, data_for):
+    """`trainer.encode(images)` (issue 29: BGAN's had none) is its image encoder's `encode`, and
+    `encode_real` its `encode_real`, for every registered method: a built, untrained trainer."""
+    data = data_for(method)
+    trainer = _tiny_plan(method, data).model
+    encoder, images = trainer.encoders()["image"], data.images[:20]
+    codes = trainer.encode(images)
+    assert codes.dtype == np.uint8 and codes.shape == (20, 2)
+    np.testing.assert_array_equal(codes, encoder.encode(images))
+    np.testing.assert_array_equal(trainer.encode_real(images, batch_size=8), encoder.encode_real(images))

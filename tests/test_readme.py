@@ -52,6 +52,7 @@ import signal
 import threading
 import time
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -269,10 +270,14 @@ def run_python_blocks():
     assert found, "README.md has no python block"
     namespace, out = {"__name__": "__main__"}, io.StringIO()
     started = time.monotonic()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         for line, code in found:
             # Padded so that the code's line numbers are README.md's.
             exec(compile("\n" * line + code, str(README), "exec"), namespace)  # noqa: S102
+    # A reader sees no Keras warning that `fit(shuffle=True)` is ignored (issue 29): the blocks pass shuffle=False.
+    shuffled = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "shuffle=True" in str(w.message)]
+    assert not shuffled, shuffled
     print(f"README.md python blocks ({len(found)}): {time.monotonic() - started:.0f} s")
     return namespace, out.getvalue(), found
 
@@ -727,6 +732,62 @@ def test_every_readme_shell_line_parses_or_is_skipped_with_a_reason():
                 assert Command(where, words[1:], args, extra, "", "", 0).key in CHECKS, f"{where}: add a check"
             else:
                 assert words[0] == "export" or skip_reason(words), f"{where}: not a tfhash command: add it to SKIPPED"
+
+
+# Where each command writes, by its key in CHECKS: the attributes of its parsed arguments that name outputs.
+OUTPUTS = {"evaluate": ("plot", "json", "show"), "encode": ("output", "index"), "search": ("output",),
+           "train": ("output",), "reproduce": ("output",)}
+
+
+def test_readme_commands_write_under_runs():
+    """The README's commands leave nothing in the checkout's root (issue 29: `pr.png`, `db.npy`,
+    `q.npy`, `db.thi` did): what they write goes under `runs/` (ignored by git), as `make demo`'s does."""
+    from tfhash.cli import build_parser
+
+    parser, outputs = build_parser(), []
+    for first_line, code in blocks(README.read_text(), "bash"):
+        for number, words in shell_lines(code, first_line):
+            if words[0] == "tfhash":
+                args, extra = parser.parse_known_args(words[1:])
+                key = Command("", words[1:], args, extra, "", "", 0).key
+                outputs += [(number, getattr(args, name)) for name in OUTPUTS.get(key, ())
+                            if getattr(args, name, None) is not None]
+    assert any(path.endswith(".thi") for _, path in outputs), outputs  # the encode --index line was seen
+    assert [(n, path) for n, path in outputs if not path.startswith("runs/")] == []
+
+
+def test_readme_fit_calls_pass_shuffle_false():
+    """Every `fit` of the README's python blocks passes `shuffle=False` (issue 29): their batches are
+    tf.data datasets, already shuffled (seeded), for which Keras ignores `shuffle=True` with a warning
+    (`test_every_readme_block_runs_as_written` also fails on the warning itself)."""
+    import ast
+
+    calls = []
+    for line, code in blocks(README.read_text(), "python"):
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "fit":
+                shuffle = [k.value for k in node.keywords if k.arg == "shuffle"]
+                calls.append((line + node.lineno, len(shuffle) == 1 and isinstance(shuffle[0], ast.Constant)
+                              and shuffle[0].value is False))
+    assert len(calls) >= 5 and [line for line, quiet in calls if not quiet] == [], calls
+
+
+def test_readme_says_what_make_demo_prints():
+    """"Install and run" states the mAP@all `make demo` should print and its tolerance (issue 29):
+    the zoo manifest's figure and tolerance for the recipe the Makefile's demo trains, and the
+    benchmark's run of that recipe (bench/results), which lies within them."""
+    demo = re.search(r"^demo:.*?(?=^\S)", (REPO / "Makefile").read_text(), re.M | re.S).group(0)
+    recipe = re.search(r"--recipe (\S+)", demo).group(1)
+    metric = json.loads((REPO / "tfhash" / "zoo" / "manifest.json").read_text())["entries"][recipe]["metric"]
+    with open(REPO / "tfhash" / "zoo" / "recipes" / f"{recipe}.json") as f:
+        trained = json.load(f)
+    results = REPO / "bench" / "results" / f"{trained['method']}_{trained['protocol']}.jsonl"
+    runs = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    bench = [r for r in runs if r["recipe"] == recipe and not r["overrides"]][-1]["scores"]["image_to_image"]["map"]
+    intro = " ".join(README.read_text().split("\n## ")[1].split())  # "Install and run", one line
+    assert f"`make demo` trains the zoo's `{recipe}` recipe" in intro
+    assert f"Expect mAP@all {metric['value']:.4f} ± {metric['tolerance']}" in intro, intro
+    assert f"printed {bench:.4f}" in intro and abs(bench - metric["value"]) <= metric["tolerance"], (bench, metric)
 
 
 # What the README's blocks need that `make` installs: without it the whole test is skipped

@@ -93,6 +93,46 @@ def test_codes_only_use(parts, encoder):
         retriever.add_codes(db_codes.astype(np.int64))
 
 
+def test_radius_search_finds_every_row_within_the_radius(encoder, parts):
+    """`search` / `search_codes(..., radius=R)` (issue 29), on 8-bit codes whose distances
+    are counted by hand: from query 0b00000000 a row's distance is its number of set bits,
+    from 0b11111111 its number of clear bits."""
+    rows = np.array([[0b00000000], [0b00000001], [0b00000011], [0b11111111], [0b10000000]], np.uint8)
+    retriever = Retriever(bits=8)
+    retriever.add_codes(rows, ids=np.array([10, 11, 12, 13, 14]), metadata=["a", "b", "c", "d", "e"])
+    queries = np.array([[0b00000000], [0b11111111], [0b01111110]], np.uint8)
+    # Radius 1 (inclusive). Query 0: 0b0 at 0 (id 10), 0b1 and 0b10000000 at 1 (ids 11, 14: the tie in
+    # insertion order); 0b11 is at 2, 0b11111111 at 8. Query 1: only itself (id 13); 0b10000000 is at 7.
+    # Query 2, 0b01111110 (bits 1-6 set): at 6 from 0b0, 7 from 0b1, 6 from 0b11 (bit 1 shared, bit 0 not),
+    # 2 from 0b11111111, 7 from 0b10000000: none within 1.
+    distances, ids, metadata = retriever.search_codes(queries, radius=1)
+    assert [d.tolist() for d in distances] == [[0, 1, 1], [0], []]
+    assert [i.tolist() for i in ids] == [[10, 11, 14], [13], []]
+    assert metadata == [["a", "b", "e"], ["d"], []]
+    assert all(d.dtype == np.int32 for d in distances) and all(i.dtype == np.int64 for i in ids)
+    # Radius 2 from query 2 reaches 0b11111111; k keeps the k nearest of those within the radius.
+    assert [i.tolist() for i in retriever.search_codes(queries, radius=2).ids] == [[10, 11, 14, 12], [13], [13]]
+    assert [i.tolist() for i in retriever.search(queries, k=2, radius=2).ids] == [[10, 11], [13], [13]]
+    # `search` takes codes (no encoder) the same way; radius 8 (= bits) is every row, ranked.
+    assert [d.tolist() for d in retriever.search(queries[:1], radius=8).distances] == [[0, 1, 1, 2, 8]]
+    # Without ids or metadata: insertion positions and None, as `search` gives them.
+    bare = Retriever(bits=8)
+    bare.add_codes(rows)
+    result = bare.search_codes(queries[:1], radius=1)
+    assert [i.tolist() for i in result.ids] == [[0, 1, 4]] and result.metadata == [[None, None, None]]
+    with pytest.raises(ValueError, match=r"`radius` must be an int in \[0, bits=8\]. Received: radius=9"):
+        retriever.search_codes(queries, radius=9)
+    with pytest.raises(ValueError, match=r"Expected `k` to be a positive int. Received: k=0"):
+        retriever.search_codes(queries, k=0, radius=1)
+    # With an encoder, images are encoded first, as for k-NN: the same rows as the codes' radius search.
+    xq, _, xd, _, _ = parts
+    images = Retriever(encoder)
+    images.add(xd[:50])
+    by_images = images.search(xq[:3], radius=3)
+    by_codes = images.search_codes(encoder.encode(xq[:3]), radius=3)
+    assert [i.tolist() for i in by_images.ids] == [i.tolist() for i in by_codes.ids]
+
+
 def test_ids_and_metadata_round_trip_through_save_and_load(encoder, parts, tmp_path):
     xq, _, xd, yd, db_ids = parts
     retriever = Retriever(encoder)

@@ -1,8 +1,9 @@
 """tfhash: deep learning to hash for TensorFlow 2 / Keras 3.
 
-`import tfhash` is light: the names below are imported on first use (PEP 562),
-so `tfhash.HammingIndex` or `tfhash.metrics` never load TensorFlow, and
-`tfhash.DHN` or `tfhash.train` load it then.
+`import tfhash` is light: the names below and the submodules (`tfhash.serving`,
+`tfhash.models`, ...) are imported on first use (PEP 562), so `tfhash.HammingIndex`
+or `tfhash.metrics` never load TensorFlow, and `tfhash.DHN`, `tfhash.train` or
+`tfhash.models` load it then.
 
     >>> import tfhash
     >>> index = tfhash.HammingIndex(bits=32)
@@ -24,6 +25,11 @@ _LAZY = {
     "load_model": ("tfhash.training", "load_model"),
     "train": ("tfhash.training", "train"),
 }
+# The submodules the README and docs name as `tfhash.NAME` (`tfhash.serving.Client(...)`),
+# each imported on first use, as `import tfhash.NAME` would.
+SUBMODULES = ("baselines", "callbacks", "data", "evaluation", "export", "index", "io", "losses", "models",
+              "neighbours", "registry", "retrieval", "serving", "training")
+_LAZY.update({name: (f"tfhash.{name}", None) for name in SUBMODULES})
 
 
 def _trainers():

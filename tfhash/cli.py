@@ -53,9 +53,9 @@ def _train(args, extra=()):
     recipe = getattr(args, "recipe", None)
     settings = {**_settings(extra), "epochs": args.epochs}
     result = training.train(
-        args.method, args.protocol, recipe=recipe, bits=args.bits, seed=args.seed, data_dir=args.data_dir,
-        strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite, wait=args.wait,
-        verbose=keras_verbose(args.quiet, "fit"), **settings,
+        args.method, args.protocol, recipe=recipe, bits=args.bits, seed=args.seed, data=_own_images(args),
+        data_dir=args.data_dir, strategy=args.strategy, output_dir=args.output, overwrite=args.overwrite,
+        wait=args.wait, verbose=keras_verbose(args.quiet, "fit"), **settings,
     )
     # One summary line: what a log or a script greps for.
     final = {key: values[-1] for key, values in result.history.items() if values and key.endswith("loss")}
@@ -67,6 +67,31 @@ def _train(args, extra=()):
     if args.output:
         parts.append(f"saved to {args.output}; evaluate it with: tfhash evaluate {args.output}")
     print("; ".join(parts))
+
+
+# `tfhash train --images` options and the `tfhash.data.from_path` arguments they set.
+IMAGE_OPTIONS = {"image_size": "image_size", "channels": "channels", "keep_aspect": "keep_aspect",
+                 "skip_bad": "skip_bad", "num_query": "num_query", "num_train": "num_train", "captions": "captions"}
+
+
+def _own_images(args):
+    """`tfhash.data.from_path` of `--images`, with the options given; None without it."""
+    given = {option: getattr(args, name) for name, option in IMAGE_OPTIONS.items()
+             if getattr(args, name, None) not in (None, False)}
+    if not getattr(args, "images", None):
+        if given:
+            raise ValueError(f"--{next(iter(given)).replace('_', '-')} describes --images: expected --images DIR|LIST "
+                             f"with it. Received: no --images")
+        return None
+    if args.protocol:
+        raise ValueError(f"Expected --images or --protocol, not both. Received: --images {args.images} "
+                         f"--protocol {args.protocol}")
+    from tfhash.data import from_path
+
+    data = from_path(args.images, seed=args.seed or 0, **given)
+    if not args.quiet:
+        print(data.protocol.description)
+    return data
 
 
 def _methods(args):
@@ -97,13 +122,15 @@ def _load_run(args, modalities=None):
 
 
 def _run_data(args, record):
-    """The protocol to score on: --protocol, else the run's (with its loader options)."""
+    """The data to score on: --protocol, else the run's (its protocol with its
+    loader options, or its own images on the split it recorded)."""
     from tfhash.data import load_protocol
+    from tfhash.training import load_data
 
     recipe = (record or {}).get("recipe", {})
-    protocol = args.protocol or recipe.get("protocol") or "fashion_mnist"
-    options = recipe.get("data", {}) if protocol == recipe.get("protocol") else {}
-    return load_protocol(protocol, args.data_dir, **options)
+    if not args.protocol and recipe:
+        return load_data(recipe, args.data_dir, args.model if os.path.isdir(args.model) else None)
+    return load_protocol(args.protocol or "fashion_mnist", args.data_dir)
 
 
 def _evaluate(args):
@@ -112,11 +139,16 @@ def _evaluate(args):
 
     record, encoders = _load_run(args)
     data = _run_data(args, record)
+    if data.labels is None:
+        raise ValueError(f"Scoring needs labels, which decide what is relevant: expected class folders or a list "
+                         f"with labels. Received: {data.protocol.description}")
     # Unset, map_k and normalization are the protocol's (evaluate_model's default).
     chosen = {key: value for key, value in (("map_k", args.map_k), ("normalization", args.normalization))
               if value is not None}
     options = dict(ks=tuple(args.k), radius=args.radius, no_relevant=args.no_relevant, **chosen)
-    print(f"{data.protocol.description}")
+    # --quiet: the scores and the files written, without the protocol, the encoding notice or the sample query.
+    say = (lambda *parts: None) if args.quiet else print
+    say(f"{data.protocol.description}")
     if "text" in data.protocol.modalities:
         if not os.path.isdir(args.model):
             raise ValueError(f"{data.protocol.name} is an image-text protocol: scoring needs both encoders, so pass "
@@ -124,7 +156,7 @@ def _evaluate(args):
         if set(encoders) != {"image", "text"}:
             raise ValueError(f"{data.protocol.name} is an image-text protocol: expected a run with image and text "
                              f"encoders. Received: {args.model} with {sorted(encoders)}")
-        print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database items")
+        say(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database items")
         results = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"),
                                        data.subset("database"), **options)
         directions = {"image": "image_to_text", "text": "text_to_image"}
@@ -138,13 +170,14 @@ def _evaluate(args):
         if args.modality == "text":
             raise ValueError(f"--modality text needs an image-text protocol. Received: {data.protocol.name}")
         model = encoders["image"]
-        print(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
+        say(f"encoding {len(data.split.query)} queries and {len(data.split.database)} database images")
         # A run directory keeps its database codes (codes/), reused while the model is unchanged.
         cache = os.path.join(args.model, "codes") if os.path.isdir(args.model) else None
         result, query_codes, database_codes = evaluate_model(model, data, verbose=keras_verbose(args.quiet, "predict"),
                                                              codes_cache=cache, **options)
         _print_scores("image", result, args)
-        _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
+        if not args.quiet:
+            _show_neighbours(data, query_codes, database_codes, args.sample_query, HammingIndex)
         if args.plot:
             plot_precision_recall({model.name: result}, args.plot)  # titled: protocol, bits, mAP
             print(f"wrote precision-recall plot to {args.plot}")
@@ -163,9 +196,12 @@ def _evaluate(args):
 
 
 def _class_names(data):
-    """The protocol's class names, when its loader module has them (`CLASS_NAMES`)."""
+    """The data's class names (own images: its class folders), else those of
+    the protocol's loader module (`CLASS_NAMES`), if any."""
     import importlib
 
+    if getattr(data, "class_names", None):
+        return list(data.class_names)
     return getattr(importlib.import_module(data.protocol.loader.split(":")[0]), "CLASS_NAMES", None)
 
 
@@ -179,21 +215,28 @@ def _print_scores(direction, result, args):
 
 
 def _show_neighbours(data, query_codes, database_codes, query, index_class, k=10):
-    known = _class_names(data)
-    names = (lambda label: known[int(label)]) if known else (lambda label: str(int(label)))
+    from tfhash.evaluation import label_text
+    from tfhash.metrics import relevance
+
+    names = _class_names(data)
     index = index_class(query_codes.shape[1] * 8)
     index.add(database_codes, ids=data.split.database)
     distances, ids = index.search(query_codes[query : query + 1], k)
     q = int(data.split.query[query])
-    print(f"\nquery #{query} (image {q}, label {names(data.labels[q])}): {k} nearest database images")
-    for rank, (d, i) in enumerate(zip(distances[0], ids[0]), 1):
-        mark = "+" if data.labels[i] == data.labels[q] else " "
-        print(f"  {rank:2d}. image {i:6d}  hamming {d:3d}  {mark} {names(data.labels[i])}")
+    paths = getattr(data, "paths", None)  # own images: their files name them
+    item = (lambda i: paths[i]) if paths is not None else (lambda i: f"image {i:6d}")
+    relevant = relevance(data.labels[[q]], data.labels[ids[0]])[0]  # a shared label (class ids or multi-hot)
+    print(f"\nquery #{query} ({item(q)}, label {label_text(data.labels[q], names)}): {k} nearest database images")
+    for rank, (d, i, mark) in enumerate(zip(distances[0], ids[0], relevant), 1):
+        print(f"  {rank:2d}. {item(i)}  hamming {d:3d}  {'+' if mark else ' '} {label_text(data.labels[i], names)}")
 
 
 def _encode(args):
     record, encoders = _load_run(args, [args.modality])
     model = encoders[args.modality]
+    if args.images and not args.images.endswith(".npy"):  # image files (a .npy: arrays, as --inputs)
+        return _encode_files(args, record, model)
+    args.inputs = args.inputs or args.images
     if args.inputs:
         inputs = _load_array(args.inputs, "inputs")
         ids = None
@@ -213,6 +256,28 @@ def _encode(args):
     else:
         codes = model.encode(inputs, batch_size=args.batch_size, verbose=verbose)
     _write_codes(codes, ids, args.output, args.index, args.wait)
+
+
+def _encode_files(args, record, model):
+    import keras
+
+    from tfhash.image_search import encode_files
+
+    if args.modality != "image":
+        raise ValueError(f"--images encodes with the image encoder. Received: --modality {args.modality}")
+    if not args.index:
+        raise ValueError(f"Expected --index FILE for --images: the index keeps each code's file. "
+                         f"Received: --images {args.images} without --index")
+    keep_aspect = ((record or {}).get("recipe", {}).get("data", {}).get("keep_aspect", False)
+                   if args.keep_aspect is None else args.keep_aspect)
+    progress = None if args.quiet or not sys.stdout.isatty() else keras.utils.Progbar(None, unit_name="image")
+    index = encode_files(model, args.images, args.index, output=args.output,
+                         run=args.model if os.path.isdir(args.model) else None, keep_aspect=keep_aspect,
+                         skip_bad=args.skip_bad, batch_size=args.batch_size, wait=args.wait, progress=progress)
+    skipped = index.metadata["skipped"]
+    print(f"wrote Hamming index of {len(index)} images ({index.bits} bits) to {args.index}"
+          + (f" and their codes to {args.output}" if args.output else "")
+          + (f"; skipped {skipped} unreadable (--skip-bad)" if skipped else ""))
 
 
 def _write_codes(codes, ids, output, index_file, wait):
@@ -261,6 +326,8 @@ def _search(args):
     # slice would silently drop the last ones.
     if args.k < 1:
         raise ValueError(f"Expected -k to be a positive int. Received: -k {args.k}")
+    if args.image:
+        return _search_images(args)
     index = HammingIndex.load(args.index)
     queries = _load_array(args.queries, "query codes")
     if args.radius is not None:
@@ -279,6 +346,49 @@ def _search(args):
     else:
         for q in range(len(ids)):
             print(f"query {q}: ids {ids[q].tolist()} distances {distances[q].tolist()}")
+
+
+def _search_images(args):
+    import numpy as np
+
+    from tfhash.image_search import decode_queries, index_encoder, load_image_index, search_codes
+
+    import_tensorflow(args.verbose)  # the query images are encoded: TensorFlow, quietly
+    index = load_image_index(args.index)
+    encoder = index_encoder(index, run=args.run_dir)
+    images, files = decode_queries(args.image, index)
+    results = search_codes(index, encoder.encode(images), k=args.k, radius=args.radius)
+    for file, hits in zip(files, results):
+        within = f"within radius {args.radius}" if args.radius is not None else "nearest"
+        print(f"{file}: {len(hits)} {within}")
+        for hit in hits:
+            print(f"  {hit.distance:4d}  {hit.path}")
+    if args.show:
+        from tfhash.data.folders import image_batches
+        from tfhash.evaluation import plot_neighbours
+
+        meta = index.metadata
+        k = min(len(hits) for hits in results)
+        if k == 0:
+            raise ValueError(f"--show draws neighbours: expected at least one per query. Received: none within "
+                             f"radius {args.radius}")
+        wanted = [hit.path for hits in results for hit in hits[:k]]
+        decoded = dict(zip(*_decode_all(image_batches, meta, wanted)))
+        neighbours = np.stack([[decoded[hit.path] for hit in hits[:k]] for hits in results])
+        plot_neighbours(images, neighbours, None, args.show, title=f"{len(files)} queries and their {k} nearest "
+                        f"images in {args.index}", query_labels=[os.path.basename(f) for f in files],
+                        neighbour_labels=[[os.path.basename(h.path) for h in hits[:k]] for hits in results],
+                        distances=[[h.distance for h in hits[:k]] for hits in results])
+        print(f"wrote the queries and their {k} nearest images to {args.show}")
+
+
+def _decode_all(image_batches, meta, paths):
+    """(paths, images) of files of an image index, decoded as it decoded them."""
+    images = []
+    for batch, _ in image_batches(meta["root"], paths, image_size=tuple(meta["image_size"]),
+                                  channels=meta["channels"], keep_aspect=meta["keep_aspect"]):
+        images.extend(batch.numpy())
+    return paths, images
 
 
 WAIT_HELP = ("while another process writes the same output, wait for it (by default: fail at once, "
@@ -304,6 +414,21 @@ def _add_training_args(p):
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output (else refused)")
     p.add_argument("--wait", action="store_true", help=WAIT_HELP)
+    g = p.add_argument_group("your own images (instead of --protocol)")
+    g.add_argument("--images", help="a folder (class subfolders = labels, Keras's layout; none = unlabelled) or a "
+                   "list file of 'path labels' lines (DeepHash-pytorch's format; a tab-separated caption column "
+                   "for image-text methods); a seeded query/train/database split is drawn and kept in the run")
+    g.add_argument("--image-size", type=int, help="side the images are resized to (default 64)")
+    g.add_argument("--channels", type=int, choices=[1, 3], help="1 (greyscale) or 3 (RGB, the default)")
+    g.add_argument("--keep-aspect", action="store_true", default=None,
+                   help="keep the aspect ratio and pad (default: resize to the square)")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help="leave unreadable images out, counted (default: stop, naming the file)")
+    g.add_argument("--num-query", type=int, help="held-out queries (default: a tenth, at most 1,000)")
+    g.add_argument("--num-train", type=int, help="training images (default: the non-query images but a tenth, at most 500, kept "
+                   "to validate on)")
+    g.add_argument("--captions", choices=["files"],
+                   help="a list's captions from PATH.txt beside each image (default: its third tab column, if any)")
 
 
 def build_parser():
@@ -357,8 +482,13 @@ def build_parser():
     _add_protocol_args(p)
     p.add_argument("--modality", choices=["image", "text"], default="image", help="which encoder of the run")
     p.add_argument("--part", choices=["query", "train", "database"], default="database")
-    p.add_argument("--inputs", "--images", dest="inputs",
-                   help="a .npy array of raw images (or bags of words) instead of a protocol part")
+    p.add_argument("--inputs", help="a .npy array of raw images (or bags of words) instead of a protocol part")
+    p.add_argument("--images", help="image files instead of a protocol part: a folder (walked recursively) or a "
+                   "glob ('photos/*.jpg'), into --index, each code's file kept there; resumes an interrupted "
+                   "encode of the same files")
+    p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=None,
+                   help="--images: keep the aspect ratio and pad (default: as the run was trained)")
+    p.add_argument("--skip-bad", action="store_true", help="--images: leave unreadable images out, counted")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--output", help="write codes to this .npy file")
     p.add_argument("--index", help="write a HammingIndex of the codes to this file")
@@ -368,11 +498,17 @@ def build_parser():
 
     p = sub.add_parser("search", help="k nearest codes (or all within a radius) in a saved index")
     p.add_argument("index", help="file written by `tfhash encode --index`")
-    p.add_argument("--queries", required=True, help=".npy of packed uint8 query codes")
+    queries = p.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--queries", help=".npy of packed uint8 query codes")
+    queries.add_argument("--image", nargs="+", help="query image file(s), for an index of image files "
+                         "(`tfhash encode RUN --images DIR --index FILE`): prints each neighbour's distance and path")
     p.add_argument("-k", type=int, default=10,
                    help="neighbours per query, >= 1; at most the index size are returned (radius mode: ids shown)")
     p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")
     p.add_argument("--output", help="write distances and ids to this .npz")
+    p.add_argument("--run", dest="run_dir",
+                   help="--image: the run whose encoder made the index (default: the one it records)")
+    p.add_argument("--show", help="--image: write a picture of the queries beside their neighbours (PNG)")
     p.set_defaults(run=_search, loads_tensorflow=False)
 
     from tfhash.serving.command import add_serve_command
@@ -385,19 +521,30 @@ def build_parser():
 
     p = sub.add_parser("zoo", help="pretrained encoders: list, download, verify, build, publish")
     zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
-    zoo_sub.add_parser("list", help="the entries, with the mAP each reached").set_defaults(run=_zoo_list,
-                                                                                          loads_tensorflow=False)
+    q = zoo_sub.add_parser("list", help="the entries, with the mAP each reached and whether its file can be had")
+    q.add_argument("--check", action="store_true",
+                   help="ask a remote zoo's server for each file (by default: only local zoos and the cache are "
+                        "looked at; remote entries say 'remote')")
+    q.set_defaults(run=_zoo_list, loads_tensorflow=False)
     for name, run, text in (("download", _zoo_download, "fetch an entry (sha256 verified) into the cache"),
                             ("verify", _zoo_verify, "check an entry's cached file against its sha256"),
                             ("build", _zoo_build, "re-train an entry's recipe; check its mAP against the manifest")):
         q = zoo_sub.add_parser(name, help=text)
-        q.add_argument("name", help="entry name (see `tfhash zoo list`)")
+        q.add_argument("name", help="entry name (see `tfhash zoo list`), or hf://ORG/REPO[@REVISION]/ENTRY")
         q.set_defaults(run=run, loads_tensorflow=run is _zoo_build)
+        if run is _zoo_download:
+            q.add_argument("--quiet", action="store_true",
+                           help="no progress output, only the path (by default: a progress line redrawn on a "
+                                "terminal; elsewhere one line on stderr once downloaded)")
     q = zoo_sub.add_parser("missing", help="release check: the registered methods and code lengths no entry holds")
     q.add_argument("--bits", type=int, nargs="+", default=[32, 64])
     q.set_defaults(run=_zoo_missing, loads_tensorflow=False)
-    q = zoo_sub.add_parser("publish", help="train recipes into a zoo folder that can be served as it is")
-    q.add_argument("recipe", nargs="?", help="a published recipe name or a recipe JSON file")
+    q = zoo_sub.add_parser("publish", help="train recipes (or take a run of one) into a zoo folder that can be "
+                                           "served as it is")
+    q.add_argument("recipe", nargs="?", help="a published recipe name or a recipe JSON file (with --run: by "
+                                             "default the published recipe its run.json names)")
+    q.add_argument("--run", dest="run_dir", metavar="RUN", help="publish this run directory (`tfhash train --output RUN`) instead of training; "
+                                 "its run.json recipe must equal the recipe's")
     q.add_argument("--all", action="store_true", help="every published recipe: the whole zoo")
     q.add_argument("--zoo-dir", default="zoo", help="the zoo folder: manifest.json, files/, recipes/ (default: ./zoo)")
     q.add_argument("--tolerance", type=float, default=0.01, help="mAP tolerance `build` allows (default: 0.01)")
@@ -422,17 +569,32 @@ def _accept_everywhere(parser, *names, **options):
 def _zoo_list(args):
     from tfhash import zoo
 
-    print(f"{'name':30s} {'class':18s} {'bits':>4s}  {'protocol':14s} {'metric':>28s}  size")
-    for item in zoo.list():
+    manifest = zoo.read_manifest()
+    items = zoo.list(manifest, check=args.check)
+    print(f"{'name':30s} {'class':18s} {'bits':>4s}  {'protocol':14s} {'metric':>28s}  {'size':>8s}  status")
+    for item in items:
         metric = f"{item['metric']['name']} {item['metric']['value']:.4f}"
         print(f"{item['name']:30s} {item['class']:18s} {item['bits']:4d}  {item['protocol']:14s} {metric:>28s}  "
-              f"{item['size'] / 1e6:.1f} MB")
+              f"{item['size'] / 1e6:5.1f} MB  {item['status']}")
+    # What the statuses mean, on stderr (the table stays the output).
+    base = zoo.base_url(manifest)
+    absent = [item["name"] for item in items if item["status"] == zoo.NOT_PUBLISHED]
+    if absent and base.startswith("file:"):
+        folder = zoo.local_path(base).rstrip(os.sep)
+        print(f"{len(absent)} of {len(items)} entries are not published at {base}: `tfhash zoo publish RECIPE "
+              f"--zoo-dir {folder}` publishes one (`--run RUN`: a run of it; `--all`: every recipe), or set "
+              f"{zoo.URL_ENV} to a published zoo (http(s)://, file:// or hf://ORG/REPO)", file=sys.stderr)
+    elif absent:
+        print(f"{len(absent)} of {len(items)} entries are not published at {base}: set {zoo.URL_ENV} to a zoo "
+              f"that has them", file=sys.stderr)
+    if any(item["status"] == zoo.REMOTE for item in items):
+        print(f"remote: at {base}, not asked (`tfhash zoo list --check` asks)", file=sys.stderr)
 
 
 def _zoo_download(args):
     from tfhash import zoo
 
-    print(zoo.download(args.name))
+    print(zoo.download(args.name, progress=not args.quiet))
 
 
 def _zoo_build(args):
@@ -460,11 +622,13 @@ def _zoo_publish(args):
 
     from tfhash import publish
 
-    if args.all == (args.recipe is not None):
-        raise ValueError(f"Expected a recipe or --all. Received: recipe={args.recipe!r}, --all={args.all}")
+    if args.all == (args.recipe is not None or args.run_dir is not None):
+        raise ValueError(f"Expected a recipe, --run RUN or --all. Received: recipe={args.recipe!r}, "
+                         f"--run={args.run_dir!r}, --all={args.all}")
     verbose = keras_verbose(args.quiet, "fit")
     names = (publish.publish_all(zoo_dir=args.zoo_dir, tolerance=args.tolerance, verbose=verbose) if args.all
-             else publish.publish(args.recipe, zoo_dir=args.zoo_dir, tolerance=args.tolerance, verbose=verbose))
+             else publish.publish(args.recipe, run=args.run_dir, zoo_dir=args.zoo_dir, tolerance=args.tolerance,
+                                  verbose=verbose))
     for name in names:
         print(f"published {name}")
     print(f"serve {args.zoo_dir} as it is and set TFHASH_ZOO_URL to its URL "
@@ -492,6 +656,12 @@ def main(argv=None):
         import_tensorflow(args.verbose)
     try:
         code = args.run(args, extra) if getattr(args, "takes_settings", False) else args.run(args)
+        sys.stdout.flush()  # a reader gone early shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        # `tfhash search ... | head`: the reader has what it wanted. Stop quietly, as the Python docs
+        # advise (signal module, "Note on SIGPIPE"): stdout to devnull, so the exit's flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError, ZooError) as error:  # OSError: missing files, a port in use
         print(f"tfhash {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -244,14 +244,16 @@ def plot_neighbours(query_images, neighbour_images, relevant, path, title=None, 
     Args:
         query_images: (q, H, W), (q, H, W, 1) or (q, H, W, 3), on a 0-255 scale.
         neighbour_images: (q, k, ...) the same kind of images, rank order.
-        relevant: (q, k) bools, whether neighbour j is relevant to query i.
+        relevant: (q, k) bools, whether neighbour j is relevant to query i;
+            None when unknown (unlabelled images): plain grey frames, no marks.
         path: output PNG path (written atomically).
         title: the title (name the protocol, bits and mAP: `describe`).
         query_labels, neighbour_labels: (q,) and (q, k) texts written under
             the images (e.g. `label_text` of the labels), optional.
         distances: (q, k) Hamming distances written under the neighbours, optional.
     """
-    relevant = np.asarray(relevant, dtype=bool)
+    known = relevant is not None
+    relevant = np.asarray(relevant, dtype=bool) if known else np.zeros(np.shape(neighbour_images)[:2], bool)
     q = len(query_images)
     if relevant.ndim != 2 or relevant.shape[0] != q or np.shape(neighbour_images)[:2] != relevant.shape:
         raise ValueError(
@@ -281,7 +283,7 @@ def plot_neighbours(query_images, neighbour_images, relevant, path, title=None, 
             ax.imshow(image, interpolation="nearest", **options)
             ax.set_xticks([])
             ax.set_yticks([])
-            words = ["\u2713" if relevant[i, j] else "\u2717"]
+            words = ["\u2713" if relevant[i, j] else "\u2717"] if known else [""]
             if neighbour_labels is not None:
                 words.append(str(neighbour_labels[i][j]))
             if distances is not None:
@@ -290,9 +292,17 @@ def plot_neighbours(query_images, neighbour_images, relevant, path, title=None, 
             if i == 0:
                 ax.set_title(f"{j + 1}", fontsize=8)
             for spine in ax.spines.values():
+                if not known:
+                    spine.set(color="#888888", linewidth=1.5)
+                    continue
                 spine.set(color=RELEVANT_COLOR if relevant[i, j] else IRRELEVANT_COLOR, linewidth=3,
                           linestyle="-" if relevant[i, j] else "--")
     figure.suptitle(title or f"{q} queries and their {k} nearest database images", fontsize=10)
+    if not known:
+        figure.text(0.5, 0.01, "columns: rank 1..k by Hamming distance d, ties by database order", ha="center",
+                    fontsize=8)
+        save_figure(figure, path)
+        return figure
     figure.legend(
         handles=[
             Patch(facecolor="none", edgecolor=RELEVANT_COLOR, linewidth=3,

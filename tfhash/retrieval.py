@@ -94,9 +94,12 @@ class SearchResults:
 
     Attributes:
         distances: int32 array (nq, min(k, size)), Hamming distances, ascending.
-        ids: int64 array, same shape, the ids of the rows found.
+            A radius search finds a different number of rows per query: a
+            list of nq int32 arrays, one per query, each ascending.
+        ids: int64 array, same shape, the ids of the rows found (a radius
+            search: a list of nq int64 arrays, aligned with `distances`).
         metadata: list of nq lists, `metadata[i][j]` the metadata of the row
-            with id `ids[i, j]` (None for a row added without metadata).
+            with id `ids[i][j]` (None for a row added without metadata).
     """
 
     distances: np.ndarray
@@ -263,37 +266,68 @@ class Retriever:
     # Searching
     # ------------------------------------------------------------------
 
-    def search(self, queries, k=10):
-        """The `k` nearest rows of each query, exactly.
+    def search(self, queries, k=None, radius=None):
+        """The `k` nearest rows of each query, or every row within Hamming
+        distance `radius` of it, exactly.
 
         Args:
             queries: a batch of the encoder's inputs, or packed codes (as in `add`).
-            k: neighbours wanted, a positive int; the results have
-                `min(k, size)` columns.
+            k: neighbours wanted, a positive int (default 10); the results have
+                `min(k, size)` columns. With `radius`: at most the `k` nearest
+                of the rows within it (default: all of them), as
+                `tfhash search --radius R -k K` shows.
+            radius: an int in [0, bits]: the rows at distance <= radius
+                (inclusive, as `HammingIndex.range_search`), instead of a fixed k.
 
         Returns:
             `SearchResults(distances, ids, metadata)`: int32 and int64 arrays
             (nq, min(k, size)), ranked by Hamming distance, ties by insertion
             order, and the rows' metadata as a list of lists aligned with `ids`.
+            With `radius`, each query finds its own number of rows: `distances`
+            and `ids` are lists of nq 1-D arrays, ranked the same way.
+
+        Examples:
+
+        >>> retriever = Retriever(bits=8)
+        >>> retriever.add_codes(np.array([[0b000], [0b011], [0b001]], np.uint8), ids=np.array([10, 11, 12]))
+        >>> distances, ids, _ = retriever.search_codes(np.array([[0]], np.uint8), radius=1)
+        >>> distances[0].tolist(), ids[0].tolist()
+        ([0, 1], [10, 12])
         """
-        return self._search(self._codes_of(queries, "queries", "search"), k)
+        return self._search(self._codes_of(queries, "queries", "search"), k, radius)
 
-    def search_codes(self, codes, k=10):
+    def search_codes(self, codes, k=None, radius=None):
         """`search` for packed query codes, `uint8` (nq, bits / 8)."""
-        return self._search(self._check_codes(codes, "queries"), k)
+        return self._search(self._check_codes(codes, "queries"), k, radius)
 
-    def _search(self, queries, k):
-        if not _is_int(k) or k <= 0:
+    def _search(self, queries, k, radius):
+        if k is not None and (not _is_int(k) or k <= 0):
             raise ValueError(f"Expected `k` to be a positive int. Received: k={k!r}")
         if self.size == 0:
             raise ValueError("Expected a Retriever holding rows to search; add() some first. Received: size=0")
-        distances, positions = self.index.search(queries, k)
+        if radius is not None:
+            return self._range_search(queries, k, radius)
+        distances, positions = self.index.search(queries, 10 if k is None else k)
         ids = positions if self._ids is None else self._ids[positions]
         if self._metadata is None:
             metadata = [[None] * positions.shape[1] for _ in range(positions.shape[0])]
         else:
             metadata = [[self._metadata[p] for p in row] for row in positions.tolist()]
         return SearchResults(distances, ids, metadata)
+
+    def _range_search(self, queries, k, radius):
+        """`search` with a radius: each query's rows within it (the k nearest of them, if k)."""
+        lims, distances, positions = self.index.range_search(queries, radius)  # checks radius
+        found_distances, found_ids, metadata = [], [], []
+        for query in range(len(queries)):
+            start, end = lims[query], lims[query + 1]
+            end = end if k is None else min(end, start + k)
+            rows = positions[start:end]
+            found_distances.append(distances[start:end])
+            found_ids.append(rows if self._ids is None else self._ids[rows])
+            metadata.append([None] * len(rows) if self._metadata is None
+                            else [self._metadata[p] for p in rows.tolist()])
+        return SearchResults(found_distances, found_ids, metadata)
 
     # ------------------------------------------------------------------
     # Saving and loading

@@ -3,12 +3,15 @@
     run.json                the full recipe, scores, history, versions
     image_encoder.keras     the image encoder
     text_encoder.keras      the text encoder, for image-text methods
+    split.npz               a run on the user's own images (`tfhash.data.from_path`):
+                            its query/train/database split, so `evaluate` scores it again
 """
 
 import os
 
 RUN_FILE = "run.json"
 ENCODER_FILE = "{modality}_encoder.keras"
+SPLIT_FILE = "split.npz"
 
 
 def encoder_file(run_dir, modality="image"):

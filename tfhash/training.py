@@ -12,6 +12,8 @@ A run directory is the same for every method:
                            per-epoch history, the time and the library versions
     image_encoder.keras    the exported image encoder (a `HashModel`)
     text_encoder.keras     the text encoder, for image-text methods
+    split.npz              for a run on the user's own images (`tfhash.data.from_path`),
+                           the split drawn from them: `load_data` reads it back
 
 `tfhash evaluate`, `encode`, `export` and `zoo publish` read it.
 """
@@ -25,7 +27,7 @@ import time
 from tfhash import recipes, registry
 from tfhash._version import __version__
 from tfhash.io import reading, sha256, transaction
-from tfhash.rundir import ENCODER_FILE, RUN_FILE, encoder_file
+from tfhash.rundir import ENCODER_FILE, RUN_FILE, SPLIT_FILE, encoder_file
 
 
 @dataclasses.dataclass
@@ -51,6 +53,7 @@ class Result:
     model: object = None
     history: dict = dataclasses.field(default_factory=dict)
     strategy: object = None
+    data: object = None
 
     def direction(self, modality):
         """What an encoder's score measures: "image", or "image->text" / "text->image"."""
@@ -105,7 +108,9 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
             (`tfhash.recipes.published_names()`).
         bits, seed: code length (default 32) and seed (default 0) unless the
             recipe says otherwise; the seed sets weights, batches and draws.
-        data: an already loaded protocol (`tfhash.data.load_protocol`).
+        data: already loaded data: a protocol (`tfhash.data.load_protocol`) or
+            the user's own images (`tfhash.data.from_directory`, `from_list`);
+            for those the run records how to load them again and their split.
         data_dir, data_options: where the protocol's files are, and loader
             options (e.g. {"image_size": 64}) over the recipe's.
         strategy: "one_device", "mirrored", "multi_worker" or a
@@ -130,7 +135,10 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
     """
     from tfhash.distribute import is_chief
 
-    protocol = protocol or (data.protocol.name if data is not None else None)
+    if data is not None:
+        protocol = protocol or data.protocol.name
+        # Own images: what re-loads them (their folder or list, decoding, split sizes) is the recipe's data.
+        data_options = {**getattr(data, "options", {}), **(data_options or {})}
     recipe = resolve(method, protocol, recipe=recipe, bits=bits, seed=seed, data_options=data_options, **settings)
     record = registry.get(recipe["method"])
     with contextlib.ExitStack() as stack:
@@ -156,7 +164,7 @@ def _train(record, recipe, data, data_dir, strategy, output_dir, callbacks, verb
     from tfhash.data import load_protocol
     from tfhash.distribute import get_strategy
 
-    data = data or load_protocol(recipe["protocol"], data_dir, **recipe["data"])
+    data = data or load_data(recipe, data_dir)
     _check_modalities(record, data.protocol)
     keras.utils.set_random_seed(recipe["seed"])
     dist = get_strategy(strategy)
@@ -170,8 +178,24 @@ def _train(record, recipe, data, data_dir, strategy, output_dir, callbacks, verb
     seconds = round(time.time() - start, 1)
     encoders = plan.model.encoders()
     codes = os.path.join(output_dir, "codes") if output_dir else None
-    scores = score_encoders(encoders, data, codes) if score else {}
-    return Result(recipe, encoders, scores, seconds, plan.model, history, dist)
+    # Unlabelled images (a folder without class folders) have no relevance to score by.
+    scores = score_encoders(encoders, data, codes) if score and data.labels is not None else {}
+    return Result(recipe, encoders, scores, seconds, plan.model, history, dist, data)
+
+
+def load_data(recipe, data_dir=None, run_dir=None):
+    """The data a recipe trains on: its protocol (`tfhash.data.load_protocol`,
+    with the recipe's loader options), or the user's images its data options
+    name (`tfhash.data.from_path`), on the split a run in `run_dir` recorded."""
+    from tfhash.data import from_path, load_protocol
+    from tfhash.data.folders import SOURCE_OPTION
+
+    options = dict(recipe.get("data", {}))
+    if SOURCE_OPTION not in options:
+        return load_protocol(recipe["protocol"], data_dir, **options)
+    split = os.path.join(run_dir, SPLIT_FILE) if run_dir else None
+    return from_path(options.pop(SOURCE_OPTION), **options,
+                     **({"split": split} if split and os.path.exists(split) else {}))
 
 
 def _check_modalities(record, protocol):
@@ -226,6 +250,11 @@ def write_run(run, result, output_dir):
     for modality in ("image", "text"):
         if modality not in result.encoders:
             run.remove(os.path.join(output_dir, ENCODER_FILE.format(modality=modality)))
+    split = os.path.join(output_dir, SPLIT_FILE)
+    if hasattr(result.data, "save_split"):  # own images: the split drawn from them
+        files[SPLIT_FILE] = run.sha256(run.write(split, result.data.save_split, suffix=".npz"))
+    else:
+        run.remove(split)
     strategy = result.strategy
     record = {
         "recipe": result.recipe,

@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
+import warnings
 
 import keras
 import tensorflow as tf
@@ -237,13 +238,37 @@ class HashModel(keras.Model):
         return check_images(inputs, self.image_shape, name)
 
     def encode(self, inputs, batch_size=256, verbose=0):
-        """Packed uint8 codes (n, bits // 8) for a batch of inputs (raw images, 0-255 scale)."""
-        z = self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
-        return SignPack()(z).numpy()
+        """Packed uint8 codes (n, bits // 8) of what `predict` takes: an array of
+        raw inputs (images on the 0-255 scale), a `tf.data.Dataset` (of inputs,
+        or of (inputs, labels, ...) tuples as `keras.utils.image_dataset_from_directory`
+        gives: the first element is encoded), a `keras.utils.PyDataset` or a
+        generator of batches."""
+        return SignPack()(self.encode_real(inputs, batch_size, verbose)).numpy()
 
     def encode_real(self, inputs, batch_size=256, verbose=0):
-        """Relaxed codes z (n, bits), float32, before the sign."""
-        return self.predict(self.check_inputs(inputs), batch_size=batch_size, verbose=verbose)
+        """Relaxed codes z (n, bits), float32, before the sign; inputs as `encode`."""
+        with warnings.catch_warnings():
+            # A generator's end is how Keras learns its length: not worth a warning.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            return self.predict(self.prediction_inputs(inputs), batch_size=batch_size, verbose=verbose)
+
+    def prediction_inputs(self, inputs):
+        """`inputs` as `predict` takes them: an array is checked (`check_inputs`);
+        a dataset's element shape is checked against the serving input's; a
+        `PyDataset` or a generator passes (Keras checks its batches)."""
+        if isinstance(inputs, tf.data.Dataset):
+            spec = inputs.element_spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            (expected,) = self.serving_inputs().values()
+            if not isinstance(spec, tf.TensorSpec) or not spec.shape[1:].is_compatible_with(expected.shape[1:]):
+                raise ValueError(f"Expected a dataset of batches {tuple(expected.shape)} (or of tuples whose first "
+                                 f"element is one) for this {type(self).__name__}. Received: element_spec={spec}")
+            return inputs
+        if isinstance(inputs, keras.utils.PyDataset):
+            return inputs
+        if inspect.isgenerator(inputs):  # Keras takes a generator of tuples: (batch,) for a bare batch
+            return (batch if isinstance(batch, tuple) else (batch,) for batch in inputs)
+        return self.check_inputs(inputs)
 
 
 def _describe_specs(specs):
@@ -432,6 +457,21 @@ class Trainer(keras.Model):
     def encoders(self):
         """{"image": encoder} (and "text" for image-text methods): the exported `HashModel`s."""
         return {"image": self.encoder}
+
+    def encode(self, inputs, *args, **kwargs):
+        """The image encoder's `HashModel.encode` (packed uint8 codes), so every
+        trainer `fit` trains encodes: `BGAN(...).encode(images)` is
+        `bgan.encoders()["image"].encode(images)`."""
+        return self._image_encoder_method("encode")(inputs, *args, **kwargs)
+
+    def encode_real(self, inputs, *args, **kwargs):
+        """The image encoder's `HashModel.encode_real` (relaxed codes, float32)."""
+        return self._image_encoder_method("encode_real")(inputs, *args, **kwargs)
+
+    def _image_encoder_method(self, name):
+        encoder = self.encoders()["image"]
+        # A trainer that is its own encoder (DHN) takes HashModel's, which this one hides.
+        return getattr(encoder, name) if encoder is not self else getattr(super(Trainer, self), name)
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, modality="image",
                **kwargs):

@@ -30,6 +30,8 @@ Only `BGAN.encoder` (a `HashModel`) is exported; the generator and the
 discriminator are the training harness.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -239,5 +241,9 @@ def training_plan(data, *, bits, seed, strategy, model, train):
         net.compile(optimizer=keras.optimizers.Adam(train["learning_rate"]),
                     d_optimizer=keras.optimizers.Adam(train["d_learning_rate"]))
     betas, epochs = train["betas"], train["epochs"]
+    if epochs < len(betas):  # each beta holds at least one epoch: the last ones are never reached
+        warnings.warn(f"BGAN: epochs={epochs} is fewer than its {len(betas)} betas ({betas}, at least an epoch each), "
+                      f"so the sign is annealed only to beta {betas[epochs - 1]}, never to {betas[-1]}. Train at least "
+                      f"{len(betas)} epochs, or give fewer betas.", stacklevel=2)
     return TrainingPlan(net, neighbour_batches(images, neighbours, train["batch_size"], seed=seed), epochs,
                 [BetaSchedule.steps(betas, every=max(1, epochs // len(betas)))])

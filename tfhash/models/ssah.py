@@ -45,6 +45,8 @@ Only the two modality encoders are exported; LabNet and the discriminators
 are the training harness.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -376,6 +378,26 @@ class SSAH(ImageArguments, Trainer):
         """Epochs in one round (label + image + text phases)."""
         return sum(self.epochs_per_phase.values())
 
+    def short_run(self, epochs):
+        """What `epochs` leaves out when it is shorter than one round, in one line
+        (None for a round or more): the networks train one at a time, so a
+        shorter run saves encoders that never trained, or never reaches the
+        unified codes B."""
+        if epochs >= self.round_epochs:
+            return None
+        starts = dict(zip(PHASES, (0, self.epochs_per_phase["label"],
+                                   self.epochs_per_phase["label"] + self.epochs_per_phase["image"])))
+        untrained = [phase for phase in ("image", "text") if starts[phase] >= epochs]
+        if untrained:
+            what = (f"the {' and '.join(untrained)} encoder{'s' if len(untrained) > 1 else ''} "
+                    f"{'are' if len(untrained) > 1 else 'is'} never trained (saved untrained)")
+        else:
+            what = (f"the text encoder trains {epochs - starts['text']} of its {self.epochs_per_phase['text']} "
+                    "epochs and the unified codes are never computed")
+        phases = ", then ".join(f"{phase} {self.epochs_per_phase[phase]}" for phase in PHASES)
+        return (f"SSAH: epochs={epochs} is shorter than one round ({self.round_epochs} epochs: {phases}, one network "
+                f"at a time), so {what}. Train at least {self.round_epochs} epochs.")
+
     def phase_of_epoch(self, epoch):
         """The phase an epoch trains, and whether it ends a round."""
         position = epoch % self.round_epochs
@@ -444,7 +466,11 @@ class SSAH(ImageArguments, Trainer):
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with `SSAHRounds` added to drive the phases, and
-        `SSAH.grappler_options` (constant folding off, so runs repeat) for its steps."""
+        `SSAH.grappler_options` (constant folding off, so runs repeat) for its steps.
+        Fewer epochs than one round warn (`short_run`): some network would never train."""
+        reason = self.short_run(kwargs.get("epochs", 1))
+        if reason:
+            warnings.warn(reason, stacklevel=2)
         callbacks = list(callbacks or [])
         if not any(isinstance(c, SSAHRounds) for c in callbacks):
             callbacks.insert(0, SSAHRounds())

@@ -39,6 +39,8 @@ neighbour graph, 10 graph-only epochs then 20 with the generator.
 What was measured, including the generator's missed target: docs/methods/ugach.md.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -495,6 +497,11 @@ def training_plan(data, *, bits, seed, strategy, model, train):
 
     images, texts, _ = data.subset("train")  # the labels are dropped here
     batch_size = train["batch_size"]
+    epochs, pretrain = train["epochs"], train["pretrain_epochs"]
+    if model.get("generator", True) and epochs <= pretrain:
+        warnings.warn(f"UGACH: epochs={epochs} ends within its {pretrain} pre-training epochs (the correlation graph "
+                      f"alone), so the generator never picks negatives. Train at least {pretrain + 1} epochs, or set "
+                      f"pretrain_epochs below epochs.", stacklevel=2)
     with strategy.scope():
         net = UGACH(bits=bits, input_shape=images.shape[1:], vocabulary_size=texts.shape[1],
                     pretrain_steps=train["pretrain_epochs"] * (len(images) // batch_size), seed=seed, **model)

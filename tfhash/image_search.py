@@ -1,0 +1,254 @@
+"""Image files in, codes out: encode a folder (or a glob) into a Hamming index
+whose rows remember their files, and search it with an image file.
+
+    >>> index = encode_files(encoder, "photos/", "runs/photos.thi", run="runs/dhn32")
+    >>> [(query, hits)] = search_files("runs/photos.thi", ["query.jpg"], k=5)
+    >>> [(hit.distance, hit.path) for hit in hits]
+
+What the index keeps (`HammingIndex.metadata`): the folder (`root`), each
+row's file path relative to it (`paths`; the row's id is its position), how
+the images were decoded (`image_size`, `channels`, `keep_aspect`), the run
+whose encoder made the codes (`run`, when known) and that encoder's identity
+(`tfhash.retrieval.encoder_identity`), so a search encodes its query images
+the same way and a changed encoder is refused.
+
+Choices, one line each:
+- Images are decoded by `tfhash.data.folders.image_batches` (tf.data,
+  parallel) at the encoder's input size and channels.
+- An encode is resumable: every `checkpoint_seconds` the codes so far are
+  saved beside the index (`.NAME.partial`, a `HammingIndex` file); a new
+  encode of the same files with the same encoder continues from there.
+- The index (and the `.npy` of codes, if asked) are written as one result
+  (`tfhash.io.transaction`), which also removes the partial file.
+- Unreadable images stop the encode with a one-line error naming the file,
+  or, with `skip_bad`, are left out and counted (`metadata["skipped"]`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from tfhash.index import HammingIndex
+from tfhash.io import array_writer, transaction, write_atomically
+
+# How the codes of an image index were made: the keys a search needs.
+DECODING = ("image_size", "channels", "keep_aspect")
+
+
+def _partial_path(index_path):
+    folder, name = os.path.split(os.path.abspath(index_path))
+    return os.path.join(folder, f".{name}.partial")
+
+
+def _listing_sha256(root, paths, decoding, identity):
+    """What a partial encode must match to be continued: the files, how they are
+    decoded and the encoder."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([os.path.realpath(root), decoding, identity], sort_keys=True).encode())
+    for path in paths:
+        digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def encoder_decoding(encoder, keep_aspect=False):
+    """How images are decoded for `encoder`: its input size and channels."""
+    height, width, channels = (int(d) for d in encoder.image_shape)
+    return {"image_size": [height, width], "channels": channels, "keep_aspect": bool(keep_aspect)}
+
+
+def encode_files(encoder, source, index_path, *, output=None, run=None, keep_aspect=False, skip_bad=False,
+                 batch_size=256, wait=False, progress=None, checkpoint_seconds=30.0):
+    """Encodes every image of `source` into a `HammingIndex` at `index_path`.
+
+    Args:
+        encoder: an image `HashModel` (e.g. `tfhash.load_model("runs/dhn32")`).
+        source: a folder (walked recursively) or a glob pattern ("photos/*.jpg").
+        index_path: the index file to write; its rows are the files in sorted
+            path order (less skipped ones), each row's path in `metadata["paths"]`.
+        output: also write the packed codes to this `.npy` file.
+        run: the run directory the encoder came from, recorded for `search_files`.
+        keep_aspect: resize keeping the aspect ratio and pad (default: squash).
+        skip_bad: leave unreadable images out, counted, instead of failing.
+        batch_size: images per step.
+        wait: while another process writes this index: False fails at once
+            (`tfhash.io.Busy`), True waits.
+        progress: a `keras.utils.Progbar` (its target set to the number of
+            files when None), or None.
+        checkpoint_seconds: how often the codes so far are saved, to resume from.
+
+    Returns:
+        The `HammingIndex` written.
+    """
+    from tfhash.data.folders import image_batches, list_images
+    from tfhash.layers import SignPack
+    from tfhash.retrieval import encoder_identity
+
+    root, paths = list_images(source)
+    decoding = encoder_decoding(encoder, keep_aspect)
+    identity = encoder_identity(encoder)
+    listing = _listing_sha256(root, paths, decoding, identity)
+    partial_path = _partial_path(index_path)
+    with transaction(index_path, wait=wait) as result:
+        codes, kept, start = _resume(partial_path, listing, encoder.bits)
+        if progress is not None:
+            progress.target = progress.target or len(paths)
+            progress.update(start)
+        pack = SignPack()
+        last = time.monotonic()
+        batches = image_batches(root, paths[start:], image_size=tuple(decoding["image_size"]),
+                                channels=decoding["channels"], keep_aspect=keep_aspect, batch_size=batch_size,
+                                skip_bad=skip_bad)
+        done = start
+        for images, positions in batches:
+            positions = positions.numpy() + start
+            codes.append(pack(encoder.predict_on_batch(images)).numpy())
+            kept.append(positions)
+            # Every file up to this batch's last was decoded or skipped (the pipeline keeps their order).
+            done = int(positions[-1]) + 1 if len(positions) else done
+            if progress is not None:
+                progress.update(done)
+            if time.monotonic() - last > checkpoint_seconds:
+                _checkpoint(partial_path, codes, kept, done, listing, encoder.bits)
+                last = time.monotonic()
+        codes = np.concatenate(codes) if codes else np.empty((0, encoder.bits // 8), np.uint8)
+        kept = np.concatenate(kept) if kept else np.empty(0, np.int64)
+        if not len(kept):
+            raise ValueError(f"No image of {source} could be read: expected at least one of its {len(paths)} "
+                             f"image files to decode. Received: every one skipped as unreadable")
+        index = HammingIndex(encoder.bits)
+        index.add(codes)
+        index.metadata = {"root": os.path.abspath(root), "paths": [paths[i] for i in kept], **decoding,
+                          "run": os.path.abspath(run) if run else None, "encoder": identity,
+                          "skipped": len(paths) - len(kept)}
+        result.write(index_path, index.write_to)
+        if output:
+            result.write(output, array_writer(codes))
+        result.remove(partial_path)
+    if progress is not None:
+        progress.update(len(paths), finalize=True)
+    return index
+
+
+def _resume(partial_path, listing, bits):
+    """(code chunks, position chunks, next position) of a partial encode of
+    the same listing, else nothing done."""
+    if not os.path.exists(partial_path):
+        return [], [], 0
+    try:
+        partial = HammingIndex.load(partial_path)
+    except ValueError:  # a partial file of an older tfhash, or damaged: start over
+        return [], [], 0
+    meta = partial.metadata
+    if meta.get("listing") != listing or partial.bits != bits:
+        return [], [], 0
+    if len(partial) != len(meta["kept"]):
+        return [], [], 0
+    return [partial.codes()], [np.asarray(meta["kept"], np.int64)], int(meta["next"])
+
+
+def _checkpoint(partial_path, codes, kept, done, listing, bits):
+    index = HammingIndex(bits)
+    index.add(np.concatenate(codes))
+    kept = np.concatenate(kept)
+    index.metadata = {"listing": listing, "next": done, "kept": kept.tolist()}
+    write_atomically(partial_path, index.write_to)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One neighbour of a query: its Hamming distance, row id and file path
+    (relative to `root`)."""
+
+    distance: int
+    id: int
+    path: str
+    root: str
+
+    @property
+    def file(self):
+        """The neighbour's file, absolute."""
+        return os.path.join(self.root, self.path)
+
+
+def load_image_index(index_path):
+    """A `HammingIndex` written by `encode_files`, refused in one line otherwise."""
+    index = HammingIndex.load(index_path)
+    missing = [key for key in ("root", "paths", *DECODING) if key not in index.metadata]
+    if missing:
+        raise ValueError(f"{index_path}: expected an index of image files (tfhash encode RUN --images DIR "
+                         f"--index FILE). Received: an index of {len(index)} codes without {missing}")
+    return index
+
+
+def index_encoder(index, encoder=None, run=None):
+    """The encoder for an image index's queries: `encoder`, else the one of
+    `run`, else of the run the index records; checked against the recorded
+    identity (a retrained encoder's codes would not match the index's)."""
+    from tfhash.retrieval import encoder_identity
+    from tfhash.training import load_model
+
+    if encoder is None:
+        run = run or index.metadata.get("run")
+        if not run:
+            raise ValueError("Expected the run whose encoder made this index (--run RUN): the index records none")
+        encoder = load_model(run)
+    recorded = index.metadata.get("encoder")
+    if recorded and encoder_identity(encoder) != recorded:
+        raise ValueError(f"Expected the encoder that made this index (weights sha256 "
+                         f"{recorded['weights_sha256'][:12]}). Received: {type(encoder).__name__} with weights sha256 "
+                         f"{encoder_identity(encoder)['weights_sha256'][:12]} (retrained since?)")
+    return encoder
+
+
+def decode_queries(files, index, skip_bad=False):
+    """(images uint8 (q, H, W, C), the files read) of query image files,
+    decoded as the index's images were."""
+    from tfhash.data.folders import image_batches
+
+    meta = index.metadata
+    files = [os.path.abspath(f) for f in files]
+    images, kept = [], []
+    for batch, positions in image_batches("/", [os.path.relpath(f, "/") for f in files],
+                                          image_size=tuple(meta["image_size"]), channels=meta["channels"],
+                                          keep_aspect=meta["keep_aspect"], skip_bad=skip_bad):
+        images.append(batch.numpy())
+        kept += positions.numpy().tolist()
+    if not kept:
+        raise ValueError(f"Expected at least one readable query image. Received: {len(files)} unreadable")
+    return np.concatenate(images), [files[i] for i in kept]
+
+
+def search_files(index_path, images, *, k=10, radius=None, encoder=None, run=None):
+    """The neighbours of each query image file in an index from `encode_files`.
+
+    Args:
+        index_path: the index file.
+        images: query image files (any size or mode: decoded as the index's were).
+        k: neighbours per query (with `radius`: at most k of those within it).
+        radius: all rows within this Hamming distance instead of the k nearest.
+        encoder, run: the encoder (or its run) to encode the queries with;
+            default the run the index records. Must be the encoder that made it.
+
+    Returns:
+        A list of `(query file, [Hit, ...])`, the hits ranked by distance (ties by row).
+    """
+    index = load_image_index(index_path)
+    encoder = index_encoder(index, encoder, run)
+    query_images, files = decode_queries(images, index)
+    return list(zip(files, search_codes(index, encoder.encode(query_images), k=k, radius=radius)))
+
+
+def search_codes(index, codes, *, k=10, radius=None):
+    """Per query code, its `Hit`s in an image index (as `search_files`)."""
+    meta = index.metadata
+    if radius is None:
+        distances, ids = index.search(codes, k)
+        rows = [zip(d, i) for d, i in zip(distances, ids)]
+    else:
+        lims, distances, ids = index.range_search(codes, radius)
+        rows = [list(zip(distances[a:b], ids[a:b]))[:k] for a, b in zip(lims[:-1], lims[1:])]
+    return [[Hit(int(d), int(i), meta["paths"][int(i)], meta["root"]) for d, i in row] for row in rows]
