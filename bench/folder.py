@@ -21,7 +21,6 @@ folder rate at least half the array rate, peak memory under 2 GB.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -68,18 +67,21 @@ def make_run(workdir):
 
 
 def measure(argv):
-    """(seconds, peak MiB) of `tfhash ARGV` in a fresh process."""
+    """Seconds of `tfhash ARGV` in a fresh process, start-up included."""
     start = time.perf_counter()
     child = subprocess.run([PYTHON, "-c", "import sys; from tfhash.cli import main; sys.exit(main(sys.argv[1:]))",
                             *argv], capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if child.returncode:
         sys.exit(f"tfhash {' '.join(argv)} failed: {child.stderr.strip().splitlines()[-1:]}")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the largest child so far
-    return seconds, usage.ru_maxrss / 1024, child.stdout.strip()
+    return seconds
 
 
 def main():
+    from tfhash.console import import_tensorflow, silence_tensorflow
+
+    silence_tensorflow(False)  # this process writes the inputs with TensorFlow loaded: none of its start-up lines
+    import_tensorflow(False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=70000)
     parser.add_argument("--repeats", type=int, default=2)
@@ -95,9 +97,8 @@ def main():
     for repeat in range(args.repeats):
         for kind, argv in (("array", ["--inputs", array]), ("folder", ["--images", folder])):
             index = os.path.join(args.workdir, f"{kind}.thi")
-            # Peak memory per process: ru_maxrss of RUSAGE_CHILDREN is the largest child so far, so each kind
-            # runs first once in its own interpreter to read its own peak.
-            seconds, _, out = measure(["encode", run, *argv, "--index", index, "--quiet"])
+            seconds = measure(["encode", run, *argv, "--index", index, "--quiet"])
+            # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: each peak is read by a wrapper of its own.
             peak = peak_of(["encode", run, *argv, "--index", index, "--quiet"]) if repeat == 0 else None
             rows.append({"kind": kind, "repeat": repeat, "seconds": round(seconds, 2),
                          "images_per_s": round(args.n / seconds), "peak_mib": peak})

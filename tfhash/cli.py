@@ -62,7 +62,8 @@ def _train(args, extra=()):
     parts = [f"{result.recipe['name']}: trained {result.recipe['method']} on {result.recipe['protocol']} "
              f"({result.recipe['bits']} bits) in {result.seconds:.0f} s",
              "final " + ", ".join(f"{key} {value:.4f}" for key, value in final.items())]
-    parts += [f"mAP@all ({result.direction(modality)}): {score['map']:.4f}, P@100 {score['precision@100']:.4f}"
+    parts += [f"mAP@all ({result.direction(modality)}): {score['map']:.4f}, "
+              + ", ".join(f"P@{key[10:]} {value:.4f}" for key, value in score.items() if key.startswith("precision@"))
               for modality, score in result.scores.items()]
     if args.output:
         parts.append(f"saved to {args.output}; evaluate it with: tfhash evaluate {args.output}")
@@ -142,6 +143,7 @@ def _evaluate(args):
     if data.labels is None:
         raise ValueError(f"Scoring needs labels, which decide what is relevant: expected class folders or a list "
                          f"with labels. Received: {data.protocol.description}")
+    args.k = args.k or [min(100, len(data.split.database))]
     # Unset, map_k and normalization are the protocol's (evaluate_model's default).
     chosen = {key: value for key, value in (("map_k", args.map_k), ("normalization", args.normalization))
               if value is not None}
@@ -275,7 +277,7 @@ def _encode_files(args, record, model):
                          run=args.model if os.path.isdir(args.model) else None, keep_aspect=keep_aspect,
                          skip_bad=args.skip_bad, batch_size=args.batch_size, wait=args.wait, progress=progress)
     skipped = index.metadata["skipped"]
-    print(f"wrote Hamming index of {len(index)} images ({index.bits} bits) to {args.index}"
+    print(f"wrote Hamming index of {len(index)} image{'s' if len(index) != 1 else ''} ({index.bits} bits) to {args.index}"
           + (f" and their codes to {args.output}" if args.output else "")
           + (f"; skipped {skipped} unreadable (--skip-bad)" if skipped else ""))
 
@@ -306,6 +308,9 @@ def _load_array(path, what):
     """A `.npy` array, with a damaged or foreign file reported in one line."""
     import numpy as np
 
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: expected {what} in a .npy file (np.save). Received: a folder (image files go "
+                         f"through --images DIR)")
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -375,8 +380,8 @@ def _search_images(args):
         wanted = [hit.path for hits in results for hit in hits[:k]]
         decoded = dict(zip(*_decode_all(image_batches, meta, wanted)))
         neighbours = np.stack([[decoded[hit.path] for hit in hits[:k]] for hits in results])
-        plot_neighbours(images, neighbours, None, args.show, title=f"{len(files)} queries and their {k} nearest "
-                        f"images in {args.index}", query_labels=[os.path.basename(f) for f in files],
+        plot_neighbours(images, neighbours, None, args.show, title=f"{len(files)} {'query' if len(files) == 1 else 'queries'} and "
+                        f"their {k} nearest images in {args.index}", query_labels=[os.path.basename(f) for f in files],
                         neighbour_labels=[[os.path.basename(h.path) for h in hits[:k]] for hits in results],
                         distances=[[h.distance for h in hits[:k]] for hits in results])
         print(f"wrote the queries and their {k} nearest images to {args.show}")
@@ -465,7 +470,8 @@ def build_parser():
     p.add_argument("--modality", choices=["image", "text"], default=None,
                    help="image-text runs: score image->text or text->image only (default: both)")
     p.add_argument("--map-k", type=int, default=None, help="mAP cut-off (default: the protocol's)")
-    p.add_argument("-k", type=int, nargs="+", default=[100], help="precision@K cut-offs")
+    p.add_argument("-k", type=int, nargs="+", default=None,
+                   help="precision@K cut-offs (default: 100, or the database size if smaller)")
     p.add_argument("--radius", type=int, default=2)
     p.add_argument("--normalization", choices=["retrieved", "min_k_relevant"], default=None,
                    help="AP denominator (default: the protocol's)")

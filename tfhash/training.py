@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import re
 import time
 
 from tfhash import recipes, registry
@@ -38,7 +39,8 @@ class Result:
         recipe: the full recipe: {"name", "method", "protocol", "bits", "seed",
             "data", "settings"} with every setting resolved.
         encoders: {"image": HashModel} or {"image": ..., "text": ...}.
-        scores: {"image": {"map", "precision@100"}}; for image-text methods
+        scores: {"image": {"map", "precision@100"}} (P@n for a database of
+            n < 100 items); for image-text methods
             "image" holds image->text (image queries) and "text" text->image.
             Empty when scoring was off.
         seconds: training time.
@@ -87,7 +89,8 @@ def resolve(method=None, protocol=None, *, recipe=None, bits=None, seed=None, da
     }
     changed = {k for k in ("protocol", "bits", "seed") if recipe and resolved[k] != recipe.get(k)}
     name = recipe.get("name") if recipe and not changed else None
-    resolved["name"] = name or f"{method}_{resolved['protocol']}_{resolved['bits']}"
+    # A name is a file name too (zoo entries, recipes): own images' "images:photos" gives dhn_images_photos_32.
+    resolved["name"] = name or re.sub(r"[^\w.-]", "_", f"{method}_{resolved['protocol']}_{resolved['bits']}")
     for key in ("bits", "seed"):
         if not isinstance(resolved[key], int) or isinstance(resolved[key], bool) or resolved[key] < 0:
             raise ValueError(f"{key} must be a non-negative int. Received: {key}={resolved[key]!r}")
@@ -211,19 +214,21 @@ def _check_modalities(record, protocol):
 
 
 def score_encoders(encoders, data, codes_cache=None):
-    """mAP@all and P@100 of each encoder as the query side, on the protocol's
-    queries; an image method's database codes kept in `codes_cache` (a run's
-    `codes/`, which `tfhash evaluate` then reuses)."""
+    """mAP@all and P@100 (P@n for a database of n < 100 items: own images) of
+    each encoder as the query side, on the protocol's queries; an image
+    method's database codes kept in `codes_cache` (a run's `codes/`, which
+    `tfhash evaluate` then reuses)."""
     from tfhash.evaluation import evaluate_cross_modal, evaluate_model
 
+    k = min(100, len(data.split.database))
+    keep = ("map", f"precision@{k}")
     if "text" not in encoders:
-        result, _, _ = evaluate_model(encoders["image"], data, curve=False, codes_cache=codes_cache)
-        return {"image": {"map": result["map"], "precision@100": result["precision@100"]}}
-    result = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"), data.subset("database"))
-    return {
-        modality: {"map": result[direction]["map"], "precision@100": result[direction]["precision@100"]}
-        for modality, direction in (("image", "image_to_text"), ("text", "text_to_image"))
-    }
+        result, _, _ = evaluate_model(encoders["image"], data, curve=False, codes_cache=codes_cache, ks=(k,))
+        return {"image": {key: result[key] for key in keep}}
+    result = evaluate_cross_modal(encoders["image"], encoders["text"], data.subset("query"), data.subset("database"),
+                                  ks=(k,))
+    return {modality: {key: result[direction][key] for key in keep}
+            for modality, direction in (("image", "image_to_text"), ("text", "text_to_image"))}
 
 
 def save_run(result, output_dir, strategy=None, *, wait=True):

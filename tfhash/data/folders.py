@@ -209,8 +209,7 @@ def decode_image(path, image_size, channels=3, keep_aspect=False):
     height, width = _image_size(image_size)
     path = os.fspath(path)
     _check_file(path)
-    # MAX_PIXELS is the limit here: Pillow's warning between its own two limits would only be noise.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    _quiet_pillow()
     try:
         image = Image.open(path)
     except Image.UnidentifiedImageError:
@@ -227,6 +226,14 @@ def decode_image(path, image_size, channels=3, keep_aspect=False):
         except Exception as error:  # truncated or corrupt data: whatever the plugin raises
             raise BadImage(f"truncated or corrupt {image.format or 'image'} file "
                            f"({type(error).__name__}: {_one_line(error)})") from None
+
+
+@functools.cache
+def _quiet_pillow():
+    """MAX_PIXELS is the limit here: Pillow's warning between its own two limits would only be noise."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _decoded(image, height, width, channels, keep_aspect):

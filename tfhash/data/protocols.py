@@ -384,7 +384,9 @@ class CrossModalData:
 def get_protocol(name):
     registry = {**PROTOCOLS, **CROSS_MODAL_PROTOCOLS}
     if name not in registry:
-        raise ValueError(f"Unknown protocol {name!r}. Expected one of {sorted(registry)}.")
+        # A folder or a list file named as a protocol: the user's own images.
+        hint = " (your own images: --images PATH, or tfhash.data.from_path)" if os.path.exists(name) else ""
+        raise ValueError(f"Unknown protocol {name!r}. Expected one of {sorted(registry)}{hint}.")
     return registry[name]
 
 
