@@ -5,12 +5,15 @@
     tfhash train --recipe ssah_open_clip_art_32 --epochs 15 --output runs/ssah32
     tfhash reproduce dhn_fashion_mnist_32          # the same path, printing the scores
     tfhash evaluate runs/dhn32 --plot runs/dhn32/pr.png
-    tfhash encode runs/ssah32 --modality text --part database --output db_codes.npy --index db.thi
-    tfhash search db.thi --queries query_codes.npy -k 10
+    tfhash encode runs/ssah32 --modality text --part database --output runs/ssah32/db.npy --index runs/ssah32/db.thi
+    tfhash search runs/ssah32/db.thi --queries runs/ssah32/q.npy -k 10
+    tfhash train --method dhn --images photos --image-size 64 --output runs/photos   # your own images
+    tfhash encode runs/photos --images photos --index runs/photos/photos.thi
+    tfhash search runs/photos/photos.thi --image query.jpg -k 10
     tfhash export savedmodel runs/dhn32 --name dhn32
     tfhash export tflite runs/dhn32 --quantization int8
     tfhash serve --base-dir export/models
-    tfhash zoo list | download NAME | verify NAME | build NAME | publish RECIPE
+    tfhash zoo list | download NAME | verify NAME | build NAME | publish RECIPE [--run RUN]
 """
 
 import argparse
