@@ -9,6 +9,8 @@ is in tests/test_ssah_open_clip_art.py.
 """
 
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -142,8 +144,11 @@ def test_one_steps_losses_are_their_weighted_terms_by_hand(digits, float64):
     method_checks.assert_sgd_step(before, variables, gradients, what="ImgNet")
 
 
-@pytest.mark.slow
-def test_fit_alternates_phases_and_sets_unified_codes(digits):
+@pytest.fixture(scope="module")
+def one_round(digits):
+    """A tiny SSAH fit for one round (label, image, text: 3 epochs of 10 batches), with the
+    Grappler options seen at each step and before and after `fit`. Shared by the tests
+    that read a trained model without changing it (phases, saving, serving, export)."""
     images, texts, labels = digits["train"]
     model = tiny_ssah(len(images))
     model.compile()
@@ -153,11 +158,18 @@ def test_fit_alternates_phases_and_sets_unified_codes(digits):
     before = tf.config.optimizer.get_experimental_options()
     history = model.fit(cross_modal_batches(images, texts, labels, 50), epochs=3, verbose=0,
                         callbacks=[options]).history
+    after = tf.config.optimizer.get_experimental_options()
+    return types.SimpleNamespace(model=model, history=history, seen=seen, before=before, after=after)
+
+
+@pytest.mark.slow
+def test_fit_alternates_phases_and_sets_unified_codes(digits, one_round):
+    images, texts, labels = digits["train"]
+    model, history, seen = one_round.model, one_round.history, one_round.seen
     # Every step runs with constant folding off (runs repeat; bench/ssah_repeat.py),
     # and fit gives the process its Grappler options back (default: folding on).
     assert len(seen) == 30 and all(o.get("constant_folding") is False for o in seen)
-    assert tf.config.optimizer.get_experimental_options().get("constant_folding", True) is before.get(
-        "constant_folding", True)
+    assert one_round.after.get("constant_folding", True) is one_round.before.get("constant_folding", True)
     # One phase per epoch: each logs its own losses, and the round's last epoch logs "round".
     assert len(history["label_loss"]) == 1 and len(history["image_loss"]) == 1 and len(history["text_loss"]) == 1
     assert history["round"] == [1]
@@ -190,11 +202,9 @@ def test_training_learns_cross_modal_codes(digits):
 
 
 @pytest.mark.slow
-def test_encoders_save_and_reload_with_identical_codes(digits, tmp_path):
+def test_encoders_save_and_reload_with_identical_codes(digits, one_round, tmp_path):
     images, texts, labels = digits["train"]
-    model = tiny_ssah(len(images))
-    model.compile()
-    model.fit(cross_modal_batches(images, texts, labels, 50), epochs=3, verbose=0)
+    model = one_round.model
     whole = str(tmp_path / "ssah.keras")
     model.save(whole)
     reloaded = keras.saving.load_model(whole)
@@ -231,11 +241,9 @@ def test_best_checkpoint_restores_the_best_round(digits):
 
 
 @pytest.mark.slow
-def test_text_encoder_exports_for_serving_and_tflite(digits, tmp_path):
+def test_text_encoder_exports_for_serving_and_tflite(digits, one_round, tmp_path):
     images, texts, labels = digits["train"]
-    model = tiny_ssah(len(images))
-    model.compile()
-    model.fit(cross_modal_batches(images, texts, labels, 50), epochs=6, verbose=0)
+    model = one_round.model
     encoder = model.text_encoder
     queries, database = digits["query"], digits["database"]
     path = export_savedmodel(encoder, str(tmp_path / "serving"), name="text")
@@ -266,13 +274,11 @@ def test_text_encoder_exports_for_serving_and_tflite(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_text_encoder_served_over_grpc(digits, tmp_path):
+def test_text_encoder_served_over_grpc(digits, one_round, tmp_path):
     from tfhash.serving import Client, ModelServer
 
     images, texts, labels = digits["train"]
-    model = tiny_ssah(len(images))
-    model.compile()
-    model.fit(cross_modal_batches(images, texts, labels, 50), epochs=3, verbose=0)
+    model = one_round.model
     base = str(tmp_path / "models")
     export_savedmodel(model.text_encoder, base, name="text")
     export_savedmodel(model.image_encoder, base, name="image")
