@@ -1,6 +1,6 @@
 """Encoding a folder of image files against encoding the same images from an array (issue 29).
 
-    .venv/bin/python bench/folder.py [--n 70000] [--repeats 2] [--workdir /tmp/tfhash_bench_folder]
+    .venv/bin/python bench/folder.py [--n 70000] [--repeats 3] [--workdir /tmp/tfhash_bench_folder]
 
 Fashion-MNIST's 70,000 images are written once as PNG files (greyscale, 28x28,
 one folder per class, kept in --workdir for later runs) and as one `.npy`
@@ -94,7 +94,7 @@ def main():
     import_tensorflow(False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=70000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/tfhash_bench_folder")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -124,6 +124,8 @@ def main():
     cpu = {kind: min(r["cpu_seconds"] for r in rows if r["kind"] == kind) for kind in ("array", "folder")}
     peaks = {kind: next(r["peak_mib"] for r in rows if r["kind"] == kind) for kind in ("array", "folder")}
     print(f"same codes row for row: {bool(same)}")
+    if not same:
+        sys.exit("the folder's codes differ from the array's: the PNGs should decode to the same pixels")
     print(f"array:  {args.n / best['array']:8.0f} images/s (best of {args.repeats}, whole command), "
           f"peak {peaks['array']:.0f} MiB")
     print(f"folder: {args.n / best['folder']:8.0f} images/s, peak {peaks['folder']:.0f} MiB")

@@ -105,6 +105,41 @@ def test_a_partial_encode_of_other_files_is_not_continued(folder, encoder, tmp_p
     assert progress.seen[0] == 0 and len(index) == N - 1
 
 
+def test_a_file_replaced_since_the_interruption_is_encoded_again(folder, images, encoder, tmp_path):
+    """The partial encode is continued only for the same files: a file rewritten since (same path, new
+    pixels) makes the encode start over, so no row keeps the old file's code."""
+    with pytest.raises(Interrupt):
+        encode_files(encoder, folder, tmp_path / "db.thi", batch_size=8, progress=StopAfter(3), checkpoint_seconds=0)
+    Image.fromarray(images[39][..., 0]).save(folder / "a" / "01.png")  # a/01.png, encoded already, now row 39
+    progress = StopAfter()
+    index = encode_files(encoder, folder, tmp_path / "db.thi", batch_size=8, progress=progress)
+    assert progress.seen[0] == 0
+    np.testing.assert_array_equal(index.codes()[0], encoder.encode(images[39:40])[0])
+
+
+def test_an_index_whose_rows_and_paths_disagree_is_refused(folder, encoder, tmp_path):
+    index = encode_files(encoder, folder, tmp_path / "db.thi")
+    index.add(index.codes()[:1])  # one more row than paths
+    index.save(tmp_path / "db.thi")
+    with pytest.raises(ValueError, match=f"expected one path per row.*Received: {N + 1} rows, {N} paths"):
+        load_image_index(tmp_path / "db.thi")
+
+
+def test_radius_search_counts_every_row_within_it(folder, encoder, tmp_path, capsys):
+    encoder.save(tmp_path / "enc.keras")
+    assert main(["encode", str(tmp_path / "enc.keras"), "--images", str(folder), "--index",
+                 str(tmp_path / "db.thi"), "--quiet"]) == 0
+    query = str(folder / "b" / "04.png")
+    [(_, within)] = search_files(tmp_path / "db.thi", [query], radius=32, k=None, encoder=encoder)
+    assert len(within) == N  # every row is within 32 of a 32-bit code
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "db.thi"), "--image", query, "--radius", "32", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{query}: {N} within radius 32, nearest 3 shown" and len(lines) == 4
+    assert main(["search", str(tmp_path / "db.thi"), "--image", query, "--output", "x.npz"]) == 2
+    assert "--image prints paths" in capsys.readouterr().err
+
+
 def test_bad_files_stop_the_encode_or_are_skipped_and_counted(folder, encoder, tmp_path):
     (folder / "a" / "zz.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="zz.png"):

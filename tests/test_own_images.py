@@ -103,7 +103,7 @@ def parse_search(out):
         if line.startswith("  "):
             distance, path = line.split(maxsplit=1)
             results[current].append((int(distance), path))
-        elif re.match(r".*: \d+ (nearest|within radius \d+)$", line):
+        elif re.match(r".*: \d+ (nearest|within radius \d+, nearest \d+ shown)$", line):
             current = line.rsplit(":", 1)[0]
             results[current] = []
     return results
@@ -114,8 +114,17 @@ def assert_finds_itself(capsys, index_file, queries, root):
     row shares its code; with ties, its file is among the rows at distance 0 (`--radius 0`)."""
     from tfhash.index import HammingIndex
 
+    from tfhash.data.folders import read_images
+    from tfhash.training import load_model
+
     index = HammingIndex.load(index_file)
     codes, paths = index.codes(), index.metadata["paths"]
+    # Row r is the code of file paths[r], decoded as the index says: rows and paths aligned.
+    model = load_model(index.metadata["run"])
+    images, kept = read_images(root, paths, image_size=model.image_shape[:2], channels=model.image_shape[2],
+                               cache=False)
+    assert len(kept) == len(paths)
+    np.testing.assert_array_equal(codes, model.encode(images))
     nearest = parse_search(cli(capsys, "search", index_file, "--image", *queries, "-k", 1))
     tied = parse_search(cli(capsys, "search", index_file, "--image", *queries, "--radius", 0, "-k", len(index)))
     assert sorted(nearest) == sorted(tied) == sorted(queries)
@@ -144,9 +153,12 @@ def test_folder_through_the_cli(tmp_path, fashion, capsys):
     trained_map = record["scores"]["image"]["map"]
     assert f"mAP@all (image): {trained_map:.4f}" in out
 
-    # The same split again: the same mAP (the codes cached in the run are not reused across a fresh load).
+    # The split kept in the run, not one drawn again: with the recorded seed changed, evaluate still scores
+    # the queries it trained with (a redrawn split would hold other queries, and give another mAP).
+    record["recipe"]["data"]["seed"] += 1
+    (run / "run.json").write_text(json.dumps(record))
     out = cli(capsys, "evaluate", run, "--quiet")
-    assert re.search(rf"mAP@all .*: {trained_map:.4f}", out), out
+    assert re.search(rf"^image: mAP@all .*: {trained_map:.4f}$", out, re.M), out
 
     write_folder(db_dir, fashion, per_class=10, offset=100)
     out = cli(capsys, "encode", run, "--images", db_dir, "--index", tmp_path / "db.thi", "--quiet")
@@ -184,9 +196,15 @@ def test_list_with_multi_hot_labels_from_python(tmp_path, fashion, capsys):
     data = from_list(tmp_path / "train.txt", image_size=28, channels=1, num_query=20)
     assert data.labels.shape == (len(files), 7) and data.labels[:, 6].sum() == 3 * 30
     result = tfhash.train("dhn", data=data, bits=16, output_dir=tmp_path / "run", **registry.get("dhn").tiny)
-    assert 0 < result.scores["image"]["map"] <= 1
+    # The mAP is that of the trained encoder's codes, with multi-hot relevance (a shared label).
+    from tfhash import metrics
+
+    encoder = result.encoders["image"]
+    (xq, yq), (xd, yd) = data.subset("query"), data.subset("database")
+    expected = metrics.mean_average_precision(encoder.encode(xq), encoder.encode(xd), yq, yd)
+    assert result.scores["image"]["map"] == pytest.approx(expected, abs=1e-12)
     out = cli(capsys, "evaluate", tmp_path / "run", "--quiet")
-    assert f"{result.scores['image']['map']:.4f}" in out
+    assert re.search(rf"^image: mAP@all .*: {expected:.4f}$", out, re.M), out
 
     pattern = str(folder / "*.png")  # a glob: the PNGs only
     cli(capsys, "encode", tmp_path / "run", "--images", pattern, "--index", tmp_path / "png.thi", "--quiet")
@@ -234,4 +252,5 @@ def test_image_text_method_on_a_list_with_captions(tmp_path, capsys):
     assert set(record["scores"]) == {"image", "text"}
     assert "mAP@all (image->text)" in out and "mAP@all (text->image)" in out
     out = cli(capsys, "evaluate", tmp_path / "run", "--quiet")
-    assert f"{record['scores']['image']['map']:.4f}" in out and f"{record['scores']['text']['map']:.4f}" in out
+    for direction, modality in (("image->text", "image"), ("text->image", "text")):
+        assert re.search(rf"^{direction}: mAP@all .*: {record['scores'][modality]['map']:.4f}$", out, re.M), out

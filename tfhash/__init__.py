@@ -27,8 +27,8 @@ _LAZY = {
 }
 # The submodules the README and docs name as `tfhash.NAME` (`tfhash.serving.Client(...)`),
 # each imported on first use, as `import tfhash.NAME` would.
-SUBMODULES = ("baselines", "callbacks", "data", "evaluation", "export", "index", "io", "losses", "models",
-              "neighbours", "registry", "retrieval", "serving", "training")
+SUBMODULES = ("baselines", "callbacks", "data", "evaluation", "export", "image_search", "index", "io", "losses",
+              "models", "neighbours", "registry", "retrieval", "serving", "training")
 _LAZY.update({name: (f"tfhash.{name}", None) for name in SUBMODULES})
 
 

@@ -73,15 +73,13 @@ def _train(args, extra=()):
     print("; ".join(parts))
 
 
-# `tfhash train --images` options and the `tfhash.data.from_path` arguments they set.
-IMAGE_OPTIONS = {"image_size": "image_size", "channels": "channels", "keep_aspect": "keep_aspect",
-                 "skip_bad": "skip_bad", "num_query": "num_query", "num_train": "num_train", "captions": "captions"}
+# `tfhash train --images` options: `tfhash.data.from_path` arguments of the same names.
+IMAGE_OPTIONS = ("image_size", "channels", "keep_aspect", "skip_bad", "num_query", "num_train", "captions")
 
 
 def _own_images(args):
     """`tfhash.data.from_path` of `--images`, with the options given; None without it."""
-    given = {option: getattr(args, name) for name, option in IMAGE_OPTIONS.items()
-             if getattr(args, name, None) not in (None, False)}
+    given = {name: getattr(args, name) for name in IMAGE_OPTIONS if getattr(args, name, None) not in (None, False)}
     if not getattr(args, "images", None):
         if given:
             raise ValueError(f"--{next(iter(given)).replace('_', '-')} describes --images: expected --images DIR|LIST "
@@ -90,9 +88,17 @@ def _own_images(args):
     if args.protocol:
         raise ValueError(f"Expected --images or --protocol, not both. Received: --images {args.images} "
                          f"--protocol {args.protocol}")
+    if "captions" in given and os.path.isdir(args.images):
+        raise ValueError(f"--captions reads a list file's captions: expected --images LIST. Received: the folder "
+                         f"{args.images}")
+    from tfhash import recipes
     from tfhash.data import from_path
+    from tfhash.training import check_output
 
-    data = from_path(args.images, seed=args.seed or 0, **given)
+    check_output(args.output, args.overwrite)  # before decoding a folder for nothing
+    # The split is drawn from the run's seed: --seed, else the recipe's.
+    seed = args.seed if args.seed is not None else (recipes.load(args.recipe).get("seed", 0) if args.recipe else 0)
+    data = from_path(args.images, seed=seed, **given)
     if not args.quiet:
         print(data.protocol.description)
     return data
@@ -132,7 +138,7 @@ def _run_data(args, record):
     from tfhash.training import load_data
 
     recipe = (record or {}).get("recipe", {})
-    if not args.protocol and recipe:
+    if recipe and args.protocol in (None, recipe.get("protocol")):
         return load_data(recipe, args.data_dir, args.model if os.path.isdir(args.model) else None)
     return load_protocol(args.protocol or "fashion_mnist", args.data_dir)
 
@@ -276,8 +282,7 @@ def _encode_files(args, record, model):
     keep_aspect = ((record or {}).get("recipe", {}).get("data", {}).get("keep_aspect", False)
                    if args.keep_aspect is None else args.keep_aspect)
     progress = None if args.quiet or not sys.stdout.isatty() else keras.utils.Progbar(None, unit_name="image")
-    index = encode_files(model, args.images, args.index, output=args.output,
-                         run=args.model if os.path.isdir(args.model) else None, keep_aspect=keep_aspect,
+    index = encode_files(model, args.images, args.index, output=args.output, run=args.model, keep_aspect=keep_aspect,
                          skip_bad=args.skip_bad, batch_size=args.batch_size, wait=args.wait, progress=progress)
     skipped = index.metadata["skipped"]
     print(f"wrote Hamming index of {len(index)} image{'s' if len(index) != 1 else ''} ({index.bits} bits) to {args.index}"
@@ -361,14 +366,20 @@ def _search_images(args):
 
     from tfhash.image_search import decode_queries, index_encoder, load_image_index, search_codes
 
+    if args.output:
+        raise ValueError(f"--output writes the ids of --queries' neighbours; --image prints paths. Received: "
+                         f"--image with --output {args.output}")
     import_tensorflow(args.verbose)  # the query images are encoded: TensorFlow, quietly
     index = load_image_index(args.index)
     encoder = index_encoder(index, run=args.run_dir)
     images, files = decode_queries(args.image, index)
-    results = search_codes(index, encoder.encode(images), k=args.k, radius=args.radius)
-    for file, hits in zip(files, results):
-        within = f"within radius {args.radius}" if args.radius is not None else "nearest"
-        print(f"{file}: {len(hits)} {within}")
+    # Radius mode: every row within it found (its count printed), the nearest -k shown.
+    found = search_codes(index, encoder.encode(images), k=None if args.radius is not None else args.k,
+                         radius=args.radius)
+    results = [hits[: args.k] for hits in found]
+    for file, hits, every in zip(files, results, found):
+        within = f"within radius {args.radius}, nearest {len(hits)} shown" if args.radius is not None else "nearest"
+        print(f"{file}: {len(every)} {within}")
         for hit in hits:
             print(f"  {hit.distance:4d}  {hit.path}")
     if args.show:

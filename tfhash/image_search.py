@@ -44,13 +44,19 @@ def _partial_path(index_path):
     return os.path.join(folder, f".{name}.partial")
 
 
-def _listing_sha256(root, paths, decoding, identity):
-    """What a partial encode must match to be continued: the files, how they are
-    decoded and the encoder."""
+def _listing_sha256(root, paths, decoding, identity, skip_bad):
+    """What a partial encode must match to be continued: the files (each path,
+    size, inode, mtime and ctime: a file replaced since gets a new code), how
+    they are decoded and skipped, and the encoder."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([os.path.realpath(root), decoding, identity], sort_keys=True).encode())
+    digest.update(json.dumps([os.path.realpath(root), decoding, identity, bool(skip_bad)], sort_keys=True).encode())
     for path in paths:
-        digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            stat = os.stat(os.path.join(root, path))
+            facts = (stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+        except OSError:  # a broken link: decoding reports it (or skips it)
+            facts = ()
+        digest.update(os.fsencode(path) + repr(facts).encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -90,7 +96,7 @@ def encode_files(encoder, source, index_path, *, output=None, run=None, keep_asp
     root, paths = list_images(source)
     decoding = encoder_decoding(encoder, keep_aspect)
     identity = encoder_identity(encoder)
-    listing = _listing_sha256(root, paths, decoding, identity)
+    listing = _listing_sha256(root, paths, decoding, identity, skip_bad)
     partial_path = _partial_path(index_path)
     with transaction(index_path, wait=wait) as result:
         codes, kept, start = _resume(partial_path, listing, encoder.bits)
@@ -181,6 +187,10 @@ def load_image_index(index_path):
     if missing:
         raise ValueError(f"{index_path}: expected an index of image files (tfhash encode RUN --images DIR "
                          f"--index FILE). Received: an index of {len(index)} codes without {missing}")
+    if index.has_ids or len(index.metadata["paths"]) != len(index):
+        raise ValueError(f"{index_path}: expected one path per row, rows numbered in order (as encode_files writes "
+                         f"it). Received: {len(index)} rows{' with ids' if index.has_ids else ''}, "
+                         f"{len(index.metadata['paths'])} paths")
     return index
 
 
@@ -228,7 +238,8 @@ def search_files(index_path, images, *, k=10, radius=None, encoder=None, run=Non
     Args:
         index_path: the index file.
         images: query image files (any size or mode: decoded as the index's were).
-        k: neighbours per query (with `radius`: at most k of those within it).
+        k: neighbours per query (with `radius`: at most k of those within it;
+            None: all of them).
         radius: all rows within this Hamming distance instead of the k nearest.
         encoder, run: the encoder (or its run) to encode the queries with;
             default the run the index records. Must be the encoder that made it.
@@ -243,7 +254,8 @@ def search_files(index_path, images, *, k=10, radius=None, encoder=None, run=Non
 
 
 def search_codes(index, codes, *, k=10, radius=None):
-    """Per query code, its `Hit`s in an image index (as `search_files`)."""
+    """Per query code, its `Hit`s in an image index (as `search_files`); with
+    `radius`, `k=None` keeps every row within it."""
     meta = index.metadata
     if radius is None:
         distances, ids = index.search(codes, k)

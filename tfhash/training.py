@@ -150,14 +150,19 @@ def train(method=None, protocol=None, *, recipe=None, bits=None, seed=None, data
             # The run's writer lock, held from here to the commit: a second train on the same
             # folder waits or fails (`wait`), and sees this one's run.json once it is written.
             run = stack.enter_context(transaction(output_dir, wait=wait))
-        if output_dir and not overwrite and os.path.exists(os.path.join(output_dir, RUN_FILE)):
-            raise FileExistsError(f"{output_dir} already holds a run. Expected a new folder, or overwrite=True "
-                                  f"(--overwrite) to replace it. Received: output_dir={output_dir!r}")
+        check_output(output_dir, overwrite)
         result = _train(record, recipe, data, data_dir, strategy, output_dir if run else None, callbacks, verbose,
                         score)
         if run is not None:
             write_run(run, result, output_dir)
     return result
+
+
+def check_output(output_dir, overwrite):
+    """Refuses an `output_dir` that holds a run unless `overwrite` (FileExistsError, one line)."""
+    if output_dir and not overwrite and os.path.exists(os.path.join(output_dir, RUN_FILE)):
+        raise FileExistsError(f"{output_dir} already holds a run. Expected a new folder, or overwrite=True "
+                              f"(--overwrite) to replace it. Received: output_dir={output_dir!r}")
 
 
 def _train(record, recipe, data, data_dir, strategy, output_dir, callbacks, verbose, score):
