@@ -248,6 +248,9 @@ METHODS = {
             derived=("input_shape", "num_train", "label_shape"),
             tiny={"epochs": 1, "batch_size": 64},
         ),
+        # issue 30, group A records
+        # issue 30, group B records
+        # issue 30, group C records
         Method(
             name="dsh_gan",
             title="DSH-GAN",

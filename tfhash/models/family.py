@@ -220,12 +220,17 @@ class PairwiseHashModel(Trainer, ImageHashModel):
         Adam(train["learning_rate"]), `tfhash.data.batches` of `cls.fields`, a
         frozen ImageNet trunk's features computed once (`trunk_inputs`). Of the
         arguments taken from the data (input_shape, num_train: the training
-        rows, label_shape: a label's shape), the class gets those it takes."""
+        rows, label_shape: a label's shape, num_classes: class ids' count or
+        multi-hot width), the class gets those it takes."""
         from tfhash.data import batches
         from tfhash.models.backbones import trunk_inputs
 
         images, labels = data.subset("train")
-        derived = {"input_shape": images.shape[1:], "num_train": len(images), "label_shape": labels.shape[1:]}
+        # num_classes: over every item's labels, not the training rows' (a class may miss from them).
+        every = data.labels
+        num_classes = every.shape[1] if every.ndim == 2 else int(every.max()) + 1
+        derived = {"input_shape": images.shape[1:], "num_train": len(images), "label_shape": labels.shape[1:],
+                   "num_classes": num_classes}
         taken = init_parameters(cls)
         with strategy.scope():
             net = cls(bits=bits, **{key: value for key, value in derived.items() if key in taken}, **model)
