@@ -4,15 +4,22 @@ written as PNG, JPEG, GIF, BMP, TIFF and WebP files in several modes, and
 Open Clip Art PNGs. Expected pixels are derived by hand in the comments.
 """
 
+import inspect
+import io
 import json
 import os
 import struct
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageFile
 
 from tfhash.data import CrossModalData, RetrievalData, fashion_mnist, folders, open_clip_art
 from tfhash.data.folders import (
@@ -114,6 +121,56 @@ def test_folder_symlink_loops_are_not_followed_other_links_are(tmp_path, fashion
     assert list_images(tmp_path)[1] == ["cls/img.png", "other/img.png"]
 
 
+def test_a_file_reached_by_several_paths_is_one_item(tmp_path, fashion):
+    """A picture listed twice would be a free exact match between the queries and the database."""
+    for i in range(4):
+        save(fashion[0][i], tmp_path / "shop" / "bag" / f"{i}.png")
+        save(fashion[0][10 + i], tmp_path / "shop" / "coat" / f"{i}.png")
+    os.symlink(tmp_path / "shop" / "bag" / "0.png", tmp_path / "shop" / "coat" / "link.png")  # into another class
+    os.link(tmp_path / "shop" / "bag" / "1.png", tmp_path / "shop" / "coat" / "hard.png")  # a hard link
+    os.symlink(tmp_path / "shop" / "coat", tmp_path / "shop" / "more")  # a folder link: every coat path again
+    assert len(list_images(tmp_path / "shop")[1]) == 16  # listed under every path
+    data = from_directory(tmp_path / "shop", image_size=28, channels=1)
+    # One item per file, under its first path in sorted order and that path's class: "more" is no class.
+    assert data.paths == tuple(f"{c}/{i}.png" for c in ("bag", "coat") for i in range(4))
+    assert data.class_names == ("bag", "coat") and data.labels.tolist() == [0] * 4 + [1] * 4
+    assert len({image.tobytes() for image in data.images}) == 8
+    assert data.duplicates == [("coat/hard.png", "bag/1.png"), ("coat/link.png", "bag/0.png"),
+                               *[(f"more/{i}.png", f"coat/{i}.png") for i in range(4)],
+                               ("more/hard.png", "bag/1.png"), ("more/link.png", "bag/0.png")]
+    assert "8 duplicate paths of files listed already left out" in data.protocol.description
+    # A list file: a line naming a link to a listed file, and a path listed twice. Multi-hot labels are OR-ed
+    # onto the first line's item: 100 | 001 | 010 = 111.
+    (tmp_path / "list.txt").write_text("shop/bag/0.png 1 0 0\nshop/coat/0.png 0 1 0\nshop/coat/link.png 0 0 1\n"
+                                       "shop/bag/0.png 0 1 0\n")
+    listed = from_list(tmp_path / "list.txt", image_size=28, channels=1)
+    assert listed.paths == ("shop/bag/0.png", "shop/coat/0.png") and listed.labels.tolist() == [[1, 1, 1], [0, 1, 0]]
+    assert listed.duplicates == [("shop/coat/link.png", "shop/bag/0.png"), ("shop/bag/0.png", "shop/bag/0.png")]
+    # Class ids: the first line's.
+    (tmp_path / "ids.txt").write_text("shop/bag/0.png 3\nshop/coat/0.png 1\nshop/coat/link.png 2\n")
+    assert from_list(tmp_path / "ids.txt", image_size=28).labels.tolist() == [3, 1]
+
+
+def test_file_names_that_are_not_utf8_are_read_cached_and_listed(tmp_path, fashion, cache):
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, not UTF-8: a surrogate escape in the str
+    bad = os.fsdecode(b"z\xff.png")
+    save(fashion[0][0], tmp_path / "flat" / name)
+    save(fashion[0][1], tmp_path / "flat" / "plain.png")
+    (tmp_path / "flat" / bad).write_bytes(b"not a png")
+    for _ in range(2):  # decoded and cached, then read from the cache
+        data = from_directory(tmp_path / "flat", image_size=28, channels=1, skip_bad=True)
+        assert data.paths == (name, "plain.png") and data.skipped[0][0] == bad
+        np.testing.assert_array_equal(data.images[..., 0], fashion[0][:2])
+    assert len(os.listdir(cache)) == 2
+    data.save_split(tmp_path / "split.npz")
+    again = from_directory(tmp_path / "flat", image_size=28, channels=1, skip_bad=True, split=tmp_path / "split.npz")
+    np.testing.assert_array_equal(again.split.query, data.split.query)
+    (tmp_path / "list.txt").write_bytes(b"flat/caf\xe9.png 0\nflat/plain.png 1\n")  # the same bytes in a list file
+    listed = from_list(tmp_path / "list.txt", image_size=28, channels=1)
+    assert listed.paths == ("flat/" + name, "flat/plain.png")
+    np.testing.assert_array_equal(listed.images[..., 0], fashion[0][:2])
+
+
 # ---------------------------------------------------------------------------
 # Decoding
 
@@ -203,6 +260,80 @@ def test_keep_aspect_fits_and_pads_with_zeros_centred(tmp_path):
     assert (turned[:, 4:12] >= 250).all() and (turned[:, :4] == 0).all() and (turned[:, 12:] == 0).all()
 
 
+def test_keep_aspect_odd_margins_and_thin_images(tmp_path):
+    """The geometry PIL.ImageOps.pad would change: it centres with round() (3.5 -> 4) and shrinks a thin
+    image's side to 0 pixels (nothing drawn)."""
+    save(np.full((10, 20), 255, np.uint8), tmp_path / "wide.png")
+    save(np.full((1, 200), 255, np.uint8), tmp_path / "line.png")
+
+    def one(name, size):
+        return folders.decode_image(str(tmp_path / name), size, channels=1, keep_aspect=True)[..., 0]
+
+    # wide (20 x 10) into height 15, width 16: scale min(16/20, 15/10) = 0.8 -> 16 x 8; a margin of 7 rows:
+    # 7 // 2 = 3 above, 4 below.
+    expected = np.zeros((15, 16), np.uint8)
+    expected[3:11] = 255
+    np.testing.assert_array_equal(one("wide.png", (15, 16)), expected)
+    # line (200 x 1) into 16 x 16: scale 0.08 -> 16 x 0.08, kept 1 row high; a margin of 15: row 15 // 2 = 7.
+    expected = np.zeros((16, 16), np.uint8)
+    expected[7] = 255
+    np.testing.assert_array_equal(one("line.png", 16), expected)
+
+
+def test_transparency_is_composited_after_resizing(tmp_path, monkeypatch):
+    """Composited at the output size, not at the file's (a full-size copy or two less)."""
+    rgba = np.zeros((300, 400, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere, transparent on the left half, opaque on the right
+    rgba[:, 200:, 3] = 255
+    save(rgba, tmp_path / "half.png")
+    sizes, composite = [], Image.alpha_composite
+    monkeypatch.setattr(Image, "alpha_composite", lambda under, over: sizes.append(over.size) or composite(under, over))
+    out = folders.decode_image(tmp_path / "half.png", (12, 16)).astype(int)
+    assert sizes == [(16, 12)]
+    # White on the left, red on the right; between them, white and red mixed: R stays 255, G = B fall.
+    assert (out[:, :6] == 255).all() and (out[:, 10:] == (255, 0, 0)).all() and (out[..., 0] == 255).all()
+    assert (out[..., 1] == out[..., 2]).all() and (np.diff(out[..., 1], axis=1) <= 0).all()
+
+
+def test_huge_images_decode_one_at_a_time(tmp_path, fashion, monkeypatch):
+    """Above HUGE_PIXELS, one image's pixels in memory at a time: the decoding threads take turns."""
+    paths = [os.path.basename(save(fashion[0][i], tmp_path / f"{i}.png")) for i in range(8)]
+    monkeypatch.setattr(folders, "DECODE_CHUNK", 1)
+    monkeypatch.setattr(folders, "DECODE_THREADS", 4)
+    counting, running, most, load = threading.Lock(), [0], [0], ImageFile.ImageFile.load
+
+    def slow_load(image):
+        with counting:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        try:
+            return load(image)
+        finally:
+            with counting:
+                running[0] -= 1
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", slow_load)
+
+    def most_at_once(huge_pixels):
+        monkeypatch.setattr(folders, "HUGE_PIXELS", huge_pixels)
+        most[0] = 0
+        images, _ = decode(tmp_path, paths, image_size=28, channels=1)
+        np.testing.assert_array_equal(images[..., 0], fashion[0][:8])
+        return most[0]
+
+    assert most_at_once(28 * 28 - 1) == 1  # every image huge
+    assert most_at_once(28 * 28) > 1  # none: decoded side by side
+
+
+def test_sixteen_bit_grey_rounds_alike_in_both_decoders(tmp_path):
+    # 25900 / 257 = 100.78: 101 rounded (Open Clip Art's decoder truncated it to 100; its packages hold no
+    # 16-bit grey PNG, so its arrays do not change).
+    save(np.full((8, 8), 25900, np.uint16), tmp_path / "grey16.png")
+    assert folders.decode_image(tmp_path / "grey16.png", 8, channels=1).ravel().tolist() == [101] * 64
+    assert open_clip_art.decode_image(str(tmp_path / "grey16.png"), 8).ravel().tolist() == [101] * 192
+
+
 @needs_clip_art
 def test_clip_art_transparency_composited_on_white(tmp_path):
     for name in ("bugs/bee.png", "dragon_head_nicu_buculei_01.png"):  # RGBA; palette with an alpha per index
@@ -257,6 +388,25 @@ def test_each_bad_file_is_one_line_naming_it(tmp_path, fashion):
     one_line_error(error, str(tmp_path / "missing.png"), "no such file")
 
 
+def test_a_bad_file_is_one_line_and_tensorflow_logs_nothing(tmp_path, fashion):
+    """Iterated in Python, the dataset raises the decoder's ValueError itself: TensorFlow, which logs a
+    failing op's error with its Python traceback (twice), never sees it. In a fresh process, TensorFlow's
+    warnings on."""
+    save(fashion[0][0], tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    script = ("import sys; from tfhash.data.folders import image_batches\n"
+              "try:\n"
+              f"    list(image_batches({str(tmp_path)!r}, ['good.png', 'bad.png'], image_size=8))\n"
+              "except ValueError as error:\n"
+              "    print('ValueError:', error, file=sys.stderr)\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"}  # warnings and errors shown
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert f"ValueError: {tmp_path / 'bad.png'}: not an image" in done.stderr
+    assert "Traceback" not in done.stderr and "INVALID_ARGUMENT" not in done.stderr, done.stderr
+
+
 def test_huge_header_refused_by_our_limit_where_pillow_lifted_its_own(tmp_path, monkeypatch):
     (tmp_path / "huge.png").write_bytes(png_bytes(30000, 30000))
     (tmp_path / "big.png").write_bytes(png_bytes(20000, 10001))  # 200.02 megapixels: just above MAX_PIXELS
@@ -276,9 +426,11 @@ def test_skip_bad_leaves_bad_files_out_and_counts_them(tmp_path, fashion):
     dataset = image_batches(root, paths, image_size=28, channels=1, skip_bad=True, batch_size=2)
     positions = np.concatenate([p.numpy() for _, p in dataset])
     assert [paths[i] for i in positions] == ["cls/good.png", "cls/z0.png", "cls/z1.png", "cls/z2.png"]
-    assert len(dataset.skipped) == dataset.skipped.count == 7
-    assert dict(dataset.skipped.items()).keys() == {f"cls/{name}" for name in bad}
-    for path, reason in dataset.skipped.items():
+    # The 7 bad files in path order, each once, also after iterating again.
+    for _ in range(2):
+        assert [path for path, _ in dataset.skipped] == sorted(f"cls/{name}" for name in bad)
+        positions = np.concatenate([p.numpy() for _, p in dataset])
+    for path, reason in dataset.skipped:
         assert bad[path[4:]] in reason and "\n" not in reason
     data = from_directory(tmp_path, image_size=28, channels=1, skip_bad=True)
     assert data.paths == ("cls/good.png", "cls/z0.png", "cls/z1.png", "cls/z2.png") and len(data.skipped) == 7
@@ -402,7 +554,7 @@ def test_split_file_is_reused_and_refused_after_a_change(tmp_path, fashion):
     with pytest.raises(ValueError) as error:
         from_directory(tmp_path / "shop", image_size=16, split=tmp_path / "split.npz")
     one_line_error(error, str(tmp_path / "split.npz"), "expected the 20 files the split was drawn on",
-                   "Received: 21 files")
+                   "Received: 21 files", "restore the files the split was drawn on, or train again")
     os.remove(tmp_path / "shop" / "bag" / "new.png")
     os.rename(tmp_path / "shop" / "bag" / "00.png", tmp_path / "shop" / "coat" / "00.png")  # a label changed
     with pytest.raises(ValueError) as error:
@@ -421,7 +573,10 @@ def test_options_load_the_same_data_again(tmp_path, fashion):
     write_class_folders(tmp_path / "shop", fashion)
     data = from_directory(tmp_path / "shop", image_size=(12, 16), channels=1, keep_aspect=True, seed=5)
     options = json.loads(json.dumps(data.options))  # JSON-able
-    assert options["path"] == str(tmp_path / "shop") == options[folders.SOURCE_OPTION]
+    # The source under SOURCE_OPTION, the name of from_path's first argument (what `from_path(**options)` needs).
+    assert options[folders.SOURCE_OPTION] == str(tmp_path / "shop")
+    assert next(iter(inspect.signature(from_path).parameters)) == folders.SOURCE_OPTION
+    assert "progress" not in options  # how it is shown is no part of the data
     again = from_path(**options)
     assert again.images.shape == (20, 12, 16, 1) and again.paths == data.paths
     np.testing.assert_array_equal(again.images, data.images)
@@ -457,6 +612,47 @@ def test_cache_is_written_once_then_mapped_and_keyed_by_the_files(tmp_path, fash
     plain, _ = read_images(tmp_path, paths, image_size=28, channels=1, cache=False)
     assert not isinstance(plain, np.memmap)
     np.testing.assert_array_equal(plain, changed)
+
+
+def test_cache_sees_a_rewrite_of_the_same_size_and_modification_time(tmp_path, fashion):
+    """As a tool restoring times (or a coarse clock) leaves it: the change time (which no tool can set) and
+    the inode are in the key too."""
+    paths = [os.path.basename(save(fashion[0][i], tmp_path / f"{i}.bmp")) for i in range(3)]  # BMP: size by shape
+    read_images(tmp_path, paths, image_size=28, channels=1)
+    before = os.stat(tmp_path / "1.bmp")
+    save(fashion[0][7], tmp_path / "1.bmp")  # rewritten in place: other pixels, the same size
+    os.utime(tmp_path / "1.bmp", ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(tmp_path / "1.bmp")
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    images, _ = read_images(tmp_path, paths, image_size=28, channels=1)
+    np.testing.assert_array_equal(images[1, ..., 0], fashion[0][7])
+
+
+def test_progress_on_a_terminal_by_default_never_when_off(tmp_path, fashion, monkeypatch):
+    paths = [os.path.basename(save(fashion[0][i], tmp_path / f"{i}.png")) for i in range(3)]
+    monkeypatch.setattr(folders, "PROGRESS_MIN_FILES", 3)
+
+    class Stderr(io.StringIO):
+        def __init__(self, tty):
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    def shown(tty, read=read_images, *args, **options):
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "stderr", Stderr(tty))
+            read(*args, image_size=28, cache=False, **options)
+            return sys.stderr.getvalue()
+
+    what = f"decoding 3 images of {tmp_path} at 28x28"
+    assert shown(True, read_images, tmp_path, paths) == f"\r{what}: 3/3\n"  # default: on a terminal, redrawn
+    assert shown(False, read_images, tmp_path, paths) == ""  # default: not in a log
+    assert shown(False, read_images, tmp_path, paths, progress=True) == f"{what}: 3/3\n"  # a line per tenth
+    assert shown(True, read_images, tmp_path, paths, progress=False) == ""  # the CLI's --quiet
+    assert shown(True, from_directory, tmp_path, progress=False) == ""
+    assert shown(True, read_images, tmp_path, paths[:2]) == ""  # fewer files than PROGRESS_MIN_FILES
 
 
 def test_cache_of_skipped_files_and_no_half_cache_on_failure(tmp_path, fashion, cache):
@@ -515,6 +711,19 @@ def test_list_file_multi_hot_class_ids_tabs_and_malformed_lines(tmp_path, fashio
     data = from_list(tmp_path / "missing.txt", image_size=8, skip_bad=True)
     assert data.paths == ("img/0.png", "img/1.png", "img/2.png") and data.labels.tolist() == [0, 1, 0]
     assert data.skipped == [("img/nope.png", "no such file")]
+
+
+def test_class_ids_become_one_hot_rows_without_an_identity_matrix():
+    ids = np.array([0, 2999, 7])
+    tracemalloc.start()
+    try:
+        rows = folders._one_hot(ids)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # 3 rows of 3,000 bytes (9 kB); np.eye(3000)[ids] would allocate 9 MB first.
+    assert rows.dtype == np.uint8 and rows.shape == (3, 3000) and peak < 100_000
+    assert rows.sum() == 3 and rows.argmax(axis=1).tolist() == [0, 2999, 7]
 
 
 def caption(i):

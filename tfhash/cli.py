@@ -98,7 +98,7 @@ def _own_images(args):
     check_output(args.output, args.overwrite)  # before decoding a folder for nothing
     # The split is drawn from the run's seed: --seed, else the recipe's.
     seed = args.seed if args.seed is not None else (recipes.load(args.recipe).get("seed", 0) if args.recipe else 0)
-    data = from_path(args.images, seed=seed, **given)
+    data = from_path(args.images, seed=seed, progress=None if not args.quiet else False, **given)
     if not args.quiet:
         print(data.protocol.description)
     return data

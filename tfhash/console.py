@@ -157,6 +157,6 @@ class Progress:
         return self
 
     def __exit__(self, *exc):
-        if self.tty:
+        if self.tty and self._reported >= 0:  # a line was drawn: end it
             self.stream.write("\n")
             self.stream.flush()

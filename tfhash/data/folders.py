@@ -11,18 +11,29 @@ Three layers, each usable alone:
   images), `from_list` (DeepHash-pytorch's list files, with optional
   captions) and `from_path` (either): an `ImageData` / `ImageTextData`,
   usable wherever a `RetrievalData` / `CrossModalData` is, with a seeded
-  random split that `save_split` writes and `split=` reads back.
+  random split that `save_split` writes and `split=` reads back. They keep
+  one item per file: paths naming a file listed already (a symbolic link to
+  it, a hard link, a list file's second line for it) are dropped and
+  counted (`duplicates`), so one picture is never both a query and a
+  database item.
 
-Decoding is Pillow's, in `tf.numpy_function` calls over chunks of
-`DECODE_CHUNK` files mapped in parallel (Pillow releases the GIL while it
-decodes). Every image becomes `channels` (1: grey, 3: RGB) uint8 channels:
-transparency (RGBA, LA, palette or colour-key transparency) is composited on
-white, 16-bit grey scaled to 8 bits (v * 255 / 65535, rounded), CMYK and
-other modes converted to RGB, the EXIF orientation of photos applied (Keras's
-loader ignores it), an animation's first frame taken; then the image is
-resized (bilinear, antialiased) to `image_size`, squashed, or with
-`keep_aspect` fitted inside it and padded with zeros (centred). JPEGs are
-decoded at a reduced scale (`Image.draft`) when much larger than needed.
+Decoding is Pillow's, in a thread pool over chunks of `DECODE_CHUNK` files.
+Pillow's C code releases the GIL while it inflates and resizes, but the
+Python around each file (opening, mode checks, copies: about 66 us per 28x28
+PNG) holds it, so small images decode at about one core's speed whatever the
+cores; large images gain from the threads. Images above `HUGE_PIXELS` are
+decoded one at a time (a lock), so memory stays bounded by one of them (a
+few copies of its pixels) plus the small ones. Every image becomes
+`channels` (1: grey, 3: RGB) uint8 channels: 16-bit grey scaled to 8 bits
+(v * 255 / 65535, rounded), CMYK and other modes converted to RGB, the EXIF
+orientation of photos applied (Keras's loader ignores it), an animation's
+first frame taken; then the image is resized (bilinear, antialiased) to
+`image_size`, squashed, or with `keep_aspect` fitted inside it and padded
+with zeros (centred, the odd pixel of margin below or right). Transparency
+(RGBA, LA, palette or colour-key transparency) is composited on white after
+resizing (Pillow resizes with premultiplied alpha, so transparent pixels'
+colours do not bleed in). JPEGs are decoded at a reduced scale
+(`Image.draft`) when much larger than needed.
 
 Bad files (missing, a dangling symbolic link or a link loop, empty,
 truncated, not an image, larger than `MAX_PIXELS` by its header) stop the
@@ -54,11 +65,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".
 # 2 x PIL.Image.MAX_IMAGE_PIXELS (179 megapixels by default); this limit holds
 # where a program has lifted Pillow's.
 MAX_PIXELS = 200_000_000
-# Files decoded per tf.numpy_function call: fewer calls for small images,
-# still enough chunks to keep every core busy.
+# Images above this many pixels by their header are decoded one at a time: a
+# 200-megapixel RGBA image takes 800 MB a copy.
+HUGE_PIXELS = 20_000_000
+# Files a decoding thread takes at once: fewer tasks for small images, still
+# enough chunks to keep every thread busy.
 DECODE_CHUNK = 16
+# Decoding threads; chunks decoded ahead of the reader: twice as many.
+DECODE_THREADS = os.cpu_count() or 1
 # Bump when the decoded pixels change for the same files and settings.
-CACHE_FORMAT_VERSION = 1
+# 2: transparency composited after resizing, not before.
+CACHE_FORMAT_VERSION = 2
 # `read_images` reports progress on stderr from this many files.
 PROGRESS_MIN_FILES = 1000
 # The `options` key naming the folder or list file (`from_path`'s first argument).
@@ -80,6 +97,8 @@ def list_images(source):
     wildcards. Files count as images by their extension (`IMAGE_EXTENSIONS`,
     any case); names starting with "." are left out. A dangling link or a
     link loop with an image extension is listed: decoding it reports it.
+    A file reached by several paths (links) is listed under each of them
+    (`from_directory` keeps one).
 
     Args:
         source: a folder or a glob pattern.
@@ -192,7 +211,9 @@ def _file_start(path):
 
 
 def _fitted(size, width, height):
-    """The size of `size` (w, h) scaled to fit inside (width, height), aspect ratio kept."""
+    """The size of `size` (w, h) scaled to fit inside (width, height), aspect ratio kept, at least 1 x 1.
+    (`PIL.ImageOps.contain` rounds a thin side down to 0 pixels, and `ImageOps.pad` centres with round():
+    a margin of 7 is split 4 + 3, here 3 + 4.)"""
     scale = min(width / size[0], height / size[1])
     return max(1, min(width, round(size[0] * scale))), max(1, min(height, round(size[1] * scale)))
 
@@ -236,94 +257,76 @@ def _quiet_pillow():
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+_huge_lock = threading.Lock()
+
+
 def _decoded(image, height, width, channels, keep_aspect):
-    from PIL import Image, ImageOps
+    import contextlib
 
     w, h = image.size
     if w * h > MAX_PIXELS:
         raise BadImage(f"too large: {w}x{h} pixels ({w * h / 1e6:.0f} megapixels) by its header, above "
                        f"tfhash.data.folders.MAX_PIXELS ({MAX_PIXELS / 1e6:.0f} megapixels)")
+    # One huge image in memory at a time, from here on: a PNG's getexif() already loads its pixels.
+    with _huge_lock if w * h > HUGE_PIXELS else contextlib.nullcontext():
+        image = _resized(image, height, width, channels, keep_aspect)
+    array = np.asarray(image, np.uint8).reshape(image.height, image.width, channels)
+    if image.size == (width, height):
+        return array
+    padded = np.zeros((height, width, channels), np.uint8)
+    top, left = (height - image.height) // 2, (width - image.width) // 2
+    padded[top : top + image.height, left : left + image.width] = array
+    return padded
+
+
+def _resized(image, height, width, channels, keep_aspect):
+    """`image` turned by its EXIF orientation, as "L" (channels=1) or "RGB"
+    (channels=3) of (width, height), or with `keep_aspect` of `_fitted`'s
+    size: resized first, then any transparency composited on white."""
+    from PIL import Image, ImageOps
+
     try:
         orientation = int(image.getexif().get(0x0112, 1))  # EXIF Orientation
     except Exception:  # a broken EXIF block only loses the orientation
         orientation = 1
     turned = orientation in (5, 6, 7, 8)  # stored rotated by 90 degrees
-    shown = (h, w) if turned else (w, h)
+    shown = image.size[::-1] if turned else image.size
     target = _fitted(shown, width, height) if keep_aspect else (width, height)
     if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the target
         image.draft(None, target[::-1] if turned else target)
     image.load()
     if orientation in range(2, 9):
         image = ImageOps.exif_transpose(image)
-    image = _converted(image, channels)
-    if image.size != target:
-        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    array = np.asarray(image, np.uint8).reshape(target[1], target[0], channels)
-    if target == (width, height):
-        return array
-    padded = np.zeros((height, width, channels), np.uint8)
-    top, left = (height - target[1]) // 2, (width - target[0]) // 2
-    padded[top : top + target[1], left : left + target[0]] = array
-    return padded
-
-
-def _converted(image, channels):
-    """`image` as "L" (channels=1) or "RGB" (channels=3), transparency on white."""
-    from PIL import Image
-
-    if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit grey (32-bit "I" clipped to 16)
-        values = np.asarray(image).astype(np.int64).clip(0, 65535)
-        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
-    elif image.mode == "F":
-        image = Image.fromarray(np.nan_to_num(np.asarray(image)).clip(0, 255).round().astype(np.uint8))
+    image = eight_bit(image)
     if image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        image = image.convert("RGBA")
+        if image.size != target:  # Pillow resizes RGBA premultiplied by alpha
+            image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        image = Image.alpha_composite(Image.new("RGBA", target, (255, 255, 255, 255)), image)
     if image.mode not in ("1", "L", "P", "RGB"):  # RGBA, CMYK, YCbCr, ...
         image = image.convert("RGB")
-    return image.convert("L" if channels == 1 else "RGB")
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return image
+
+
+def eight_bit(image):
+    """A 16- or 32-bit grey Pillow image ("I;16", "I;16B", "I", "F") as 8-bit
+    "L": integers as v * 255 / 65535 rounded (clipped to 0..65535 first),
+    floats clipped to 0..255 and rounded. Other modes come back unchanged."""
+    from PIL import Image
+
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image).clip(0, 65535).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "F":
+        return Image.fromarray(np.nan_to_num(np.asarray(image)).clip(0, 255).round().astype(np.uint8))
+    return image
 
 
 # ---------------------------------------------------------------------------
 # Decoding many: tf.data
-
-
-class Skipped:
-    """The files an `image_batches` dataset left out (`skip_bad=True`),
-    filled while the dataset is iterated.
-
-    `len(skipped)` (or `skipped.count`) is how many; `skipped.items()` lists
-    `(path, reason)` in path order; `skipped.positions` their indices into
-    the paths given. Iterating the dataset again finds the same files.
-    """
-
-    def __init__(self, paths):
-        self._paths = paths
-        self._reasons = {}
-        self._lock = threading.Lock()
-
-    def _add(self, position, reason):
-        with self._lock:
-            self._reasons[int(position)] = reason
-
-    def __len__(self):
-        return len(self._reasons)
-
-    @property
-    def count(self):
-        return len(self)
-
-    @property
-    def positions(self):
-        with self._lock:
-            return sorted(self._reasons)
-
-    def items(self):
-        with self._lock:
-            return [(self._paths[p], self._reasons[p]) for p in sorted(self._reasons)]
-
-    def __repr__(self):
-        return f"Skipped({len(self)} files)"
 
 
 def _image_size(image_size):
@@ -360,15 +363,18 @@ def image_batches(root, paths, *, image_size, channels=3, keep_aspect=False, bat
             (as `keras.utils.image_dataset_from_directory` does).
         batch_size: images per batch (the last may be smaller).
         skip_bad: leave bad files out (their positions are missing from the
-            batches; the dataset's `skipped` attribute, a `Skipped`, lists
-            them once iterated) instead of failing.
+            batches; the dataset's `skipped` attribute, a list, holds their
+            `(path, reason)` in path order, refilled by each iteration)
+            instead of failing.
 
     Returns:
         A dataset of `(images, positions)`: uint8 `(b, height, width,
-        channels)` and int64 `(b,)` indices into `paths`. Iterating it raises
-        `ValueError` (one line: the file and what is wrong) at the first bad
-        file unless `skip_bad`; a dataset derived from it (`.map`, ...) raises
-        TensorFlow's `InvalidArgumentError` with that line inside instead.
+        channels)` and int64 `(b,)` indices into `paths`. Iterating it in
+        Python (`for`, `iter`) raises `ValueError` (one line: the file and
+        what is wrong) at the first bad file unless `skip_bad`; a dataset
+        derived from it (`.map`, ...) raises TensorFlow's
+        `InvalidArgumentError` with that line inside instead (and TensorFlow
+        logs it with its Python traceback).
 
     Examples:
     >>> root, paths = list_images("photos")
@@ -377,77 +383,85 @@ def image_batches(root, paths, *, image_size, channels=3, keep_aspect=False, bat
     """
     import tensorflow as tf
 
-    height, width = _image_size(image_size)
+    size = _image_size(image_size)
     _check_decoding(channels, batch_size)
     root, paths = os.fspath(root), [os.fspath(p) for p in paths]
-    skipped, failures = Skipped(paths), {}
+    skipped = []
 
-    def decode(positions):
-        images = np.zeros((len(positions), height, width, channels), np.uint8)
-        ok = np.ones(len(positions), bool)
-        for row, position in enumerate(positions):
-            path = os.path.join(root, paths[position])
-            try:
-                images[row] = decode_image(path, (height, width), channels, keep_aspect)
-            except BadImage as error:
-                if not skip_bad:
-                    message = f"{path}: {error}. Expected a readable image (or pass skip_bad=True to leave it out)"
-                    failures[int(position)] = message
-                    raise ValueError(message) from None
-                skipped._add(position, str(error))
-                ok[row] = False
-        return images, ok
+    def batches():
+        skipped.clear()
+        return _batches(root, paths, size, channels, keep_aspect, batch_size, skip_bad, skipped)
 
-    def decode_chunk(positions):
-        images, ok = tf.numpy_function(decode, [positions], (tf.uint8, tf.bool))
-        images.set_shape((None, height, width, channels))
-        ok.set_shape((None,))
-        return images, ok, positions
-
-    dataset = (tf.data.Dataset.range(len(paths)).batch(DECODE_CHUNK)
-               .map(decode_chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .unbatch())
-    if skip_bad:
-        dataset = dataset.filter(lambda image, ok, position: ok)
-    dataset = dataset.map(lambda image, ok, position: (image, position)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    dataset.__class__ = _raising_value_errors(type(dataset))  # its iterators say which file was bad
-    dataset.skipped = skipped
-    dataset._bad_file_messages = failures
+    signature = (tf.TensorSpec((None, *size, channels), tf.uint8), tf.TensorSpec((None,), tf.int64))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+    dataset.__class__ = _iterated_in_python(type(dataset))
+    dataset.skipped, dataset._batches = skipped, batches
     return dataset
 
 
-@functools.lru_cache(maxsize=None)
-def _raising_value_errors(dataset_class):
-    """`dataset_class` whose iterators turn TensorFlow's error for a bad file
-    into the one-line ValueError the decoder raised."""
+@functools.cache
+def _iterated_in_python(dataset_class):
+    """`dataset_class` whose eager Python iteration (`for`, `iter`) runs its
+    `_batches` generator directly, so a bad file raises the generator's
+    one-line ValueError: through TensorFlow (`from_generator`) it becomes an
+    InvalidArgumentError whose Python traceback TensorFlow logs twice."""
 
     def __iter__(self):
-        return _BadFileIterator(dataset_class.__iter__(self), self._bad_file_messages)
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():  # inside a tf.function: TensorFlow's iterator
+            return dataset_class.__iter__(self)
+        return ((tf.convert_to_tensor(images), tf.convert_to_tensor(positions))
+                for images, positions in self._batches())
 
     return type("ImageBatches", (dataset_class,), {"__iter__": __iter__, "__module__": __name__})
 
 
-class _BadFileIterator:
-    def __init__(self, iterator, messages):
-        self._iterator, self._messages = iterator, messages
+def _batches(root, paths, size, channels, keep_aspect, batch_size, skip_bad, skipped):
+    """Yields numpy `(images, positions)` batches of the decodable files in
+    order, decoded by `DECODE_THREADS` threads at most `2 * DECODE_THREADS`
+    chunks ahead of the reader. A bad file raises its one-line ValueError, or
+    with `skip_bad` its `(path, reason)` is appended to `skipped`."""
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
 
-    def __iter__(self):
-        return self
+    height, width = size
 
-    def __next__(self):
-        import tensorflow as tf
+    def decode(start):
+        images, kept, bad = np.empty((DECODE_CHUNK, height, width, channels), np.uint8), [], []
+        for position in range(start, min(start + DECODE_CHUNK, len(paths))):
+            path = os.path.join(root, paths[position])
+            try:
+                images[len(kept)] = decode_image(path, size, channels, keep_aspect)
+                kept.append(position)
+            except BadImage as error:
+                if not skip_bad:
+                    raise ValueError(f"{path}: {error}. Expected a readable image (or pass skip_bad=True to "
+                                     f"leave it out)") from None
+                bad.append((paths[position], str(error)))
+        return images[: len(kept)], kept, bad
 
-        try:
-            return next(self._iterator)
-        except tf.errors.OpError as error:
-            text = str(error)
-            for message in list(self._messages.values()):
-                if message in text:
-                    raise ValueError(message) from None
-            raise
-
-    def __getattr__(self, name):
-        return getattr(self._iterator, name)
+    pool = ThreadPoolExecutor(DECODE_THREADS)
+    starts = iter(range(0, len(paths), DECODE_CHUNK))
+    ahead = collections.deque(pool.submit(decode, s) for s in itertools.islice(starts, 2 * DECODE_THREADS))
+    batch, kept = np.empty((batch_size, height, width, channels), np.uint8), []
+    try:
+        while ahead:
+            images, positions, bad = ahead.popleft().result()
+            start = next(starts, None)
+            if start is not None:
+                ahead.append(pool.submit(decode, start))
+            skipped.extend(bad)
+            for image, position in zip(images, positions):
+                batch[len(kept)] = image
+                kept.append(position)
+                if len(kept) == batch_size:
+                    yield batch, np.array(kept, np.int64)
+                    batch, kept = np.empty_like(batch), []
+        if kept:
+            yield batch[: len(kept)], np.array(kept, np.int64)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------
@@ -455,18 +469,26 @@ class _BadFileIterator:
 
 
 def read_images(root, paths, *, image_size, channels=3, keep_aspect=False, skip_bad=False, cache=True,
-                batch_size=256):
+                batch_size=256, progress=None):
     """Decodes image files into one uint8 array (see `image_batches`).
 
     With `cache`, the array is written once, batch by batch, into a memory-
     mapped `.npy` file under `<tfhash cache dir>/images/` (`TFHASH_CACHE_DIR`,
     else ~/.cache/tfhash), written aside and renamed into place
     (`tfhash.io.write_atomically`: a killed read leaves no half file); later
-    calls map that file. Its key is the sha256 of the root's real path, each
-    path with its file's size and modification time, the decoding settings
-    and Pillow's version, so a changed file is decoded again (and the older
-    file of the same paths and settings removed). A cache folder that cannot
-    be written only costs the speed: the array is then decoded in memory.
+    calls map that file. Its key is the sha256 of `CACHE_FORMAT_VERSION`,
+    Pillow's version, the decoding settings, the root's real path, and each
+    path with its file's size, modification time, inode number and change
+    time (which no tool can set back: a rewrite of the same size and
+    modification time still changes it), so a changed file is decoded again
+    (and the older file of the same paths and settings removed). A cache
+    folder that cannot be written only costs the speed: the array is then
+    decoded in memory.
+
+    Args:
+        progress: report progress on stderr (from `PROGRESS_MIN_FILES`
+            files): None (default) on a terminal only, True also elsewhere
+            (a line per tenth), False never.
 
     Returns:
         `(images, kept)`: uint8 `(n_ok, height, width, channels)` (an
@@ -474,7 +496,7 @@ def read_images(root, paths, *, image_size, channels=3, keep_aspect=False, skip_
         of the decoded files; `len(paths) - len(kept)` files were skipped.
     """
     images, kept, _ = _read_images(root, paths, image_size=image_size, channels=channels, keep_aspect=keep_aspect,
-                                   skip_bad=skip_bad, cache=cache, batch_size=batch_size)
+                                   skip_bad=skip_bad, cache=cache, batch_size=batch_size, progress=progress)
     return images, kept
 
 
@@ -482,13 +504,13 @@ class _NothingDecoded(Exception):
     pass
 
 
-def _read_images(root, paths, *, image_size, channels, keep_aspect, skip_bad, cache, batch_size):
+def _read_images(root, paths, *, image_size, channels, keep_aspect, skip_bad, cache, batch_size, progress=None):
     """`read_images`, and the skipped files' `[(path, reason)]`."""
     size = _image_size(image_size)
     _check_decoding(channels, batch_size)
     root, paths = os.fspath(root), [os.fspath(p) for p in paths]
     settings = dict(image_size=size, channels=channels, keep_aspect=keep_aspect, skip_bad=skip_bad,
-                    batch_size=batch_size)
+                    batch_size=batch_size, progress=progress)
     shape = (len(paths), *size, channels)
     if not cache or not paths:
         return _decode_into(np.zeros(shape, np.uint8), root, paths, settings)
@@ -497,7 +519,7 @@ def _read_images(root, paths, *, image_size, channels, keep_aspect, skip_bad, ca
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(os.path.normpath(root))) or "root"
     stem = f"{slug}-{identity[:12]}-{key[:16]}"
     array_file, kept_file = os.path.join(folder, stem + ".npy"), os.path.join(folder, stem + ".kept.npz")
-    cached = _read_cache(array_file, kept_file, key, shape[1:])
+    cached = _read_cache(array_file, kept_file, key, shape)
     if cached is not None:
         return cached
     try:
@@ -509,14 +531,13 @@ def _read_images(root, paths, *, image_size, channels, keep_aspect, skip_bad, ca
         return _decode_into(np.zeros(shape, np.uint8), root, paths, settings)
 
     def write(partial):
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape, version=(1, 0))
+        # One row per path: the decoded files' rows first, skipped files' rows left over (zeros) at the end.
+        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         decoded, kept, skipped = _decode_into(images, root, paths, settings)
         images.flush()
-        del images, decoded  # unmapped before the file is shortened and renamed
+        del images, decoded  # unmapped before the file is renamed
         if not len(kept):
             raise _NothingDecoded(skipped)
-        if len(kept) < len(paths):
-            _shorten_npy(partial, len(kept))
         # The array file is the commit point: its kept positions are on disk before it.
         save_arrays(kept_file, key=np.array(key), kept=kept,
                     skipped_paths=np.array([p for p, _ in skipped], dtype=str),
@@ -527,7 +548,7 @@ def _read_images(root, paths, *, image_size, channels, keep_aspect, skip_bad, ca
     except _NothingDecoded as nothing:
         return np.zeros((0, *shape[1:]), np.uint8), np.zeros(0, np.int64), nothing.args[0]
     _remove_older(folder, f"{slug}-{identity[:12]}-", stem)
-    cached = _read_cache(array_file, kept_file, key, shape[1:])
+    cached = _read_cache(array_file, kept_file, key, shape)
     if cached is None:  # removed under us: decode once more, in memory
         return _decode_into(np.zeros(shape, np.uint8), root, paths, settings)
     return cached
@@ -535,29 +556,34 @@ def _read_images(root, paths, *, image_size, channels, keep_aspect, skip_bad, ca
 
 def _decode_into(images, root, paths, settings):
     """Fills `images` batch by batch; returns (images[:n_ok], kept, skipped)."""
+    import contextlib
+    import sys
+
     from tfhash.console import Progress
 
-    size, channels, keep_aspect = settings["image_size"], settings["channels"], settings["keep_aspect"]
-    dataset = image_batches(root, paths, image_size=size, channels=channels, keep_aspect=keep_aspect,
-                            batch_size=settings["batch_size"], skip_bad=settings["skip_bad"])
-    kept, row, done = [], 0, 0
-    show = len(paths) >= PROGRESS_MIN_FILES
-    what = f"decoding {len(paths)} images of {root} at {size[0]}x{size[1]}"
-    with Progress(what, len(paths)) as progress:
-        for batch, positions in dataset:
-            positions = positions.numpy()
-            images[row : row + len(positions)] = batch.numpy()
+    size, progress = settings["image_size"], settings["progress"]
+    if progress is None:
+        progress = sys.stderr is not None and sys.stderr.isatty()
+    shown = Progress(f"decoding {len(paths)} images of {root} at {size[0]}x{size[1]}", len(paths)) \
+        if progress and len(paths) >= PROGRESS_MIN_FILES else None
+    skipped, kept, row, done = [], [], 0, 0
+    with shown or contextlib.nullcontext():
+        for batch, positions in _batches(root, paths, size, settings["channels"], settings["keep_aspect"],
+                                         settings["batch_size"], settings["skip_bad"], skipped):
+            images[row : row + len(positions)] = batch
             row += len(positions)
             kept.append(positions)
-            if show:
-                progress.advance(int(positions[-1]) + 1 - done)
+            if shown:
+                shown.advance(int(positions[-1]) + 1 - done)
             done = int(positions[-1]) + 1
+        if shown and done < len(paths):  # skipped files at the end
+            shown.advance(len(paths) - done)
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    return images[:row], kept.astype(np.int64), dataset.skipped.items()
+    return images[:row], kept, skipped
 
 
 def _cache_key(root, paths, size, channels, keep_aspect, skip_bad):
-    """(identity: root, paths and settings; key: identity and each file's size and mtime), sha256s."""
+    """(identity: root, paths and settings; key: identity and each file's size, mtime, inode and ctime), sha256s."""
     import PIL
 
     identity = hashlib.sha256(json.dumps(
@@ -565,18 +591,18 @@ def _cache_key(root, paths, size, channels, keep_aspect, skip_bad):
          "image_size": list(size), "channels": channels, "keep_aspect": bool(keep_aspect),
          "skip_bad": bool(skip_bad)}, sort_keys=True).encode())
     for path in paths:
-        identity.update(path.encode() + b"\0")
+        identity.update(os.fsencode(path) + b"\0")  # any file name: bytes as the file system holds them
     key = identity.copy()
     for path in paths:
         try:
             info = os.stat(os.path.join(root, path))
-            key.update(f"{info.st_size} {info.st_mtime_ns}\n".encode())
+            key.update(f"{info.st_size} {info.st_mtime_ns} {info.st_ino} {info.st_ctime_ns}\n".encode())
         except OSError as error:
             key.update(f"error {error.errno}\n".encode())
     return identity.hexdigest(), key.hexdigest()
 
 
-def _read_cache(array_file, kept_file, key, item_shape):
+def _read_cache(array_file, kept_file, key, shape):
     """(images memmap, kept, skipped) of a cache entry, or None when absent, partial or for other files."""
     try:
         with np.load(kept_file, allow_pickle=False) as f:
@@ -587,30 +613,9 @@ def _read_cache(array_file, kept_file, key, item_shape):
         images = np.load(array_file, mmap_mode="r", allow_pickle=False)
     except Exception:  # absent, truncated, not ours: decode again, never trust it
         return None
-    if images.dtype != np.uint8 or images.shape != (len(kept), *item_shape):
+    if images.dtype != np.uint8 or images.shape != shape or len(kept) > len(images):
         return None
-    return images, kept, skipped
-
-
-def _shorten_npy(path, rows):
-    """Keeps the first `rows` rows of a C-order `.npy` file, in place. NumPy
-    leaves room in the header for the first axis to change length."""
-    import io
-
-    fmt = np.lib.format
-    with open(path, "r+b") as f:
-        version = fmt.read_magic(f)
-        shape, fortran, dtype = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
-        offset = f.tell()
-        header = io.BytesIO()
-        fmt.write_array_header_1_0(header, {"descr": fmt.dtype_to_descr(dtype), "fortran_order": fortran,
-                                            "shape": (rows, *shape[1:])})
-        if version != (1, 0) or fortran or len(header.getvalue()) != offset:
-            raise RuntimeError(f"Cannot shorten {path} in place: its header has no room. Received: version "
-                               f"{version}, {offset} header bytes, {len(header.getvalue())} needed")
-        f.seek(0)
-        f.write(header.getvalue())
-        f.truncate(offset + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    return images[: len(kept)], kept, skipped
 
 
 def _remove_older(folder, prefix, stem):
@@ -626,19 +631,53 @@ def _remove_older(folder, prefix, stem):
 # Retrieval data
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _OwnImages:
+    """The fields and `save_split` that `ImageData` and `ImageTextData` share
+    (documented in `ImageData`): where the items came from."""
+
+    root: str = ""
+    paths: tuple = ()
+    class_names: tuple | None = None
+    skipped: list = dataclasses.field(default_factory=list)
+    duplicates: list = dataclasses.field(default_factory=list)
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def save_split(self, path):
+        """Writes the split as `.npz` (see `from_directory`'s `split`): the
+        `tfhash.data.protocols.save_split` fields (readable by its `load_split`;
+        `labels_sha256` holds the sha256 of the listing it indexes), the item
+        count, and image-text data's vocabulary."""
+        split = self.split
+        extra = {}
+        if isinstance(self, ImageTextData):
+            extra = dict(vocabulary=np.array(self.vocabulary, dtype=str),
+                         vocabulary_size=np.int64(self.options["vocabulary_size"]))
+        save_arrays(path, compressed=True, format_version=np.int64(FORMAT_VERSION),
+                    query=split.query.astype(np.int64), train=split.train.astype(np.int64),
+                    database=split.database.astype(np.int64), seed=np.int64(split.seed),
+                    labels_sha256=np.array(split.labels_sha256), num_items=np.int64(len(self.images)), **extra)
+
+
 @dataclasses.dataclass(frozen=True)
-class ImageData(RetrievalData):
+class ImageData(RetrievalData, _OwnImages):
     """The user's images with a seeded split: a `RetrievalData` (`protocol`,
-    `images`, `labels`, `split`, `subset`), plus where they came from.
+    `images`, `labels`, `split`, `subset`), plus where they came from, and
+    `save_split`.
 
     Attributes:
         images: uint8 (n, height, width, channels), an `np.memmap` when cached.
         labels: int32 (n,) class ids, uint8 (n, C) multi-hot rows, or None
             (unlabelled: for unsupervised methods).
         root: the folder `paths` are relative to.
-        paths: each image's file, aligned with `images` (decoded files only).
+        paths: each item's file, aligned with `images` (decoded files only).
         class_names: the class folders' names (class id order), or None.
         skipped: `[(path, reason)]` of the files left out (`skip_bad=True`).
+        duplicates: `[(path, path kept)]` of the paths left out because they
+            name a file listed already (a symbolic or hard link to it, a
+            list file's later line for it): one item per file, under its
+            first path in order. Its class is that path's; a list file's
+            multi-hot labels are OR-ed over its lines, captions joined.
         options: JSON-able `from_path` arguments that load the same data
             again (`from_path(**data.options)`): the source's absolute path
             under "path" (`SOURCE_OPTION`), the decoding, and the split's
@@ -646,58 +685,23 @@ class ImageData(RetrievalData):
             `save_split` to also refuse a changed folder or list).
     """
 
-    root: str = ""
-    paths: tuple = ()
-    class_names: tuple | None = None
-    skipped: list = dataclasses.field(default_factory=list)
-    options: dict = dataclasses.field(default_factory=dict)
-
     def subset(self, part):
         """(images, labels) of "query", "train" or "database"; labels None when unlabelled."""
         idx = getattr(self.split, part)
         return self.images[idx], None if self.labels is None else self.labels[idx]
 
-    def save_split(self, path):
-        """Writes the split, with a sha256 of the listing it indexes, as `.npz` (see `from_directory`'s `split`)."""
-        _save_split(self, path)
-
 
 @dataclasses.dataclass(frozen=True)
-class ImageTextData(CrossModalData):
+class ImageTextData(CrossModalData, _OwnImages):
     """The user's captioned images with a seeded split: a `CrossModalData`
     (`texts` a uint8 (n, V) binary bag of words over `vocabulary`, built from
     the training items' captions), with `ImageData`'s `root`, `paths`,
-    `class_names`, `skipped`, `options` and `save_split`."""
-
-    root: str = ""
-    paths: tuple = ()
-    class_names: tuple | None = None
-    skipped: list = dataclasses.field(default_factory=list)
-    options: dict = dataclasses.field(default_factory=dict)
+    `class_names`, `skipped`, `duplicates`, `options` and `save_split`."""
 
     def subset(self, part):
         """(images, texts, labels) of "query", "train" or "database"; labels None when unlabelled."""
         idx = getattr(self.split, part)
         return self.images[idx], self.texts[idx], None if self.labels is None else self.labels[idx]
-
-    def save_split(self, path):
-        """Writes the split, its listing's sha256 and the vocabulary, as `.npz`."""
-        _save_split(self, path)
-
-
-def _save_split(data, path):
-    """`tfhash.data.protocols.save_split`'s fields (readable by its `load_split`;
-    `labels_sha256` holds the listing's sha256) plus the item count, and the
-    vocabulary of image-text data."""
-    split = data.split
-    extra = {}
-    if isinstance(data, ImageTextData):
-        extra = dict(vocabulary=np.array(data.vocabulary, dtype=str),
-                     vocabulary_size=np.int64(data.options["vocabulary_size"]))
-    save_arrays(path, compressed=True, format_version=np.int64(FORMAT_VERSION),
-                query=split.query.astype(np.int64), train=split.train.astype(np.int64),
-                database=split.database.astype(np.int64), seed=np.int64(split.seed),
-                labels_sha256=np.array(split.labels_sha256), num_items=np.int64(len(data.images)), **extra)
 
 
 def from_path(path, **options):
@@ -711,13 +715,16 @@ def from_path(path, **options):
 
 
 def from_directory(directory, *, image_size=64, channels=3, keep_aspect=False, num_query=None, num_train=None,
-                   seed=0, skip_bad=False, split=None, cache=True):
+                   seed=0, skip_bad=False, split=None, cache=True, progress=None):
     """A folder of images as retrieval data, in Keras's layout.
 
     `directory/<class>/**/<image>`: each subfolder holding images is a class
     (int32 ids in sorted name order, `class_names`); images directly in
     `directory` with no such subfolder: unlabelled (labels None), for
-    unsupervised methods. Both at once is refused.
+    unsupervised methods. Both at once is refused. A file reached by several
+    paths (symbolic or hard links) is one item, under its first path in
+    sorted order and that path's class; the others are left out and counted
+    (`duplicates`, and the protocol's description).
 
     Args:
         directory: the folder (see `list_images` for what counts as an image).
@@ -731,6 +738,9 @@ def from_directory(directory, *, image_size=64, channels=3, keep_aspect=False, n
         split: a split file of `ImageData.save_split` to use instead of a
             draw; refused if the images listed (paths and labels) changed since.
         cache: decode once into a memory-mapped cache file (`read_images`).
+        progress: decoding progress on stderr (`read_images`): None on a
+            terminal only, True also elsewhere, False never. Not part of
+            `options` (it does not change the data).
 
     Returns:
         `ImageData`.
@@ -743,6 +753,7 @@ def from_directory(directory, *, image_size=64, channels=3, keep_aspect=False, n
     if not os.path.isdir(directory):
         raise ValueError(f"Expected a folder of images. Received: directory={directory} (not a folder)")
     root, paths = list_images(directory)
+    paths, _, _, duplicates = _one_item_per_file(root, paths, None, None)
     top = [p for p in paths if "/" not in p]
     classes = sorted({p.split("/", 1)[0] for p in paths if "/" in p})
     if top and classes:
@@ -757,18 +768,24 @@ def from_directory(directory, *, image_size=64, channels=3, keep_aspect=False, n
     options = dict(path=directory, image_size=_json_size(image_size), channels=channels, keep_aspect=keep_aspect,
                    skip_bad=skip_bad, cache=cache)
     return _retrieval_data("folder", directory, root, paths, labels, None, tuple(classes) or None, options,
-                           num_query=num_query, num_train=num_train, seed=seed, split=split)
+                           num_query=num_query, num_train=num_train, seed=seed, split=split, duplicates=duplicates,
+                           progress=progress)
 
 
 def from_list(list_file, *, root=None, captions=None, vocabulary_size=1000, image_size=64, channels=3,
-              keep_aspect=False, num_query=None, num_train=None, seed=0, skip_bad=False, split=None, cache=True):
+              keep_aspect=False, num_query=None, num_train=None, seed=0, skip_bad=False, split=None, cache=True,
+              progress=None):
     """Images named in a list file as retrieval data (DeepHash-pytorch's format).
 
     One item a line: `path l1 l2 ... lC`, C >= 2 values 0/1 (multi-hot,
     the same C on every line), or `path class_id` (one int: class ids), or
     a path alone (unlabelled). A line holding a TAB is tab-separated:
     `path<TAB>labels<TAB>caption` (paths may hold spaces). Blank lines and
-    lines starting with "#" are ignored.
+    lines starting with "#" are ignored. The file is read as UTF-8, other
+    bytes in paths kept as the file system's own names (`os.fsdecode`).
+    Lines naming one file (the same path, or links to one file) are one
+    item, under the first line's path: multi-hot labels OR-ed, class ids the
+    first line's, captions joined; the others are counted (`duplicates`).
 
     Args:
         list_file: the list.
@@ -819,18 +836,20 @@ def from_list(list_file, *, root=None, captions=None, vocabulary_size=1000, imag
         texts = None
     else:
         texts = [text or "" for text in texts]
+    paths, labels, texts, duplicates = _one_item_per_file(root, paths, labels, texts)
     options = dict(path=list_file, root=root, captions=captions, vocabulary_size=int(vocabulary_size),
                    image_size=_json_size(image_size), channels=channels, keep_aspect=keep_aspect, skip_bad=skip_bad,
                    cache=cache)
     return _retrieval_data("list", list_file, root, paths, labels, texts, None, options, num_query=num_query,
-                           num_train=num_train, seed=seed, split=split, skipped=skipped)
+                           num_train=num_train, seed=seed, split=split, skipped=skipped, duplicates=duplicates,
+                           progress=progress)
 
 
 def _parse_list(list_file):
     """(paths, labels or None, captions with None where a line has none) of a list file."""
     paths, rows, texts = [], [], []
     first = None  # (line number, number of labels)
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8", errors="surrogateescape") as f:
         for number, raw in enumerate(f, 1):
             line = raw.rstrip("\r\n")
             if not line.strip() or line.lstrip().startswith("#"):
@@ -882,13 +901,13 @@ def _json_size(image_size):
 
 
 def _retrieval_data(kind, source, root, paths, labels, texts, class_names, options, *, num_query, num_train, seed,
-                    split, skipped=()):
+                    split, skipped=(), duplicates=(), progress=None):
     if texts is not None and labels is not None and labels.ndim == 1:
         # Image-text data's labels are multi-hot rows (`CrossModalData`): class ids become one-hot.
-        labels = np.eye(int(labels.max()) + 1, dtype=np.uint8)[labels]
+        labels = _one_hot(labels)
     images, kept, bad = _read_images(root, paths, image_size=options["image_size"], channels=options["channels"],
                                      keep_aspect=options["keep_aspect"], skip_bad=options["skip_bad"],
-                                     cache=options["cache"], batch_size=256)
+                                     cache=options["cache"], batch_size=256, progress=progress)
     skipped = [*skipped, *bad]
     paths = tuple(paths[i] for i in kept)
     if labels is not None:
@@ -920,6 +939,9 @@ def _retrieval_data(kind, source, root, paths, labels, texts, class_names, optio
         about.append(f"captions as a {len(vocabulary)}-word bag of words")
     if skipped:
         about.append(f"{len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''} skipped")
+    if duplicates:
+        about.append(f"{len(duplicates)} duplicate path{'s' if len(duplicates) > 1 else ''} of files listed "
+                     f"already left out")
     description = (f"Own images, {kind} {source}: {n} images ({', '.join(about)}): {len(split.query)} random "
                    f"queries, {len(split.train)} training images from the database, database = the "
                    f"{len(split.database)} non-query images; mAP@all.")
@@ -927,11 +949,48 @@ def _retrieval_data(kind, source, root, paths, labels, texts, class_names, optio
                         loader="tfhash.data.folders:from_path", seed=split.seed, description=description,
                         num_query=len(split.query), num_train=len(split.train),
                         modalities=("image",) if texts is None else ("image", "text"), committed=False)
-    common = dict(root=root, paths=paths, class_names=class_names, skipped=skipped, options=options)
+    common = dict(root=root, paths=paths, class_names=class_names, skipped=skipped, duplicates=list(duplicates),
+                  options=options)
     if texts is None:
         return ImageData(protocol, images, labels, split, **common)
     return ImageTextData(protocol, images, bag_of_words(texts, vocabulary), labels, split, vocabulary=vocabulary,
                          **common)
+
+
+def _one_item_per_file(root, paths, labels, texts):
+    """`(paths, labels, texts, duplicates)` with one item per file (see
+    `ImageData.duplicates`): files told apart by device and inode (any links
+    to one file are one), by real path where they cannot be read."""
+    first, keep, duplicates = {}, [], []
+    labels = None if labels is None else labels.copy()
+    texts = None if texts is None else list(texts)
+    for i, path in enumerate(paths):
+        full = os.path.join(root, path)
+        try:
+            info = os.stat(full)
+            file = (info.st_dev, info.st_ino)
+        except OSError:  # missing, a dangling link or a loop: decoding reports it
+            file = os.path.realpath(full)
+        j = first.setdefault(file, i)
+        if j == i:
+            keep.append(i)
+            continue
+        duplicates.append((path, paths[j]))
+        if labels is not None and labels.ndim == 2:
+            labels[j] |= labels[i]
+        if texts is not None and texts[i]:
+            texts[j] = f"{texts[j]}\n{texts[i]}" if texts[j] else texts[i]
+    if not duplicates:
+        return paths, labels, texts, duplicates
+    return ([paths[i] for i in keep], None if labels is None else labels[keep],
+            None if texts is None else [texts[i] for i in keep], duplicates)
+
+
+def _one_hot(ids):
+    """uint8 (n, max id + 1) rows with a 1 at each id (no (classes, classes) identity matrix)."""
+    rows = np.zeros((len(ids), int(ids.max()) + 1), np.uint8)
+    rows[np.arange(len(ids)), ids] = 1
+    return rows
 
 
 def listing_sha256(paths, labels):
@@ -939,7 +998,7 @@ def listing_sha256(paths, labels):
     digest = hashlib.sha256()
     for i, path in enumerate(paths):
         label = "" if labels is None else " ".join(map(str, np.atleast_1d(labels[i]).tolist()))
-        digest.update(f"{path}\t{label}\n".encode())
+        digest.update(os.fsencode(path) + f"\t{label}\n".encode())  # any file name, as the file system holds it
     return digest.hexdigest()
 
 
@@ -983,7 +1042,8 @@ def _load_split(path, listing, n, num_query, num_train, source, vocabulary_size)
     if split.labels_sha256 != listing:
         raise ValueError(f"{path} does not index {source} as it is now: expected the {items} files the split was "
                          f"drawn on (listing sha256 {split.labels_sha256[:16]}). Received: {n} files (sha256 "
-                         f"{listing[:16]}): files or labels changed since; leave split out to draw a new split")
+                         f"{listing[:16]}): files or labels changed since: restore the files the split was drawn "
+                         f"on, or train again (a run's split.npz), or leave split out to draw a new split")
     for name, asked, found in (("num_query", num_query, len(split.query)), ("num_train", num_train, len(split.train))):
         _count(asked, name)
         if asked is not None and asked != found:
@@ -998,21 +1058,14 @@ def _load_split(path, listing, n, num_query, num_train, source, vocabulary_size)
 def build_vocabulary(captions, size):
     """The `size` words in most captions (ties by word), sorted; words as
     `tfhash.data.open_clip_art.tokenize` splits them."""
-    from tfhash.data.open_clip_art import english_stop_words, tokenize
+    from tfhash.data.open_clip_art import count_words, english_stop_words
 
-    stop = set(english_stop_words())
-    counts = collections.Counter(w for text in captions for w in set(tokenize(text, stop)))
-    frequent = sorted(counts, key=lambda w: (-counts[w], w))[:size]
-    return tuple(sorted(frequent))
+    counts = count_words(captions, english_stop_words())
+    return tuple(sorted(sorted(counts, key=lambda w: (-counts[w], w))[:size]))
 
 
 def bag_of_words(captions, vocabulary):
     """uint8 (n, V): 1 where a caption holds a vocabulary word."""
-    from tfhash.data.open_clip_art import english_stop_words, tokenize
+    from tfhash.data import open_clip_art
 
-    stop = set(english_stop_words())
-    index = {w: i for i, w in enumerate(vocabulary)}
-    texts = np.zeros((len(captions), len(vocabulary)), np.uint8)
-    for row, text in enumerate(captions):
-        texts[row, [index[w] for w in set(tokenize(text, stop)) if w in index]] = 1
-    return texts
+    return open_clip_art.bag_of_words(captions, vocabulary, open_clip_art.english_stop_words())

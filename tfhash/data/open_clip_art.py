@@ -182,6 +182,22 @@ def tokenize(text, stop_words):
     return [w for w in _WORD_SPLIT_RE.split(text.lower()) if len(w) > 1 and w not in stop_words]
 
 
+def count_words(texts, stop_words):
+    """A Counter of how many of `texts` hold each word (`tokenize`)."""
+    stop = set(stop_words)
+    return collections.Counter(w for text in texts for w in set(tokenize(text, stop)))
+
+
+def bag_of_words(texts, words, stop_words):
+    """uint8 (len(texts), len(words)): 1 where a text holds the word (`tokenize`)."""
+    index = {w: i for i, w in enumerate(words)}
+    stop = set(stop_words)
+    bags = np.zeros((len(texts), len(index)), np.uint8)
+    for row, text in enumerate(texts):
+        bags[row, [index[w] for w in set(tokenize(text, stop)) if w in index]] = 1
+    return bags
+
+
 def english_stop_words():
     """scikit-learn's English stop words (318), sorted."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
@@ -332,8 +348,7 @@ def build_vocabulary(data_dir=None):
     tag_counts = collections.Counter(t for item in items for t in label_tokens(item, config))
     categories = set(config["categories"])
     tags = sorted(t for t, n in tag_counts.items() if n >= MIN_LABEL_ITEMS and t not in categories)
-    stop = set(stop_words)
-    word_counts = collections.Counter(w for item in items for w in set(tokenize(item.text, stop)))
+    word_counts = count_words((item.text for item in items), stop_words)
     frequent = sorted((w for w, n in word_counts.items() if n >= MIN_WORD_ITEMS), key=lambda w: (-word_counts[w], w))
     config["label_names"] = config["categories"] + tags
     config["words"] = sorted(frequent[:MAX_WORDS])
@@ -373,13 +388,10 @@ def _vocabulary_sha256(path=VOCABULARY_PATH):
 
 def encode_items(items, vocabulary):
     """Binary bag-of-words (n, V) and multi-hot labels (n, C), both uint8."""
-    word_index = {w: i for i, w in enumerate(vocabulary["words"])}
+    texts = bag_of_words([item.text for item in items], vocabulary["words"], vocabulary["english_stop_words"])
     label_index = {name: i for i, name in enumerate(vocabulary["label_names"])}
-    stop = set(vocabulary["english_stop_words"])
-    texts = np.zeros((len(items), len(word_index)), np.uint8)
     labels = np.zeros((len(items), len(label_index)), np.uint8)
     for row, item in enumerate(items):
-        texts[row, [word_index[w] for w in set(tokenize(item.text, stop)) if w in word_index]] = 1
         labels[row, [label_index[t] for t in label_tokens(item, vocabulary) if t in label_index]] = 1
     return texts, labels
 
@@ -541,10 +553,11 @@ def _decode(path, image_size):
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return _on_white(_reduced_rgba(path, size), image_size)
 
+    from tfhash.data.folders import eight_bit
+
     with Image.open(path) as image:
         image.load()
-        if image.mode in ("I", "I;16", "I;16B", "F"):  # 16-bit grey: scale to 8 bits first.
-            image = Image.fromarray((np.asarray(image, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+        image = eight_bit(image)  # 16-bit grey (none in the packages): rounded to 8 bits first
         # convert() copies even to the same mode: an RGBA drawing of 623
         # megapixels is 2.5 GB, so it is kept as it is (the same pixels).
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")
