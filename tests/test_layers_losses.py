@@ -105,6 +105,17 @@ def test_balanced_pair_weights_with_known_columns_golden():
                                [[2.0, 1.0, 1.0]])
 
 
+def test_balanced_pair_weights_of_both_classes_golden():
+    # DCH's and HashNet's |S| / |S_1|, |S| / |S_0|. Counted [[1, 0], [1, 1]] without a mask: P = 3 of
+    # T = 4: similar 4 / 3, dissimilar 4 / 1. With DCH's pairs of two rows (the diagonal not counted):
+    # (0, 1) dissimilar, (1, 0) similar, P = 1 of T = 2: both weigh 2; `known` zeroes row 0's own pair.
+    s, counted = np.array([[1.0, 0.0]], "float32"), np.array([[1.0, 0.0], [1.0, 1.0]], "float32")
+    np.testing.assert_allclose(_np(balanced_pair_weights(s, counted, balance_dissimilar=True)), [[4 / 3, 4.0]])
+    two_rows = 1.0 - np.eye(2, dtype="float32")
+    weights = balanced_pair_weights(s, counted, known=two_rows[:1], counted_known=two_rows, balance_dissimilar=True)
+    np.testing.assert_allclose(_np(weights), [[0.0, 2.0]])
+
+
 def test_quantization_losses_golden():
     z = np.array([[1.0, 0.0], [-1.0, -1.0]], "float32")
     # log_cosh: row 0 = log cosh(0) + log cosh(-1) = 0 + 0.433781; row 1 = 0.
@@ -228,6 +239,60 @@ def test_cauchy_cross_entropy_golden():
     d, s = rng.uniform(0.01, 64, size=(5, 7)), rng.random((5, 7))
     np.testing.assert_allclose(_np(losses.cauchy_cross_entropy(d, s, 20.0)),
                                s * np.log(d / 20.0) + np.log1p(20.0 / d), rtol=1e-13)
+
+
+def test_cauchy_cross_entropy_is_finite_at_distance_zero():
+    # Parallel codes, d = 0: a similar pair costs log 1 = 0 (weighing both terms, 0 * inf was nan), a
+    # dissimilar one log(1 + gamma / 1e-6), d floored; a rounding below 0 reads 0. Gradients finite.
+    d, s = tf.constant(f64(0.0, 0.0, -1e-15)), tf.constant(f64(1.0, 0.0, 1.0))
+    with tf.GradientTape() as tape:
+        tape.watch(d)
+        loss = losses.cauchy_cross_entropy(d, s, 2.0)
+    np.testing.assert_array_equal(_np(loss), [0.0, np.log1p(2.0 / 1e-6), 0.0])
+    assert np.isfinite(_np(tape.gradient(loss, d))).all()
+
+
+def test_dch_and_hashnet_pieces_are_the_copies_they_replaced_bit_for_bit():
+    # DCH's class_balanced_weights and cauchy_pair_loss, HashNet's hashnet_pair_weights, IDHN's
+    # soft_label_similarity, as they were written in the modules, against the library.
+    ops, rng = keras.ops, np.random.default_rng(3)
+    for dtype in ("float32", "float64"):
+        y = (rng.random((9, 4)) < 0.4).astype(dtype)
+        among = _np(label_similarity(y, y)).astype(dtype)
+        s, two_rows, others = among[:4], 1 - np.eye(9, dtype=dtype), 1 - np.eye(4, 9, dtype=dtype)
+        total, positives = np.sum(two_rows), np.sum(among * two_rows)
+        dch = (s * (total / max(positives, 1)) + (1 - s) * (total / max(total - positives, 1))) * others
+        got = balanced_pair_weights(s, among, known=others, counted_known=two_rows, balance_dissimilar=True)
+        np.testing.assert_array_equal(_np(got), dch.astype(dtype))
+        total, positives = among.size, np.sum(among)
+        hashnet = s * (total / max(positives, 1)) + (1 - s) * (total / max(total - positives, 1))
+        np.testing.assert_array_equal(_np(balanced_pair_weights(s, among, balance_dissimilar=True)), hashnet)
+        d = np.concatenate([[0.0, -1e-15, 1e-9], rng.uniform(0, 40, 97)]).astype(dtype)
+        similar = (rng.random(100) < 0.5).astype(dtype)
+        dch = ops.where(similar > 0.5, ops.log1p(ops.maximum(d, 0.0) / 20.0), ops.log1p(20.0 / ops.maximum(d, 1e-6)))
+        np.testing.assert_array_equal(_np(losses.cauchy_cross_entropy(d, similar, 20.0)), _np(dch))
+        a, b = ops.cast(y, "float32"), ops.cast(y[:5], "float32")
+        norms = ops.expand_dims(ops.sqrt(ops.sum(ops.square(a), axis=1)), 1) * ops.expand_dims(
+            ops.sqrt(ops.sum(ops.square(b), axis=1)), 0)
+        idhn = ops.matmul(a, ops.transpose(b)) / ops.maximum(norms, 1e-12)
+        np.testing.assert_array_equal(_np(losses.soft_label_similarity(y, y[:5])), _np(idhn))
+
+
+def test_soft_label_similarity_and_label_overlap_golden():
+    # y1 = {a}, y2 = {a, b, c, d}, y3 = {} (no labels): cosines 1 / (1 * 2) = 1/2 and 0; Jaccard
+    # |{a}| / |{a, b, c, d}| = 1/4, and 0 for the empty row. Class ids: label_similarity's 0/1.
+    y = f64([1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0])
+    np.testing.assert_allclose(_np(losses.soft_label_similarity(y, y)), [[1, 0.5, 0], [0.5, 1, 0], [0, 0, 0]],
+                               rtol=1e-7)
+    np.testing.assert_allclose(_np(losses.label_overlap(y, y)), [[1, 0.25, 0], [0.25, 1, 0], [0, 0, 0]])
+    ids = np.array([0, 0, 1])
+    np.testing.assert_array_equal(_np(losses.soft_label_similarity(ids, ids)), _np(label_similarity(ids, ids)))
+
+
+def test_triplet_likelihood_golden():
+    # -log sigmoid(theta_qp - theta_qn - m): at 1 + 1 - 1 = 1, log(1 + e^-1); at -1 - 1 - 1 = -3, log(1 + e^3).
+    loss = losses.triplet_likelihood(f64(1.0, -1.0), f64(-1.0, 1.0), 1.0)
+    np.testing.assert_allclose(_np(loss), [np.log1p(np.exp(-1.0)), np.log1p(np.exp(3.0))], rtol=1e-15)
 
 
 def test_cauchy_quantization_golden():

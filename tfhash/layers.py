@@ -1,4 +1,5 @@
-"""Layers shared by every tfhash model: the hash layer and bit packing."""
+"""Layers shared by tfhash models: the hash layer and its straight-through sign, bit packing and the
+annealed signs."""
 
 import keras
 from keras import ops
@@ -8,6 +9,13 @@ from tfhash.checks import check_bits  # the models import it from here too
 
 # The hash head's activations (`HashLayer`).
 ACTIVATIONS = ("tanh", "identity", "sign")
+
+
+def straight_through_sign(x):
+    """b = sign(x) forward (sign(0) = +1, as `SignPack`), the identity backward (the straight-through
+    estimator): `HashLayer`'s "sign" activation and GreedyHash's hash coding layer."""
+    # Forward sign(x) exactly (x - x is 0), backward the identity.
+    return ops.where(ops.greater_equal(x, 0), ops.ones_like(x), -ops.ones_like(x)) + (x - ops.stop_gradient(x))
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
@@ -52,8 +60,7 @@ class HashLayer(keras.layers.Layer):
         if self.activation == "tanh":
             return ops.tanh(x)
         if self.activation == "sign":
-            # Straight-through: forward sign(x) exactly (x - x is 0), backward the identity.
-            return ops.where(ops.greater_equal(x, 0), ops.ones_like(x), -ops.ones_like(x)) + (x - ops.stop_gradient(x))
+            return straight_through_sign(x)
         return x
 
     def compute_output_shape(self, input_shape):
@@ -137,3 +144,19 @@ class AnnealedSign(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "beta": self.initial_beta}
+
+
+@keras.saving.register_keras_serializable(package="tfhash")
+class ContinuationTanh(AnnealedSign):
+    """tanh(beta * x) in training and at inference: HashNet's continuation activation.
+
+    Beta is `AnnealedSign`'s non-trainable variable, so `BetaSchedule` (which drives
+    every `AnnealedSign`) raises it between steps and the compiled step reads it;
+    unlike `AnnealedSign`, inference keeps the smooth value, whose sign is the code.
+
+    Args:
+        beta: initial beta (> 0).
+    """
+
+    def call(self, inputs, training=False):
+        return ops.tanh(ops.cast(self.beta, inputs.dtype) * inputs)

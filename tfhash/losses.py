@@ -7,11 +7,14 @@ function of a distance or an inner product. None reduces over the batch: the
 model weighs, masks and averages (`tfhash.models.base.record_losses`).
 
     label_similarity        S_ij = [items i and j share a label]
-    balanced_pair_weights   w_ij = T / P for similar pairs, 1 otherwise
+    soft_label_similarity   s_ij = cos(y_i, y_j) of label vectors         (IDHN)
+    label_overlap           c_ij = |y_i & y_j| / |y_i | y_j|               (HashNet)
+    balanced_pair_weights   w_ij = T / P for similar pairs, 1 or T / (T - P) otherwise
     squared_euclidean_distances, cosine_hamming_distances   pair distances
     pairwise_likelihood     log(1 + e^theta) - s theta                  (DHN, DPSH, HashNet, SSAH)
     contrastive             s d / 2 + (1 - s) max(0, m - d) / 2         (DSH)
     triplet_ranking         max(0, m + |a - p|^2 - |a - n|^2)           (DSH-GAN, UGACH)
+    triplet_likelihood      -log sigmoid(theta_qp - theta_qn - m)       (DTSH)
     cauchy_cross_entropy    s log(1 + d / gamma) + (1 - s) log(1 + gamma / d)   (DCH)
     cauchy_quantization     log(1 + d_H(|u|, 1) / gamma)                (DCH)
     quantization_l2, quantization_log_cosh, quantization_abs_one   codes towards {-1, +1}
@@ -35,6 +38,8 @@ QUANTIZATION_VARIANTS = ("log_cosh", "squared")
 
 # Floor on a product of norms: a zero code has cosine 0 with every code.
 _NORM_FLOOR = 1e-12
+# Floor on the distance the Cauchy dissimilar term log(1 + gamma / d) reads: finite for parallel codes.
+_DISTANCE_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------
@@ -63,15 +68,51 @@ def label_similarity(labels_a, labels_b):
     return ops.cast(ops.greater(shared, 0), "float32")
 
 
-def balanced_pair_weights(s, counted, known=None):
+def soft_label_similarity(labels_a, labels_b):
+    """s_ij = cos(y_i, y_j), the cosine of two items' label vectors (IDHN's soft similarity):
+    1 for equal label sets, 0 for disjoint ones, between for overlapping ones.
+
+    Args:
+        labels_a: (n,) integer class ids, or (n, c) multi-hot labels (a row
+            without labels has s = 0 with every row).
+        labels_b: the same kind of labels, (m,) or (m, c).
+
+    Returns:
+        (n, m) float32 matrix in [0, 1]; for class ids `label_similarity`'s 0/1.
+    """
+    if len(labels_a.shape) == 1:
+        return label_similarity(labels_a, labels_b)
+    return _cosines(ops.cast(labels_a, "float32"), ops.cast(labels_b, "float32"))
+
+
+def label_overlap(labels_a, labels_b):
+    """c_ij = |y_i & y_j| / |y_i | y_j|, the Jaccard overlap of multi-hot rows (HashNet's c_ij).
+
+    Args:
+        labels_a: (n, c) multi-hot {0, 1} labels.
+        labels_b: (m, c) multi-hot labels.
+
+    Returns:
+        (n, m) float32 matrix in [0, 1]; two rows without labels have c = 0.
+    """
+    a, b = ops.cast(labels_a, "float32"), ops.cast(labels_b, "float32")
+    shared = ops.matmul(a, ops.transpose(b))
+    union = ops.expand_dims(ops.sum(a, axis=1), 1) + ops.expand_dims(ops.sum(b, axis=1), 0) - shared
+    return shared / ops.maximum(union, 1.0)
+
+
+def balanced_pair_weights(s, counted, known=None, counted_known=None, balance_dissimilar=False):
     """Pair weights that make similar pairs weigh as much in total as all pairs:
 
         w_ij = T / P  if pair ij is similar,  1 otherwise
+        (balance_dissimilar: T / (T - P) otherwise)
 
-    with P the similar pairs among the T pairs of `counted`: thulab/DeepHash's
-    weighting for DHN. Similar pairs are rare (10% for 10 balanced classes,
-    under 0.1% for BGAN's neighbours), and unweighted their loss is drowned.
-    DHN, BGAN and SSAH use it under `balanced=True`.
+    with P the similar pairs among the T pairs of `counted`. The first is
+    thulab/DeepHash's weighting for DHN: similar pairs are rare (10% for 10
+    balanced classes, under 0.1% for BGAN's neighbours), and unweighted their
+    loss is drowned. DHN, BGAN and SSAH use it under `balanced=True`. The
+    second is DCH's and HashNet's |S| / |S_1| and |S| / |S_0|: each class of
+    pairs weighs as much in total as all pairs.
 
     Args:
         s: (rows, columns) similarity of the pairs to weigh: values > 0 are
@@ -79,18 +120,28 @@ def balanced_pair_weights(s, counted, known=None):
         counted: the pairs that set P and T: the global batch's (gathered
             across replicas), so every replica weighs pairs alike and N
             replicas take one device's steps.
-        known: optional 0/1 mask broadcast onto `counted` and `s`: pairs
-            outside it weigh 0 and are not counted.
+        known: optional 0/1 mask broadcast onto `s`: pairs outside it weigh 0;
+            and, unless `counted_known` is given, onto `counted`: pairs
+            outside it are not counted (SSAH's memory rows not yet seen).
+        counted_known: optional 0/1 mask broadcast onto `counted` alone
+            (DCH's pairs of two distinct rows).
+        balance_dissimilar: weigh dissimilar pairs T / (T - P), not 1.
+
+    A class without pairs in `counted` counts 1.
 
     Returns:
         weights shaped like `s`.
     """
     similar = ops.cast(ops.greater(s, 0), s.dtype)
     counted_similar = ops.cast(ops.greater(counted, 0), s.dtype)
-    mask = ops.ones_like(counted_similar) if known is None else ops.cast(known, s.dtype) * ops.ones_like(counted_similar)
+    counted_known = known if counted_known is None else counted_known
+    mask = ops.ones_like(counted_similar)
+    if counted_known is not None:
+        mask = ops.cast(counted_known, s.dtype) * mask
     total = ops.sum(mask)
-    positives = ops.maximum(ops.sum(counted_similar * mask), 1.0)
-    weights = 1.0 - similar + similar * (total / positives)
+    positives = ops.sum(counted_similar * mask)
+    dissimilar = total / ops.maximum(total - positives, 1.0) if balance_dissimilar else 1.0
+    weights = similar * (total / ops.maximum(positives, 1.0)) + (1.0 - similar) * dissimilar
     return weights if known is None else weights * ops.cast(known, s.dtype)
 
 
@@ -130,9 +181,8 @@ def cosine_hamming_distances(a, b, max_cosine=0.99):
         a: (n, K) codes.
         b: (m, K) codes.
         max_cosine: the cosine is clipped to at most this, so d_H >= K / 2 *
-            (1 - max_cosine) > 0 and `cauchy_cross_entropy`'s log(1 + gamma / d)
-            stays finite for a code paired with itself. Default 0.99, as
-            DeepHash-pytorch's DCH; None for no clip (the paper).
+            (1 - max_cosine) > 0, even for a code paired with itself. Default
+            0.99, as DeepHash-pytorch's DCH; None for no clip (the paper).
 
     A zero code has cosine 0 with every code (the product of norms is
     floored).
@@ -141,13 +191,18 @@ def cosine_hamming_distances(a, b, max_cosine=0.99):
         (n, m) distances in [K / 2 * (1 - max_cosine), K].
     """
     bits = a.shape[-1]
-    norms = ops.sqrt(ops.sum(ops.square(a), axis=-1, keepdims=True)) * ops.expand_dims(
-        ops.sqrt(ops.sum(ops.square(b), axis=-1)), 0
-    )
-    cosine = ops.matmul(a, ops.transpose(b)) / ops.maximum(norms, _NORM_FLOOR)
+    cosine = _cosines(a, b)
     if max_cosine is not None:
         cosine = ops.minimum(cosine, max_cosine)
     return 0.5 * bits * (1.0 - cosine)
+
+
+def _cosines(a, b):
+    """cos(a_i, b_j), (n, m), the product of norms floored: a zero row has cosine 0 with every row."""
+    norms = ops.sqrt(ops.sum(ops.square(a), axis=-1, keepdims=True)) * ops.expand_dims(
+        ops.sqrt(ops.sum(ops.square(b), axis=-1)), 0
+    )
+    return ops.matmul(a, ops.transpose(b)) / ops.maximum(norms, _NORM_FLOOR)
 
 
 # --------------------------------------------------------------------------
@@ -225,6 +280,26 @@ def triplet_ranking(anchor, positive, negative, margin):
     return ops.relu(margin + near - far)
 
 
+def triplet_likelihood(theta_positive, theta_negative, margin):
+    """DTSH's negative log-likelihood of a triplet (Wang, Shi, Kitani; ACCV 2016):
+
+        l = -log sigmoid(theta_qp - theta_qn - m) = log(1 + e^(m + theta_qn - theta_qp))
+
+    for an anchor q, a positive p (more similar to q) and a negative n, with
+    theta the inner products (DTSH: u_q^T u_p / 2): the triplet analogue of
+    `pairwise_likelihood`. As softplus: finite for any theta.
+
+    Args:
+        theta_positive: theta_qp, any shape.
+        theta_negative: theta_qn, broadcastable to `theta_positive`.
+        margin: m.
+
+    Returns:
+        one loss per triplet, the broadcast shape.
+    """
+    return ops.softplus(margin + theta_negative - theta_positive)
+
+
 def cauchy_cross_entropy(hamming_distance, similarity, gamma):
     """DCH's Cauchy cross-entropy of a pair (Cao, Long, Liu, Wang; CVPR 2018):
 
@@ -239,11 +314,13 @@ def cauchy_cross_entropy(hamming_distance, similarity, gamma):
 
     - Written with log1p per term: accurate for d << gamma, where the
       paper's form subtracts two large logs.
-    - d must be > 0: at d = 0 the dissimilar term is infinite, and 0 times
-      it is nan for a similar pair. `cosine_hamming_distances` keeps d >=
-      K / 2 * (1 - max_cosine).
+    - Finite, with finite gradients, for any d >= 0: the dissimilar term
+      reads d floored at 1e-6 (two codes in parallel, d = 0), the similar
+      one d floored at 0 (a rounding below 0); for d >= 1e-6 exactly the
+      formula. Weighing both terms unfloored, a similar pair at d = 0 would
+      give 0 * inf = nan.
     - The paper's pair weights (|S| / |S_1| for similar pairs, |S| / |S_0|
-      for dissimilar ones) are the caller's.
+      for dissimilar ones) are the caller's (`balanced_pair_weights`).
 
     Args:
         hamming_distance: d >= 0, e.g. `cosine_hamming_distances`, any shape.
@@ -255,7 +332,9 @@ def cauchy_cross_entropy(hamming_distance, similarity, gamma):
     Returns:
         one loss per pair, shaped like `hamming_distance`.
     """
-    return similarity * ops.log1p(hamming_distance / gamma) + (1.0 - similarity) * ops.log1p(gamma / hamming_distance)
+    near = ops.log1p(ops.maximum(hamming_distance, 0.0) / gamma)
+    far = ops.log1p(gamma / ops.maximum(hamming_distance, _DISTANCE_FLOOR))
+    return similarity * near + (1.0 - similarity) * far
 
 
 # --------------------------------------------------------------------------

@@ -56,6 +56,7 @@ import warnings
 
 import numpy as np
 
+from tfhash.data import open_clip_art
 from tfhash.data.protocols import FORMAT_VERSION, CrossModalData, Protocol, RetrievalData, draw_random_split
 from tfhash.io import cache_dir, save_arrays, write_atomically
 
@@ -297,7 +298,7 @@ def _resized(image, height, width, channels, keep_aspect):
     image.load()
     if orientation in range(2, 9):
         image = ImageOps.exif_transpose(image)
-    image = eight_bit(image)
+    image = open_clip_art.eight_bit(image)
     if image.has_transparency_data:
         image = image.convert("RGBA")
         if image.size != target:  # Pillow resizes RGBA premultiplied by alpha
@@ -308,20 +309,6 @@ def _resized(image, height, width, channels, keep_aspect):
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != target:
         image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return image
-
-
-def eight_bit(image):
-    """A 16- or 32-bit grey Pillow image ("I;16", "I;16B", "I", "F") as 8-bit
-    "L": integers as v * 255 / 65535 rounded (clipped to 0..65535 first),
-    floats clipped to 0..255 and rounded. Other modes come back unchanged."""
-    from PIL import Image
-
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        values = np.asarray(image).clip(0, 65535).astype(np.uint32)
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
-    if image.mode == "F":
-        return Image.fromarray(np.nan_to_num(np.asarray(image)).clip(0, 255).round().astype(np.uint8))
     return image
 
 

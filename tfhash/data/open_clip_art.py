@@ -553,7 +553,6 @@ def _decode(path, image_size):
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return _on_white(_reduced_rgba(path, size), image_size)
 
-    from tfhash.data.folders import eight_bit
 
     with Image.open(path) as image:
         image.load()
@@ -673,3 +672,17 @@ def load_open_clip_art_images(data_dir=None, image_size=64, cache_dir=None):
     """
     images, _, labels = load_open_clip_art(data_dir, image_size=image_size, cache_dir=cache_dir)
     return images, labels
+
+
+def eight_bit(image):
+    """A 16- or 32-bit grey Pillow image ("I;16", "I;16B", "I", "F") as 8-bit
+    "L": integers as v * 255 / 65535 rounded (clipped to 0..65535 first),
+    floats clipped to 0..255 and rounded. Other modes come back unchanged."""
+    from PIL import Image
+
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image).clip(0, 65535).astype(np.uint32)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "F":
+        return Image.fromarray(np.nan_to_num(np.asarray(image)).clip(0, 255).round().astype(np.uint8))
+    return image

@@ -20,21 +20,19 @@ import keras
 
 from tfhash.losses import PairwiseCrossEntropy, quantization_l2
 from tfhash.models.base import finish_construction
-from tfhash.models.family import CodeMemory, PairwiseHashModel
+from tfhash.models.family import MemoryPairs
 
 
 @keras.saving.register_keras_serializable(package="tfhash")
-class DPSH(PairwiseHashModel):
+class DPSH(MemoryPairs):
     """Supervised image hashing with DPSH's pairwise likelihood and quantization term.
 
     Args:
         eta: weight of the quantization term |sign(u) - u|^2 / K.
         memory: pair each row with a memory of every training row's latest code
             and label (the reference code's) instead of the global batch.
-        num_train: N, the training rows (with `memory`; taken from the data).
-        label_shape: a label's shape, () or (c,) (with `memory`; taken from the data).
         activation: the hash head's: "identity" (the paper), "tanh" or "sign".
-        **kwargs: `ImageArguments` (bits, input_shape, the trunk) and Keras's.
+        **kwargs: `MemoryPairs` (memory, num_train, label_shape), `ImageArguments` (bits, the trunk), Keras's.
 
     Examples:
     >>> model = DPSH(bits=16, input_shape=(8, 8, 1))
@@ -44,19 +42,15 @@ class DPSH(PairwiseHashModel):
     """
 
     term_weights = {"likelihood_loss": 1.0, "quantization_loss": "eta"}
-    fields = ("images", "labels", "index")
 
-    def __init__(self, eta=0.1, memory=False, num_train=1, label_shape=(), activation="identity", **kwargs):
+    def __init__(self, eta=0.1, activation="identity", **kwargs):
         super().__init__(activation=activation, **kwargs)
-        self.eta, self.memory = float(eta), bool(memory)
-        self.num_train, self.label_shape = int(num_train), tuple(label_shape)
+        self.eta = float(eta)
         self.likelihood = PairwiseCrossEntropy(alpha=0.5)  # Theta = u_i^T u_j / 2, pairs unweighted
-        self.code_memory = CodeMemory(num_train, self.bits, label_shape, name="code_memory") if memory else None
         finish_construction(self, DPSH)
 
     def loss_terms(self, codes, labels, all_codes, all_labels, batch):
-        if self.code_memory is not None:
-            all_codes, all_labels = self.code_memory(batch["index"], all_codes, all_labels)
+        all_codes, all_labels = self.pair_columns(batch, all_codes, all_labels)
         return {"likelihood_loss": self.likelihood(codes, labels, all_codes, all_labels),
                 "quantization_loss": quantization_l2(codes) / self.bits}
 

@@ -33,12 +33,16 @@ Choices, one line each:
   the trunk's are `ImageHashModel`'s.
 - Plan: Adam(learning_rate) and `tfhash.data.batches` of the class's `fields`; a frozen ImageNet trunk's
   features computed once (`trunk_inputs`).
-- Per-sample memory (DPSH's U, DSDH's B): a member may pair the batch with `CodeMemory`'s rows instead,
-  addressed by the batch's "index" field.
+- Per-sample memory (DPSH's U, DSDH's B): a `MemoryPairs` member may pair the batch with `CodeMemory`'s rows
+  instead (its `memory` option, `pair_columns`), addressed by the batch's "index" field.
+- Fixed target codes (CSQ's hash centers, OrthoHash's class codes): `hadamard_codes`, rows of [H; -H].
+- A row's pair with itself: `other_columns` masks the global batch's column that is the row itself.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
+from scipy.linalg import hadamard
 
 from tfhash.layers import HashLayer
 from tfhash.models.base import (
@@ -52,8 +56,46 @@ from tfhash.models.base import (
 )
 
 
+def other_columns(rows, columns, dtype="float32"):
+    """(rows, columns) 0/1: 0 where column j of the global batch is this replica's row i itself, else 1.
+
+    The global batch is the replicas' rows in replica order (`gather_across_replicas`), each
+    replica `rows` of them: batches are full (`tfhash.data.batches`). On one device, 1 - I.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    start = tf.cast(replica, "int32") * rows
+    return 1.0 - tf.one_hot(start + tf.range(rows), columns, dtype=dtype)
+
+
+def hadamard_codes(count, bits):
+    """The first `count` (at most 2K) rows of [H; -H], H Sylvester's K x K Hadamard matrix
+    (`scipy.linalg.hadamard`, K = `bits` a power of 2): codes in {-1, +1}^K (int) at Hamming distance
+    K/2 or K from each other. CSQ's hash centers and OrthoHash's "hadamard" class codes."""
+    h = hadamard(bits)
+    return np.concatenate([h, -h])[:count]
+
+
+class TrainingState(keras.layers.Layer):
+    """A layer holding training state (`CodeMemory`, DSDH's `DiscreteCodes`): zero-initialized,
+    non-trainable weights, written identically on every replica, and not saved with the model (a
+    loaded model starts them at 0)."""
+
+    def state(self, name, shape):
+        """A weight of this state, zeros (`shape`)."""
+        # Written alike on every replica (from gathered rows, or by a callback): keep replica 0's write.
+        return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name,
+                               aggregation="only_first_replica")
+
+    def save_own_variables(self, store):
+        pass  # training state: not saved with the model
+
+    def load_own_variables(self, store):
+        pass
+
+
 @keras.saving.register_keras_serializable(package="tfhash")
-class CodeMemory(keras.layers.Layer):
+class CodeMemory(TrainingState):
     """A per-sample memory of the training set: each row's latest code and label
     (U and Y in DPSH's reference code), written from the global batch each step.
 
@@ -77,14 +119,8 @@ class CodeMemory(keras.layers.Layer):
     def __init__(self, rows, bits, label_shape=(), **kwargs):
         super().__init__(**kwargs)
         self.rows, self.bits, self.label_shape = int(rows), int(bits), tuple(int(d) for d in label_shape)
-
-        def memory(name, shape):
-            # Written from gathered rows, identical on every replica: keep replica 0's write.
-            return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name,
-                                   aggregation="only_first_replica")
-
-        self.codes = memory("codes", (self.rows, self.bits))
-        self.labels = memory("labels", (self.rows, *self.label_shape))
+        self.codes = self.state("codes", (self.rows, self.bits))
+        self.labels = self.state("labels", (self.rows, *self.label_shape))
         self.built = True
 
     def call(self, index, all_codes, all_labels):
@@ -93,12 +129,6 @@ class CodeMemory(keras.layers.Layer):
         for variable, values in ((self.codes, all_codes), (self.labels, all_labels)):
             variable.assign(tf.tensor_scatter_nd_update(variable.value, rows, tf.cast(values, variable.dtype)))
         return tf.cast(self.codes.value, all_codes.dtype), tf.cast(self.labels.value, all_labels.dtype)
-
-    def save_own_variables(self, store):
-        pass  # training state: not saved with the model
-
-    def load_own_variables(self, store):
-        pass
 
     def get_config(self):
         return {**super().get_config(), "rows": self.rows, "bits": self.bits, "label_shape": self.label_shape}
@@ -112,7 +142,7 @@ class PairwiseHashModel(Trainer, ImageHashModel):
             terms; a weight is a constructor attribute's name (e.g.
             "quantization_weight") or a constant. The trackers are "loss" and these.
         fields: the batch fields its step reads (`tfhash.data.batches`):
-            ("images", "labels") by default; add "index" for a per-sample memory.
+            ("images", "labels") by default; `MemoryPairs` adds "index".
         loss_terms(codes, labels, all_codes, all_labels, batch): {term name:
             per-example tensor (rows,)}. `codes` (rows, K) are this replica's, with
             gradient; `all_codes` and `all_labels` the global batch's, codes held
@@ -238,3 +268,37 @@ class PairwiseHashModel(Trainer, ImageHashModel):
         inputs = trunk_inputs(images, **model)
         return TrainingPlan(net, batches(cls.fields, images=inputs, labels=labels, batch_size=train["batch_size"],
                                          seed=seed), train["epochs"])
+
+
+class MemoryPairs(PairwiseHashModel):
+    """A pairwise member with the option of pairing its rows with a memory of the training set
+    (`CodeMemory`: every training row's latest code and label) instead of the global batch: DPSH's,
+    DSH's, IDHN's and DSDH's. Its batches carry the "index" field; its `loss_terms` takes its columns
+    from `pair_columns(batch, all_codes, all_labels)`. A member whose training reads the memory
+    whatever `memory` says (DSDH's B-step) sets `keeps_memory = True`.
+
+    Args:
+        memory: pair each row with a memory of every training row's latest code
+            and label (DeepHash-pytorch's) instead of the global batch.
+        num_train: N, the training rows (with `memory`; taken from the data).
+        label_shape: a label's shape, () or (c,) (with `memory`; taken from the data).
+        **kwargs: `PairwiseHashModel`'s.
+    """
+
+    fields = ("images", "labels", "index")
+    keeps_memory = False
+
+    def __init__(self, memory=False, num_train=1, label_shape=(), **kwargs):
+        super().__init__(**kwargs)
+        self.memory, self.num_train, self.label_shape = bool(memory), int(num_train), tuple(label_shape)
+        kept = self.memory or self.keeps_memory
+        self.code_memory = CodeMemory(self.num_train, self.bits, self.label_shape, name="code_memory") if kept else None
+        finish_construction(self, MemoryPairs)
+
+    def pair_columns(self, batch, all_codes, all_labels):
+        """The columns the batch's rows pair with: the global batch's codes and labels, or with `memory`
+        every training row's latest (the memory written from the global batch first, whenever kept)."""
+        if self.code_memory is None:
+            return all_codes, all_labels
+        remembered = self.code_memory(batch["index"], all_codes, all_labels)
+        return remembered if self.memory else (all_codes, all_labels)
