@@ -44,7 +44,7 @@ demo: setup
 	$(BIN)/tfhash evaluate $(RUN_DIR) --protocol fashion_mnist --plot $(RUN_DIR)/precision_recall.png --show $(RUN_DIR)/neighbours.png --json $(RUN_DIR)/metrics.json
 
 test: setup
-	$(BIN)/pytest -n 2 --dist loadfile -q
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -q
 
 bench: setup
 	$(BIN)/python bench/index.py

@@ -76,6 +76,37 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{count:4d} skipped: {reason}")
 
 
+# ---------------------------------------------------------------------------
+# The order of the files, for `make test`: two workers, each taking whole files
+# (`--dist loadfile`) in the order collected (`--no-loadscope-reorder`; by default
+# xdist would start the files with the most tests first, and the README's, with
+# one long test, about a third of the suite's time, started late and ran alone at
+# the end). The README's file starts first, so the other worker takes the rest
+# meanwhile, the longest files first (measured), none long left for the end; the
+# files not named follow in collection (alphabetical) order. A worker is handed its
+# next file when two tests of its file are left: the one handed while the README's
+# long test runs waits for it, so it is a short file of a few tests.
+RUN_FIRST = (
+    "test_readme.py",
+    "test_methods.py",
+    "test_signatures.py",  # waits behind the README's long test: a short file
+    "test_zoo.py",
+    "test_export.py",
+    "test_own_images.py",
+    "test_dsh_gan.py",
+    "test_cli_output.py",
+    "test_keras_habits.py",
+    "test_ssah.py",
+    "test_pretrained.py",
+    "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def mirrored():
     """One MirroredStrategy over the 2 logical CPUs, shared by every test in the

@@ -173,20 +173,51 @@ def test_savedmodel_signature_names_dtypes_and_free_batch(model, serving):
     )
 
 
-@pytest.mark.slow
-def test_saved_model_cli_shows_the_contract(model, serving):
-    # What TF Serving reads: the SignatureDef in saved_model.pb, not the Python objects.
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    command = [cli, "show", "--dir", serving[0], "--tag_set", "serve", "--signature_def", "serving_default"]
-    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    tensors = re.findall(r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: \(([^)]*)\)", shown)
+def _signature_def(path):
+    """What TF Serving reads: the serve graph's `serving_default` SignatureDef in
+    saved_model.pb, parsed as the protocol buffer it is (not the Python objects), as
+    (sorted (side, name, dtype, shape) tensors, method name), in saved_model_cli's spelling."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    (graph,) = [g for g in saved.meta_graphs if list(g.meta_info_def.tags) == ["serve"]]
+    signature = graph.signature_def["serving_default"]
+    tensors = [(side, name, types_pb2.DataType.Name(info.dtype), ", ".join(str(d.size) for d in info.tensor_shape.dim))
+               for side, infos in (("inputs", signature.inputs), ("outputs", signature.outputs))
+               for name, info in infos.items()]
+    return sorted(tensors), signature.method_name
+
+
+def _contract(model):
     side = ", ".join(str(d) for d in model.image_shape)
-    assert sorted(tensors) == [
+    return [
         ("inputs", "images", "DT_UINT8", f"-1, {side}"),
         ("outputs", "binary_codes", "DT_UINT8", f"-1, {model.bits // 8}"),
         ("outputs", "codes", "DT_FLOAT", f"-1, {model.bits}"),
-    ], shown
+    ]
+
+
+def test_saved_model_pb_holds_the_contract(model, serving):
+    assert _signature_def(serving[0]) == (_contract(model), "tensorflow/serving/predict")
+
+
+@pytest.mark.slow
+def test_saved_model_cli_shows_the_contract(tmp_path):
+    # TF Serving's own tool shows what saved_model.pb holds (above, for every model). It
+    # reads the file, not the weights: an untrained model's export shows the same.
+    model = DHN(bits=16, input_shape=(8, 8, 1))
+    model.build((None, 8, 8, 1))
+    path = export_savedmodel(model, str(tmp_path), name="tiny")
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    command = [cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default"]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    tensors = re.findall(r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: \(([^)]*)\)", shown)
+    assert sorted(tensors) == _contract(model), shown
     assert "Method name is: tensorflow/serving/predict" in shown
+    assert _signature_def(path) == (sorted(tensors), "tensorflow/serving/predict")
 
 
 def test_savedmodel_holds_only_the_encoder_variables(model, serving):

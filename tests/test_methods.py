@@ -1,8 +1,6 @@
 """The shared checks (`method_checks`) applied to every method of the registry,
 each in its published 32-bit configuration shrunk to a few steps on digits."""
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
@@ -22,20 +20,9 @@ def _published(method):
                  if r["method"] == method and r["bits"] == 32), None)
 
 
-def _few_steps(data, train_rows=192, held_out=100):
-    """`data` (every image, text and label still there) on a smaller split: 192 training rows,
-    three batches of the tiny 64, so an epoch is 3 steps (the checks here do not depend on how
-    many), and a database of those rows and 100 others, on which the plans validate."""
-    split = data.split
-    train = split.train[:train_rows]
-    others = np.setdiff1d(split.database, split.train)[:held_out]
-    return dataclasses.replace(data, split=dataclasses.replace(
-        split, query=split.query[:50], train=train, database=np.sort(np.concatenate([train, others]))))
-
-
 @pytest.fixture(scope="session")
 def data_for(digits_data, digits_cross_modal):
-    few = {False: _few_steps(digits_data), True: _few_steps(digits_cross_modal)}
+    few = {False: method_checks.few_steps(digits_data), True: method_checks.few_steps(digits_cross_modal)}
     return lambda method: few[registry.get(method).cross_modal]
 
 

