@@ -165,3 +165,10 @@ def map_by_hand(query_codes, database_codes, query_labels, database_labels):
 # Two float64 means of the same per-query precisions, summed in another order:
 # they differ by a few roundoffs (1e-16) of mAP's O(1) magnitude.
 MAP_RTOL = 1e-12
+
+
+def weighted(model, terms):
+    """A family member's per-example loss from its terms: each term times its
+    weight (`term_weights`: an attribute's name or a constant), summed."""
+    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
+               for name, w in model.term_weights.items())

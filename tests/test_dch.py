@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from method_checks import float64  # noqa: F401  (a fixture)
+from method_checks import weighted as _weighted
 from tfhash import metrics, training
 from tfhash.data import load_protocol
 from tfhash.models.dch import DCH
@@ -18,11 +19,6 @@ from tfhash.models.dch import DCH
 # (u1, u3) -1, (u2, u3) -1/2; Hamming distances d = K/2 (1 - cos): d12 = 2, d13 = 8, d23 = 6.
 CODES = np.stack([np.ones(8), np.array([2.0, 2, 0, 0, 0, 0, 0, 0]), -np.ones(8)])
 LOG = math.log
-
-
-def _weighted(model, terms):
-    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
-               for name, w in model.term_weights.items())
 
 
 def _terms(model, labels, batch=None):

@@ -8,6 +8,7 @@ import pytest
 
 import method_checks
 from method_checks import float64  # noqa: F401  (a fixture)
+from method_checks import weighted as _weighted
 from tfhash import metrics, training
 from tfhash.data import load_protocol
 from tfhash.models import DPSH
@@ -19,11 +20,6 @@ LOG1P_EXP_MINUS_1 = 0.31326168751822286
 @pytest.fixture(scope="module")
 def digits():
     return load_protocol("digits")
-
-
-def _weighted(model, terms):
-    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
-               for name, w in model.term_weights.items())
 
 
 def test_three_items_loss_by_hand(float64):

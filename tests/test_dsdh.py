@@ -9,16 +9,12 @@ import tensorflow as tf
 
 import method_checks
 from method_checks import float64  # noqa: F401  (a fixture)
+from method_checks import weighted as _weighted
 from tfhash import metrics, training
 from tfhash.models.dsdh import DSDH, discrete_step, label_matrix
 
 # log(1 + e^-1): the pair loss log(1 + e^T) - s T at T = 1, s = 1 and at T = -1, s = 0.
 LOG1P_EXP_MINUS_1 = 0.31326168751822286
-
-
-def _weighted(model, terms):
-    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
-               for name, w in model.term_weights.items())
 
 
 def test_three_items_loss_by_hand(float64):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from method_checks import float64  # noqa: F401  (a fixture)
+from method_checks import weighted as _weighted
 from tfhash import metrics, training
 from tfhash.data import load_protocol
 from tfhash.models.dsh import DSH
@@ -14,11 +15,6 @@ from tfhash.models.dsh import DSH
 ONES = np.ones(8)
 # K = 8: u1 = (1, ..., 1), u2 = u1 / 2, u3 = (-1/2 four times, then 1/2 four times).
 CODES = np.stack([ONES, ONES / 2, np.repeat([-0.5, 0.5], 4)])
-
-
-def _weighted(model, terms):
-    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
-               for name, w in model.term_weights.items())
 
 
 def _terms(model, labels, codes=CODES, batch=None):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from method_checks import float64  # noqa: F401  (a fixture)
+from method_checks import weighted as _weighted
 from tfhash import metrics, training
 from tfhash.data import load_protocol
 from tfhash.models.greedyhash import GreedyHash
@@ -20,11 +21,6 @@ SIGMOID_2 = 0.8807970779778823
 @pytest.fixture(scope="module")
 def digits():
     return load_protocol("digits")
-
-
-def _weighted(model, terms):
-    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
-               for name, w in model.term_weights.items())
 
 
 def _model():

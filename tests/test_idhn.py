@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from method_checks import float64  # noqa: F401  (a fixture)
+from method_checks import weighted as _weighted
 from tfhash import metrics, training
 from tfhash.data import load_protocol
 from tfhash.models.idhn import IDHN
@@ -15,11 +16,6 @@ from tfhash.models.idhn import IDHN
 LOG1P_EXP_MINUS_1 = 0.31326168751822286
 # Head outputs z = +-1 (K = 8): softsign gives u = +-1/2.
 Z = np.stack([np.ones(8), np.ones(8), -np.ones(8)])
-
-
-def _weighted(model, terms):
-    return sum((getattr(model, w) if isinstance(w, str) else w) * terms[name]
-               for name, w in model.term_weights.items())
 
 
 def _terms(model, labels, codes=Z, batch=None):
