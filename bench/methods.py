@@ -1,7 +1,7 @@
 """One benchmark for every method: train it, score it beside DHN, LSH / ITQ and its untrained encoder.
 
     .venv/bin/python bench/methods.py --method M [--bits 16 32 64] [--protocol P] [--seed S] [--epochs N]
-                                      [--set KEY=VALUE ...] [--reuse] [--no-record]
+                                      [--set KEY=VALUE ...] [--trunk VARIANT] [--keep DIR] [--reuse] [--no-record]
 
 For each code length, M trains through `tfhash.training.train` with its
 published recipe for (M, P, bits) where there is one
@@ -30,6 +30,15 @@ them into the README's and the method pages' tables). `--reuse` takes a run
 whose (method, protocol, bits, seed, data options, settings) already has a
 record from that record instead of training it again. `--no-record` writes
 nothing (smoke runs).
+
+`--trunk lite0` takes DHN's published `dhn_P_lite0_BITS` recipe as the one
+shared change: its trunk settings (`TRUNK_SETTINGS`: a frozen ImageNet
+EfficientNetLite0 seen at 128 px) and its loader options go over every
+method's defaults (a method's own `M_P_lite0_BITS` recipe wins where there
+is one), and DHN, the bar, runs that recipe. `--keep DIR` also saves each
+trained run as `DIR/M_P[_VARIANT]_BITS` (a run directory, with the figures
+printed as its scores), which `tfhash zoo publish RECIPE --run RUN` publishes
+without training again.
 """
 
 import argparse
@@ -57,6 +66,8 @@ def _load_tables():
 tables = _load_tables()
 
 REFERENCE = "dhn"
+# The settings of a trunk variant's recipe that every method takes (the model's input side, not its loss).
+TRUNK_SETTINGS = ("backbone", "backbone_weights", "backbone_input_size", "freeze_backbone")
 
 
 def setting(text):
@@ -80,24 +91,39 @@ def parse_args(argv=None):
                         help="the method's epochs (not DHN's); default: the recipe's")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=setting,
                         help="other settings of the method (not DHN's), e.g. alpha=0.5 balanced=true")
+    parser.add_argument("--trunk", metavar="VARIANT",
+                        help="the trunk of DHN's published recipe dhn_P_VARIANT_BITS, for every method (e.g. lite0)")
+    parser.add_argument("--keep", metavar="DIR", help="also save each trained run as DIR/NAME (for zoo publish --run)")
     parser.add_argument("--reuse", action="store_true", help="take runs already in the results from there")
     parser.add_argument("--results", default=str(tables.RESULTS), help="folder of the METHOD_PROTOCOL.jsonl files")
     parser.add_argument("--no-record", action="store_true", help="append nothing (smoke runs)")
     return parser.parse_args(argv)
 
 
-def plan(method, protocol, bits, seed=None, epochs=None, **settings):
+def plan(method, protocol, bits, seed=None, epochs=None, trunk=None, **settings):
     """(resolved recipe, published recipe name or None, overrides) of one run.
 
     Overrides are the settings that differ from the published recipe (or from
-    the method's defaults where none is published); the seed is a field of its own."""
+    the method's defaults where none is published); the seed is a field of its
+    own. `trunk` (a variant, e.g. "lite0") names the recipe `M_P_VARIANT_BITS`;
+    a method without one takes the `TRUNK_SETTINGS` and loader options of DHN's,
+    and those are not counted as overrides: they are the run's variant."""
     from tfhash import recipes, registry, training
 
     protocol = protocol or registry.get(method).protocol
-    name = f"{method}_{protocol}_{bits}"
+    name = "_".join(str(part) for part in (method, protocol, trunk, bits) if part is not None)
     published = name if name in recipes.published_names() else None
-    base = training.resolve(method, protocol, recipe=published, bits=bits)
-    recipe = training.resolve(method, protocol, recipe=published, bits=bits, seed=seed, epochs=epochs, **settings)
+    shared, data = {}, None
+    if trunk and not published:
+        reference = f"{REFERENCE}_{protocol}_{trunk}_{bits}"
+        if reference not in recipes.published_names():
+            raise ValueError(f"--trunk {trunk} takes DHN's recipe {reference}, which is not published: expected one "
+                             f"of {sorted(n for n in recipes.published_names() if n.startswith(REFERENCE))}")
+        dhn = training.resolve(recipe=reference)
+        shared, data = {k: dhn["settings"][k] for k in TRUNK_SETTINGS if k in dhn["settings"]}, dhn["data"]
+    base = training.resolve(method, protocol, recipe=published, bits=bits, data_options=data, **shared)
+    recipe = training.resolve(method, protocol, recipe=published, bits=bits, seed=seed, epochs=epochs,
+                              data_options=data, **{**shared, **settings})
     overrides = {k: v for k, v in recipe["settings"].items() if base["settings"].get(k) != v}
     return recipe, published, overrides
 
@@ -200,17 +226,28 @@ def commit():
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def run(recipe, published, overrides, data, base):
-    """Trains one recipe, scores it and its untrained encoders; returns its record."""
+def run(recipe, published, overrides, data, base, keep=None, trunk=None):
+    """Trains one recipe, scores it and its untrained encoders; returns its record
+    (and saves the run, with those scores, in `keep`)."""
+    import dataclasses
+
     from tfhash import training
 
     untrained = untrained_callback(data)
     load = round(os.getloadavg()[0], 1)  # the machine's 1-minute load as training starts: context for train_seconds
     result = training.train(recipe=recipe, data=data, callbacks=[untrained], verbose=0, score=False)
+    scores = score(result.encoders, data)
+    if keep:
+        # The run's scores in `training.score_encoders`' form: each encoder as the query side.
+        sides = {"image": "image_to_text", "text": "text_to_image"} if data.protocol.cross_modal else {
+            "image": "image_to_image"}
+        run_scores = {m: {"map": scores[d]["map"], "precision@100": scores[d]["precision@100"]}
+                      for m, d in sides.items()}
+        training.save_run(dataclasses.replace(result, scores=run_scores), keep)
     return {
         "method": recipe["method"], "protocol": recipe["protocol"], "bits": recipe["bits"], "seed": recipe["seed"],
-        "recipe": published, "overrides": overrides, "settings": recipe["settings"], "data": recipe["data"],
-        "scores": score(result.encoders, data), "train_seconds": result.seconds,
+        "recipe": published, "trunk": trunk, "overrides": overrides, "settings": recipe["settings"],
+        "data": recipe["data"], "scores": scores, "train_seconds": result.seconds,
         "history_last": {k: float(v[-1]) for k, v in result.history.items() if len(v)},
         "untrained": untrained.scores, "baselines": base,
         "metric": {**data.protocol.metric_options, "queries": len(data.split.query),
@@ -242,12 +279,12 @@ def main(argv=None):
         plans = {}
         for bits in args.bits:
             recipe, published, overrides = plan(args.method, args.protocol, bits, args.seed, args.epochs,
-                                                **dict(args.set))
+                                                args.trunk, **dict(args.set))
             plans[bits] = [(recipe, published, overrides)]
             if get_protocol(recipe["protocol"]).cross_modal:
                 continue  # the bar is CCA-ITQ: DHN is an image method
             if args.method != REFERENCE or overrides:
-                plans[bits].append(plan(REFERENCE, recipe["protocol"], bits, recipe["seed"]))
+                plans[bits].append(plan(REFERENCE, recipe["protocol"], bits, recipe["seed"], trunk=args.trunk))
     except ValueError as e:
         sys.exit(f"bench/methods.py: {e}")
     records = tables.read_records(args.results) if args.reuse else []
@@ -274,7 +311,11 @@ def main(argv=None):
                 base[options] = baselines(data, bits, r["seed"])
             label = tables.settings_label({"recipe": name, "overrides": changed})
             print(f"{r['method']} {bits} bits, seed {r['seed']}: training ({label}) ...", flush=True)
-            record = run(r, name, changed, data, base[options])
+            keep = None
+            if args.keep:
+                parts = (r["method"], r["protocol"], args.trunk, bits)
+                keep = os.path.join(args.keep, "_".join(str(p) for p in parts if p is not None))
+            record = run(r, name, changed, data, base[options], keep, args.trunk)
             shown.append(record)
             record_of[key] = record
             if not args.no_record:

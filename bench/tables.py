@@ -95,6 +95,8 @@ def reference(records, protocol, bits, seed):
 def settings_label(record):
     """"recipe `NAME`" or "defaults", then the changed settings, e.g. "defaults, epochs=5"."""
     label = f"recipe `{record['recipe']}`" if record["recipe"] else "defaults"
+    if record.get("trunk") and not record["recipe"]:  # bench/methods.py --trunk: DHN's variant's trunk
+        label += f", the trunk of `dhn_{record['protocol']}_{record['trunk']}_{record['bits']}`"
     changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(record["overrides"].items()))
     return f"{label}, {changed}" if changed else label
 
