@@ -7,6 +7,7 @@ README.md and docs/methods/*.md against bench/methods.py's committed records."""
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,11 +157,13 @@ def test_committed_records_are_whole_and_name_their_recipe():
     records = tables.read_records()
     assert any(r["method"] == "dhn" and r["protocol"] == "fashion_mnist" for r in records)
     published = recipes.published_names()
+    standing = tables.latest(records)
     for record in records:
         path = tables.results_path(record["method"], record["protocol"])
         assert path.is_file(), f"a {record['method']} record on {record['protocol']} outside {path.name}"
         assert record["method"] in registry.names()
-        if record["recipe"] is not None:
+        # A record the recipe's later run superseded (same recipe and overrides) may hold its settings of then.
+        if record["recipe"] is not None and record in standing:
             assert record["recipe"] in published
             recipe = recipes.published(record["recipe"])
             assert (recipe["method"], recipe["protocol"], recipe["bits"]) == (
@@ -222,6 +225,74 @@ def test_tables_keep_the_last_record_and_divide_by_dhns_recipe_run():
     assert tables.replace_block(page, "new") == f"# DPSH\n\n{tables.BEGIN}\nnew\n{tables.END}\n\n## Next\n"
     with pytest.raises(ValueError, match="exactly one"):
         tables.replace_block("# no markers\n", "new")
+
+
+def test_readme_summary_has_one_figure_per_cell_from_the_canonical_runs():
+    records = [
+        _record("dhn", 32, 0.80), _record("dhn", 64, 0.84), _record("dhn", 16, 0.70),
+        _record("dsh", 32, 0.81), _record("dsh", 64, 0.83),
+        _record("dsh", 32, 0.99, overrides={"alpha": 1.0}),  # a changed setting: on the page, not here
+        _record("dsh", 32, 0.98, seed=1),  # another seed: on the page, not here
+        {**_record("dhn", 32, 0.54, protocol="open_clip_art_images"), "trunk": "lite0"},
+        {**_record("dsh", 32, 0.50, protocol="open_clip_art_images"), "trunk": "lite0"},
+    ]
+    for r in records[-2:]:
+        r["settings"].update(backbone="EfficientNetLite0", freeze_backbone=True)
+    records[3]["train_seconds"] = 99.6
+    maps, more = tables.summary(records, {"dhn": "DHN", "dsh": "DSH"})
+    lines = maps.splitlines()
+    # Columns two methods share (16 bits has DHN alone), from scratch first; rows DHN first, then the bars.
+    assert lines[0] == ("| method | digits, 32 bits | digits, 64 bits "
+                        "| Open Clip Art images, 32 bits, frozen EfficientNetLite0 |")
+    assert lines[2] == "| [DHN](docs/methods/dhn.md) | 0.8000 | 0.8400 | 0.5400 |"
+    assert lines[3] == "| [DSH](docs/methods/dsh.md) | 0.8100 | 0.8300 | 0.5000 |"
+    assert lines[4].startswith("| untrained encoder") and lines[5].startswith("| LSH (pixels) | 0.8000 |")
+    # _record's untrained and baseline figures are the record's own mAP: DHN's, the bar's, per column.
+    assert lines[4].endswith("| 0.8000 | 0.8400 | 0.5400 |")
+    assert more.splitlines()[3] == "| [DSH](docs/methods/dsh.md) | 0.5000 | 0.2500 | 100 | 0.5000 | 0.2500 | 12 |"
+    for line in lines[2:] + more.splitlines()[2:]:  # one figure (or a dash) per cell
+        for cell in line.strip("|").split("|")[1:]:
+            assert re.fullmatch(r" (\d+(\.\d+)?|–) ", cell), (line, cell)
+    assert tables.summary([_record("dhn", 32, 0.8)]) == ""  # one method: no shared column
+
+
+def test_readme_zoo_table_has_a_row_per_entry_family_and_a_column_per_code_length():
+    def entry(name, bits, value, metric="map@all"):
+        return {"recipe": f"recipes/{name}.json", "metric": {"name": metric, "value": value}, "bits": bits}
+
+    recipes = {
+        "recipes/dsh_fashion_mnist_32.json": {"method": "dsh", "protocol": "fashion_mnist", "bits": 32, "settings": {}},
+        "recipes/dsh_fashion_mnist_64.json": {"method": "dsh", "protocol": "fashion_mnist", "bits": 64, "settings": {}},
+        "recipes/ssah_oca_lite0_32.json": {"method": "ssah", "protocol": "oca", "bits": 32,
+                                           "settings": {"backbone": "EfficientNetLite0", "freeze_backbone": True}},
+    }
+    manifest = {"entries": {
+        "a": entry("dsh_fashion_mnist_32", 32, 0.81), "b": entry("dsh_fashion_mnist_64", 64, 0.84),
+        "c": entry("ssah_oca_lite0_32", 32, 0.7, "map@all image->text"),
+        "d": entry("ssah_oca_lite0_32", 32, 0.8, "map@all text->image"),
+    }}
+    lines = tables.zoo_block(manifest, recipes, {"dsh": "DSH"}, {"dsh": "supervised"}).splitlines()
+    assert lines[0] == "| method | kind | protocol | trunk | direction | 32 bits | 64 bits |"
+    assert lines[2:] == [
+        "| [DSH](docs/methods/dsh.md) | supervised | `fashion_mnist` | from scratch | image->image | 0.8100 | 0.8400 |",
+        "| [ssah](docs/methods/ssah.md) |  | `oca` | frozen EfficientNetLite0 | image->text | 0.7000 | – |",
+        "| [ssah](docs/methods/ssah.md) |  | `oca` | frozen EfficientNetLite0 | text->image | 0.8000 | – |",
+    ]
+
+
+def test_bench_methods_trunk_takes_dhns_variant_for_every_method():
+    methods = _bench("methods")
+    recipe, name, overrides = methods.plan("dsh", "open_clip_art_images", 32, trunk="lite0")
+    dhn = recipes.published("dhn_open_clip_art_images_lite0_32")
+    # DSH has no such recipe: its defaults, with DHN's trunk and loader, and those are not overrides.
+    assert name is None and overrides == {} and recipe["data"] == dhn["data"]
+    assert {k: recipe["settings"][k] for k in methods.TRUNK_SETTINGS} == \
+        {k: dhn["settings"][k] for k in methods.TRUNK_SETTINGS}
+    assert recipe["settings"]["alpha"] == registry.get("dsh").defaults()["alpha"]
+    recipe, name, overrides = methods.plan("dhn", "open_clip_art_images", 32, trunk="lite0")
+    assert name == "dhn_open_clip_art_images_lite0_32" and overrides == {}
+    with pytest.raises(ValueError, match=r"--trunk lite0 takes DHN's recipe dhn_fashion_mnist_lite0_32"):
+        methods.plan("dsh", "fashion_mnist", 32, trunk="lite0")
 
 
 def test_bench_methods_plans_the_recipe_and_reuses_a_recorded_run(tmp_path, monkeypatch, capsys):

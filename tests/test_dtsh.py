@@ -45,6 +45,17 @@ def test_three_items_loss_by_hand(float64):
     assert np.mean(terms["triplet_loss"]) == pytest.approx(AT_1, rel=1e-12)
 
 
+def test_the_default_margin_is_half_the_code_length(float64):
+    # The three items above at the default alpha = K/2 = 4: each triplet at 1 + 1 - 4 = -2, costing
+    # -log sigmoid(-2) = log(1 + e^2); the rows carry 3 / 2 of it, as above.
+    model = DTSH(bits=8, input_shape=(8, 8, 1))
+    assert model.get_config()["margin"] is None and model.alpha == 4
+    terms = _terms(model, _codes(1, 1, -1), [0, 0, 1])
+    np.testing.assert_allclose(terms["triplet_loss"], [1.5 * np.log1p(np.e ** 2)] * 2 + [0.0], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"margin must be non-negative, or None for bits / 2. Received: margin=-1"):
+        DTSH(bits=8, input_shape=(8, 8, 1), margin=-1)
+
+
 def test_triplet_and_anchor_averages_by_hand(float64):
     # Five items: codes a, a, 0, -a, -a, labels 0, 0, 0, 1, 1; margin 1. Theta is 1 between equal
     # nonzero codes, -1 between a and -a, 0 against the zero code.

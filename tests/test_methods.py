@@ -130,8 +130,31 @@ def test_every_image_method_takes_the_trunk_settings_or_reads_fixed_features():
         assert "features" in registry.get(method).defaults(), method
 
 
+def trunk_path(method):
+    """The classes whose `call`, `build` and `train_step` a method's trainer runs: the code between
+    its trunk and its optimizer. Pairwise-family members that keep the family's three differ only in
+    their loss terms, which never see the trunk's weights."""
+    trainer = registry.get(method).trainer_class()
+    return tuple(next(k for k in trainer.__mro__ if name in vars(k)).__qualname__
+                 for name in ("call", "build", "train_step"))
+
+
+# One method per trunk path, the first by name: 8 trainings stand for the 14 image trainers.
+TRUNK_CASES = []
+for _method in IMAGE_TRAINERS:
+    if trunk_path(_method) not in map(trunk_path, TRUNK_CASES):
+        TRUNK_CASES.append(_method)
+
+
+def test_each_trunk_path_is_checked_by_one_of_its_methods():
+    # dch stands for dhn, dpsh, dsdh, dsh, dtsh and idhn: the family's call, build and train_step.
+    assert {trunk_path(m) for m in TRUNK_CASES} == {trunk_path(m) for m in IMAGE_TRAINERS}
+    assert trunk_path("dhn") == trunk_path("dch") == ("PairwiseHashModel",) * 3
+    assert trunk_path("hashnet") != trunk_path("dch") and "hashnet" in TRUNK_CASES
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", IMAGE_TRAINERS)
+@pytest.mark.parametrize("method", TRUNK_CASES)
 def test_a_frozen_efficientnet_lite_trunk_at_a_stated_size(method, data_for, tmp_path):
     # Random weights keep it fast; "imagenet" takes the same path (tests/test_efficientnet_lite.py).
     settings = dict(TINY[method], backbone="EfficientNetLite0", backbone_weights=None, freeze_backbone=True,

@@ -21,9 +21,9 @@ def digits():
     return load_protocol("digits")
 
 
-def _model(**kwargs):
-    # K = 4, two classes with the orthogonal codes c0 = (1, 1, 1, 1) and c1 = (1, 1, -1, -1), set by hand.
-    model = OrthoHash(bits=8, input_shape=(8, 8, 1), num_classes=2, **kwargs)
+def _model(scale=8.0, **kwargs):
+    # K = 4, two classes with the orthogonal codes c0 = (1, 1, 1, 1) and c1 = (1, 1, -1, -1), set by hand; s = 8.
+    model = OrthoHash(bits=8, input_shape=(8, 8, 1), num_classes=2, scale=scale, **kwargs)
     model.class_codes.assign(np.array([[1.0] * 4 + [0.0] * 4, [1, 1, -1, -1] + [0.0] * 4]))
     return model
 
@@ -51,6 +51,18 @@ def test_three_items_loss_by_hand(float64):
     # The one loss by default: the quantization term weighs 0.
     assert OrthoHash.term_weights["quantization_loss"] == "quantization_weight"
     assert OrthoHash(bits=8, input_shape=(8, 8, 1)).quantization_weight == 0
+
+
+def test_the_default_scale_is_the_papers_square_root_of_the_code_length(float64):
+    # v1 of the test above, class 0, at the default s = sqrt(K): K = 16 gives s = 4, logits (4 (1 - 0.2), 0).
+    model = _model(scale=None)
+    assert model.get_config()["scale"] is None and model.logit_scale == np.sqrt(8)
+    model = OrthoHash(bits=16, input_shape=(8, 8, 1), num_classes=2)
+    model.class_codes.assign(np.array([[1.0] * 4 + [0.0] * 12, [1, 1, -1, -1] + [0.0] * 12]))
+    codes = keras.ops.convert_to_tensor(np.pad(CODES[:1], ((0, 0), (0, 8))))
+    labels = keras.ops.convert_to_tensor(np.array([0]))
+    loss = model.loss_terms(codes, labels, codes, labels, {})["classification_loss"]
+    np.testing.assert_allclose(np.asarray(loss), [softplus(-3.2)], rtol=1e-12)
 
 
 def test_multi_hot_labels_spread_the_target_over_the_positives(float64):
@@ -101,7 +113,7 @@ def test_bad_arguments_fail_in_one_line():
                             ({"multi_label": "x"}, r"multi_label must be one of .*Received: multi_label='x'"),
                             ({"codebook": "gauss"}, r"codebook must be one of .*Received: codebook='gauss'"),
                             ({"codebook": "hadamard", "bits": 24}, r"needs bits a power of 2 .*Received: bits=24"),
-                            ({"scale": 0}, r"scale must be a positive number. Received: scale=0")]:
+                            ({"scale": 0}, r"scale must be a positive number, or None for sqrt\(bits\). Received: scale=0")]:
         with pytest.raises(ValueError, match=pattern) as error:
             OrthoHash(**{"bits": 8, "input_shape": (8, 8, 1), **kwargs})
         assert "\n" not in str(error.value)

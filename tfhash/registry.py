@@ -319,6 +319,7 @@ METHODS = {
             batches="batches of images and labels (class ids or multi-hot): the batch's triplets by shared labels",
             train={"epochs": 30, "batch_size": 128, "learning_rate": 1e-3},
             derived=("input_shape",),
+            types={"margin": float},
             limits={"theta_scale": "positive"},
             tiny={"epochs": 1, "batch_size": 64},
         ),
@@ -365,6 +366,7 @@ METHODS = {
             # Adam as the authors' (their 1e-4 is for a pretrained AlexNet): the project's common schedule.
             train={"epochs": 30, "batch_size": 128, "learning_rate": 1e-3},
             derived=("input_shape", "num_classes"),
+            types={"scale": float},
             limits={"scale": "positive"},
             tiny={"epochs": 1, "batch_size": 64},
         ),

@@ -14,11 +14,13 @@ Choices, one line each (docs/methods/dtsh.md):
 - Average: every triplet of the global batch weighs the same (the paper's sum, divided by the count);
   `triplet_average="anchor"` is DeepHash-pytorch's mean per anchor, then over the anchors that have triplets.
 - Theta: u_i^T u_j / 2 (the paper); DeepHash-pytorch drops the 1/2 (`theta_scale=1.0`).
-- alpha 5 and lambda 1 on the per-bit mean |b - u|^2 / K: DeepHash-pytorch's values.
+- alpha K/2: the authors' code (Minione/DTSH, on the paper's Theta); DeepHash-pytorch's 5 is `margin=5`.
+- lambda 1 on the per-bit mean |b - u|^2 / K: DeepHash-pytorch's (the authors' 100 weighs a sum over 22,500
+  triplets per anchor, not a mean).
 - -log sigmoid(x) as softplus(-x): finite for any x (DeepHash-pytorch clamps x to [-100, 50]).
 - Head: linear (the paper); the family's "tanh" and "sign" are options.
 
-Defaults: bits 32, margin 5, quantization_weight 1, theta_scale 0.5, triplet_average "triplet",
+Defaults: bits 32, margin K/2, quantization_weight 1, theta_scale 0.5, triplet_average "triplet",
 identity head, small_cnn.
 """
 
@@ -37,7 +39,8 @@ class DTSH(PairwiseHashModel):
     """Supervised image hashing with DTSH's triplet likelihood and quantization term.
 
     Args:
-        margin: alpha, the margin between Theta_qp and Theta_qn in the triplet likelihood.
+        margin: alpha, the margin between Theta_qp and Theta_qn in the triplet likelihood; None
+            (default) is K/2, the authors' code's.
         quantization_weight: lambda, weight of the quantization term |sign(u) - u|^2 / K.
         theta_scale: Theta_ij = theta_scale * u_i^T u_j (the paper: 1/2; DeepHash-pytorch: 1).
         triplet_average: "triplet" weighs every triplet of the batch alike (the paper's sum); "anchor"
@@ -54,7 +57,7 @@ class DTSH(PairwiseHashModel):
 
     term_weights = {"triplet_loss": 1.0, "quantization_loss": "quantization_weight"}
 
-    def __init__(self, margin=5.0, quantization_weight=1.0, theta_scale=0.5, triplet_average="triplet",
+    def __init__(self, margin=None, quantization_weight=1.0, theta_scale=0.5, triplet_average="triplet",
                  activation="identity", **kwargs):
         if not theta_scale > 0:
             raise ValueError(f"theta_scale must be positive. Received: theta_scale={theta_scale!r}")
@@ -62,7 +65,11 @@ class DTSH(PairwiseHashModel):
             raise ValueError(f"triplet_average must be one of {TRIPLET_AVERAGES}. "
                              f"Received: triplet_average={triplet_average!r}")
         super().__init__(activation=activation, **kwargs)
-        self.margin, self.quantization_weight = float(margin), float(quantization_weight)
+        if margin is not None and not margin >= 0:
+            raise ValueError(f"margin must be non-negative, or None for bits / 2. Received: margin={margin!r}")
+        self.margin = None if margin is None else float(margin)
+        self.quantization_weight = float(quantization_weight)
+        self.alpha = self.bits / 2 if margin is None else self.margin
         self.theta_scale, self.triplet_average = float(theta_scale), triplet_average
         finish_construction(self, DTSH)
 
@@ -75,7 +82,7 @@ class DTSH(PairwiseHashModel):
         others = other_columns(rows, columns, dtype)
         positive, negative = similar * others, (1.0 - similar) * others
         # (rows, p, n): every positive against every negative of each anchor.
-        losses = triplet_likelihood(ops.expand_dims(theta, 2), ops.expand_dims(theta, 1), self.margin)
+        losses = triplet_likelihood(ops.expand_dims(theta, 2), ops.expand_dims(theta, 1), self.alpha)
         triplets = ops.expand_dims(positive, 2) * ops.expand_dims(negative, 1)
         per_anchor = ops.sum(losses * triplets, axis=(1, 2))
         # Counts over the global batch (the same on every replica), so N replicas take one device's steps.

@@ -15,7 +15,8 @@ the labels spread evenly over the row's positives (the paper's label smoothing).
 Choices, one line each (docs/methods/orthohash.md):
 - Class codes: Bernoulli(0.5) signs (the authors' default "B"), drawn from `codebook_seed`, or
   `codebook="hadamard"` (rows of [H_K; -H_K], CSQ's); kept as a non-trainable weight, saved with the model.
-- s 8, m 0.2: the authors' defaults (cosine margin; their "arc" margin is not offered).
+- s = sqrt(K), m 0.2: the paper's (its supplementary material; the authors' code's 8 is sqrt(64), its default
+  K); a cosine margin (their "arc" margin is not offered).
 - Quantization: off (`quantization_weight=0`, the paper's one loss and the authors' default); their
   explicit term 1 - cos(v, sign(v)) (sign held constant) is the option.
 - Head: Dense(K) then BatchNormalization (the authors' momentum 0.1, i.e. Keras's 0.9; eps 1e-5),
@@ -23,7 +24,7 @@ Choices, one line each (docs/methods/orthohash.md):
 - Multi-label: "label_smoothing" (the paper's); "bce" (the authors' option: sigmoid cross-entropy of the
   margin logits, averaged over the classes). A row with no label has no classification loss.
 
-Defaults: bits 32, scale 8, margin 0.2, quantization_weight 0, Bernoulli codes (seed 0), batch norm, small_cnn.
+Defaults: bits 32, scale sqrt(K), margin 0.2, quantization_weight 0, Bernoulli codes (seed 0), batch norm, small_cnn.
 """
 
 import math
@@ -91,7 +92,7 @@ class OrthoHash(PairwiseHashModel):
     """Supervised image hashing with OrthoHash's one cosine-margin cross-entropy over fixed class codes.
 
     Args:
-        scale: s, the cosine logits' scale.
+        scale: s, the cosine logits' scale; None (default) is sqrt(K), the paper's.
         margin: m, taken off the cosine of each true class.
         quantization_weight: weight of the explicit term 1 - cos(v, sign(v)) (0: the paper's one loss).
         codebook: the class codes: "bernoulli" (random signs) or "hadamard" (rows of [H; -H]).
@@ -111,19 +112,21 @@ class OrthoHash(PairwiseHashModel):
 
     term_weights = {"classification_loss": 1.0, "quantization_loss": "quantization_weight"}
 
-    def __init__(self, scale=8.0, margin=0.2, quantization_weight=0.0, codebook="bernoulli", codebook_seed=0,
+    def __init__(self, scale=None, margin=0.2, quantization_weight=0.0, codebook="bernoulli", codebook_seed=0,
                  multi_label="label_smoothing", batch_norm=True, num_classes=10, activation="identity", **kwargs):
         if multi_label not in MULTI_LABEL:
             raise ValueError(f"multi_label must be one of {MULTI_LABEL}. Received: multi_label={multi_label!r}")
         if activation != "identity":
             raise ValueError(f"activation must be 'identity' (OrthoHash's head is linear, then batch norm). "
                              f"Received: activation={activation!r}")
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive number. Received: scale={scale!r}")
+        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number, or None for sqrt(bits). Received: scale={scale!r}")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be a positive integer. Received: num_classes={num_classes}")
         super().__init__(activation=activation, **kwargs)
-        self.scale, self.margin, self.quantization_weight = float(scale), float(margin), float(quantization_weight)
+        self.scale = None if scale is None else float(scale)
+        self.margin, self.quantization_weight = float(margin), float(quantization_weight)
+        self.logit_scale = math.sqrt(self.bits) if scale is None else self.scale
         self.codebook, self.codebook_seed, self.multi_label = codebook, int(codebook_seed), multi_label
         self.batch_norm, self.num_classes = bool(batch_norm), int(num_classes)
         self._targets = class_codes(self.num_classes, self.bits, codebook, self.codebook_seed)
@@ -148,7 +151,7 @@ class OrthoHash(PairwiseHashModel):
 
     def loss_terms(self, codes, labels, all_codes, all_labels, batch):
         cosines = cosine_logits(codes, ops.cast(self.class_codes, codes.dtype))
-        return {"classification_loss": margin_cross_entropy(cosines, labels, self.scale, self.margin,
+        return {"classification_loss": margin_cross_entropy(cosines, labels, self.logit_scale, self.margin,
                                                             self.multi_label),
                 "quantization_loss": cosine_quantization(codes)}
 
