@@ -5,8 +5,9 @@
 
 For each code length, M trains through `tfhash.training.train` with its
 published recipe for (M, P, bits) where there is one
-(`tfhash.recipes.published_names()`: `M_P_BITS`), else with the method's
-defaults; `--seed`, `--epochs` and `--set` change only what they name (the
+(`tfhash.recipes.published_names()`: `M_P_BITS`), else with its recipe at
+another length taken to these bits (`M_P_32@16`: the same settings), else
+with the method's defaults; `--seed`, `--epochs` and `--set` change only what they name (the
 settings changed are recorded as overrides). Beside it, on the same protocol,
 bits and seed:
 
@@ -112,7 +113,11 @@ def plan(method, protocol, bits, seed=None, epochs=None, trunk=None, **settings)
 
     protocol = protocol or registry.get(method).protocol
     name = "_".join(str(part) for part in (method, protocol, trunk, bits) if part is not None)
-    published = name if name in recipes.published_names() else None
+    names = recipes.published_names()
+    published = name if name in names else None
+    # No recipe at these bits: the method's recipe at another length, its settings at these bits.
+    like = None if published or trunk else next(
+        (f"{method}_{protocol}_{b}" for b in (32, 64, 16, 128) if f"{method}_{protocol}_{b}" in names), None)
     shared, data = {}, None
     if trunk and not published:
         reference = f"{REFERENCE}_{protocol}_{trunk}_{bits}"
@@ -121,11 +126,11 @@ def plan(method, protocol, bits, seed=None, epochs=None, trunk=None, **settings)
                              f"of {sorted(n for n in recipes.published_names() if n.startswith(REFERENCE))}")
         dhn = training.resolve(recipe=reference)
         shared, data = {k: dhn["settings"][k] for k in TRUNK_SETTINGS if k in dhn["settings"]}, dhn["data"]
-    base = training.resolve(method, protocol, recipe=published, bits=bits, data_options=data, **shared)
-    recipe = training.resolve(method, protocol, recipe=published, bits=bits, seed=seed, epochs=epochs,
+    base = training.resolve(method, protocol, recipe=published or like, bits=bits, data_options=data, **shared)
+    recipe = training.resolve(method, protocol, recipe=published or like, bits=bits, seed=seed, epochs=epochs,
                               data_options=data, **{**shared, **settings})
     overrides = {k: v for k, v in recipe["settings"].items() if base["settings"].get(k) != v}
-    return recipe, published, overrides
+    return recipe, published or (like and f"{like}@{bits}"), overrides
 
 
 def record_key(recipe):

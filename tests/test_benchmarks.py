@@ -164,9 +164,10 @@ def test_committed_records_are_whole_and_name_their_recipe():
         assert record["method"] in registry.names()
         # A record the recipe's later run superseded (same recipe and overrides) may hold its settings of then.
         if record["recipe"] is not None and record in standing:
-            assert record["recipe"] in published
-            recipe = recipes.published(record["recipe"])
-            assert (recipe["method"], recipe["protocol"], recipe["bits"]) == (
+            name, _, at = record["recipe"].partition("@")  # NAME@BITS: a recipe's settings at other bits
+            assert name in published
+            recipe = recipes.published(name)
+            assert (recipe["method"], recipe["protocol"], int(at or recipe["bits"])) == (
                 record["method"], record["protocol"], record["bits"])
             # The recorded settings are the recipe's, but for the overrides.
             changed = {k: v for k, v in recipe["settings"].items() if record["settings"].get(k) != v}
@@ -303,6 +304,11 @@ def test_bench_methods_plans_the_recipe_and_reuses_a_recorded_run(tmp_path, monk
     assert name == "dhn_fashion_mnist_32" and overrides == {"epochs": 2} and recipe["seed"] == 3
     recipe, name, overrides = methods.plan("dhn", "digits", 32)  # no recipe: the defaults
     assert name is None and overrides == {} and recipe["settings"] == registry.get("dhn").defaults()
+    # No 16-bit recipe: the 32-bit one's settings (alpha 0.25, not the default 1) at 16 bits.
+    at16, name, overrides = methods.plan("dhn", "fashion_mnist", 16)
+    assert name == "dhn_fashion_mnist_32@16" and overrides == {} and at16["bits"] == 16
+    assert at16["settings"] == methods.plan("dhn", "fashion_mnist", 32)[0]["settings"]
+    assert registry.get("dhn").defaults()["alpha"] != at16["settings"]["alpha"]
 
     # --reuse: a recorded (method, protocol, bits, seed, data, settings) is not trained again.
     record = _record("dhn", 32, 0.9)
