@@ -10,7 +10,7 @@ RUN_DIR ?= runs/dhn_fashion_mnist_32
 $(BIN)/tfhash: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,pretrained]"
+	$(BIN)/pip install --quiet -e ".[test,pretrained,milvus]"
 	touch $@
 
 setup: $(BIN)/tfhash data
@@ -43,8 +43,9 @@ demo: setup
 	$(BIN)/tfhash train --recipe dhn_fashion_mnist_32 --output $(RUN_DIR) --overwrite --quiet
 	$(BIN)/tfhash evaluate $(RUN_DIR) --protocol fashion_mnist --plot $(RUN_DIR)/precision_recall.png --show $(RUN_DIR)/neighbours.png --json $(RUN_DIR)/metrics.json
 
+# --durations=15: the slowest tests, printed, for the suite's time budget.
 test: setup
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -q
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=15
 
 bench: setup
 	$(BIN)/python bench/index.py

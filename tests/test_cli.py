@@ -1,5 +1,6 @@
 """The `tfhash` command end to end on the digits protocol."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -26,6 +27,12 @@ def _map_of_saved_encoder(run_dir):
     encoder = training.load_model(run_dir)
     (queries, query_labels), (database, database_labels) = data.subset("query"), data.subset("database")
     return method_checks.map_by_hand(encoder.encode(queries), encoder.encode(database), query_labels, database_labels)
+
+
+try:  # imported here, not under capsys: pymilvus's import reconfigures logging (dictConfig), closing handlers
+    import pymilvus
+except ImportError:
+    pymilvus = None
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +102,26 @@ def test_encode_then_search_matches_brute_force(run_dir, tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     within = database_ids[d[0] <= 1]
     assert first.startswith(f"query 0: {len(within)} within radius 1, nearest 3: {within[np.argsort(d[0][d[0] <= 1], kind='stable')][:3].tolist()}")
+
+
+@pytest.mark.slow
+def test_encode_into_milvus_then_search_it_as_the_index_file(run_dir, tmp_path, capsys):
+    if pymilvus is None or importlib.util.find_spec("milvus_lite") is None:
+        pytest.skip('needs `pip install "tfhash[milvus]"`')
+    index, milvus = str(tmp_path / "db.thi"), f"milvus:{tmp_path / 'codes.db'}#digits"
+    queries, found, found_milvus = (str(tmp_path / name) for name in ("q.npy", "nn.npz", "nn_milvus.npz"))
+    assert main(["encode", run_dir, "--protocol", "digits", "--part", "database", "--index", index]) == 0
+    assert main(["encode", run_dir, "--protocol", "digits", "--part", "database", "--index", milvus]) == 0
+    assert main(["encode", run_dir, "--protocol", "digits", "--part", "query", "--output", queries]) == 0
+    capsys.readouterr()
+    # 16-bit codes of 1,697 digits: many exact ties, which Milvus must break as the file index does.
+    assert main(["search", index, "--queries", queries, "-k", "20", "--output", found]) == 0
+    assert main(["search", milvus, "--queries", queries, "-k", "20", "--output", found_milvus]) == 0
+    for key in ("distances", "ids"):
+        np.testing.assert_array_equal(np.load(found_milvus)[key], np.load(found)[key])
+    # A second encode into the same collection would add every row twice: refused in one line.
+    assert main(["encode", run_dir, "--protocol", "digits", "--part", "database", "--index", milvus]) == 2
+    assert "Expected an empty or new Milvus collection" in capsys.readouterr().err
 
 
 @pytest.mark.slow

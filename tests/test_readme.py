@@ -64,6 +64,11 @@ import pytest
 
 from tfhash.data import fashion_mnist, open_clip_art
 
+try:  # the README's Milvus block: imported here, not while a block's output is captured (pymilvus's
+    import pymilvus  # noqa: F401  import reconfigures logging with dictConfig, closing existing handlers)
+except ImportError:
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
@@ -721,6 +726,7 @@ def _check_python_blocks(ns, out, found, context):
     """The objects the python blocks made, against values derived from their inputs."""
     from tfhash import metrics, training
     from tfhash.data import load_protocol
+    from tfhash.index import HammingIndex
 
     # tfhash.train: the run's mAP is the one tfhash.metrics gives for its encoder's codes.
     result, digits = ns["result"], load_protocol("digits")
@@ -757,6 +763,13 @@ def _check_python_blocks(ns, out, found, context):
     np.testing.assert_array_equal(results.distances, nearest)
     for row_ids, row_metadata in zip(results.ids, results.metadata, strict=True):
         assert row_metadata == [int(yd[position[int(i)]]) for i in row_ids]
+
+    # MilvusIndex (milvus-lite): HammingIndex's answer on the same codes, ties included.
+    reference = HammingIndex(32)
+    reference.add(db_codes)
+    expected_distances, expected_ids = reference.search(query_codes[:5], 10)
+    np.testing.assert_array_equal(ns["milvus_distances"], expected_distances)
+    np.testing.assert_array_equal(ns["milvus_ids"], expected_ids)
 
     # BGAN, then DSH-GAN: `codes` for the 5,000 training images, 4 bytes each; one grid per epoch (1, capped).
     assert ns["codes"].shape == (5000, 4) and ns["codes"].dtype == np.uint8 and ns["bgan"].encoder.bits == 32

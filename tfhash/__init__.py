@@ -18,6 +18,7 @@ from tfhash._version import __version__
 # tfhash import from their own modules, never these names from `tfhash`.
 _LAZY = {
     "HammingIndex": ("tfhash.index", "HammingIndex"),
+    "MilvusIndex": ("tfhash.milvus_index", "MilvusIndex"),
     "Retriever": ("tfhash.retrieval", "Retriever"),
     "metrics": ("tfhash.metrics", None),
     "zoo": ("tfhash.zoo", None),
@@ -28,7 +29,7 @@ _LAZY = {
 # The submodules the README and docs name as `tfhash.NAME` (`tfhash.serving.Client(...)`),
 # each imported on first use, as `import tfhash.NAME` would.
 SUBMODULES = ("baselines", "callbacks", "data", "evaluation", "export", "image_search", "index", "io", "losses",
-              "models", "neighbours", "registry", "retrieval", "serving", "training")
+              "milvus_index", "models", "neighbours", "registry", "retrieval", "serving", "training")
 _LAZY.update({name: (f"tfhash.{name}", None) for name in SUBMODULES})
 
 

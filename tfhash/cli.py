@@ -279,6 +279,11 @@ def _encode_files(args, record, model):
     if not args.index:
         raise ValueError(f"Expected --index FILE for --images: the index keeps each code's file. "
                          f"Received: --images {args.images} without --index")
+    from tfhash.milvus_index import parse_address
+
+    if parse_address(args.index):
+        raise ValueError(f"Expected --index FILE for --images (a Hamming index file keeps each code's file; a "
+                         f"Milvus collection does not yet). Received: --index {args.index}")
     keep_aspect = ((record or {}).get("recipe", {}).get("data", {}).get("keep_aspect", False)
                    if args.keep_aspect is None else args.keep_aspect)
     progress = None if args.quiet or not sys.stdout.isatty() else keras.utils.Progbar(None, unit_name="image")
@@ -299,6 +304,10 @@ def _write_codes(codes, ids, output, index_file, wait):
     if not output and not index_file:
         return
     output = output if not output or output.endswith(".npy") else output + ".npy"  # as np.save names it
+    from tfhash.milvus_index import parse_address
+
+    if index_file and parse_address(index_file):
+        return _write_codes_to_milvus(codes, ids, output, index_file, wait)
     with transaction(index_file or output, wait=wait) as result:
         if output:
             result.write(output, array_writer(codes))
@@ -310,6 +319,24 @@ def _write_codes(codes, ids, output, index_file, wait):
         print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {output}")
     if index_file:
         print(f"wrote Hamming index of {len(index)} codes to {index_file}")
+
+
+def _write_codes_to_milvus(codes, ids, output, address, wait):
+    """`encode --index milvus://HOST:PORT/COLLECTION` (or milvus:FILE.db#COLLECTION): the codes into a new or
+    empty collection (a second encode would add every row again), after the .npy, if any."""
+    from tfhash.io import array_writer, transaction
+    from tfhash.milvus_index import MilvusIndex
+
+    with MilvusIndex.open(address, codes.shape[1] * 8) as index:
+        if index.ntotal:
+            raise ValueError(f"Expected an empty or new Milvus collection for --index {address}. Received: one "
+                             f"holding {index.ntotal} codes (drop it, or name another collection)")
+        if output:
+            with transaction(output, wait=wait) as result:
+                result.write(output, array_writer(codes))
+            print(f"wrote {codes.shape[0]} codes ({codes.shape[1] * 8} bits, packed uint8) to {output}")
+        index.add(codes, ids=ids)
+        print(f"added {index.ntotal} codes to Milvus collection {index.collection} at {index.uri}")
 
 
 def _load_array(path, what):
@@ -341,8 +368,13 @@ def _search(args):
         raise ValueError(f"Expected -k to be a positive int. Received: -k {args.k}")
     if args.image:
         return _search_images(args)
-    index = HammingIndex.load(args.index)
+    from tfhash.milvus_index import MilvusIndex, parse_address
+
     queries = _load_array(args.queries, "query codes")
+    if parse_address(args.index):  # milvus://HOST:PORT/COLLECTION or milvus:FILE.db#COLLECTION, opened as it is
+        index = MilvusIndex.open(args.index, create=False)  # bits: the collection's
+    else:
+        index = HammingIndex.load(args.index)
     if args.radius is not None:
         lims, distances, ids = index.range_search(queries, args.radius)
         for q in range(len(queries)):
@@ -511,13 +543,16 @@ def build_parser():
     p.add_argument("--skip-bad", action="store_true", help="--images: leave unreadable images out, counted")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--output", help="write codes to this .npy file")
-    p.add_argument("--index", help="write a HammingIndex of the codes to this file")
+    p.add_argument("--index", help="write a HammingIndex of the codes to this file, or add them to Milvus: "
+                   "milvus://HOST:PORT/COLLECTION (a server) or milvus:FILE.db#COLLECTION (milvus-lite; "
+                   'pip install "tfhash[milvus]")')
     p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(run=_encode)
 
     p = sub.add_parser("search", help="k nearest codes (or all within a radius) in a saved index")
-    p.add_argument("index", help="file written by `tfhash encode --index`")
+    p.add_argument("index", help="file written by `tfhash encode --index`, or a Milvus collection it filled "
+                   "(milvus://HOST:PORT/COLLECTION, milvus:FILE.db#COLLECTION)")
     queries = p.add_mutually_exclusive_group(required=True)
     queries.add_argument("--queries", help=".npy of packed uint8 query codes")
     queries.add_argument("--image", nargs="+", help="query image file(s), for an index of image files "

@@ -144,8 +144,12 @@ class Retriever:
     Args:
         encoder: a tfhash encoder (a `HashModel`: `encode` and `bits`), e.g.
             `model.encoders()["image"]`; None for codes only.
-        bits: the code length; required without an encoder, checked against
-            the encoder's otherwise.
+        bits: the code length; required without an encoder or an index,
+            checked against theirs otherwise.
+        index: where the codes go, empty and without ids: a `HammingIndex`
+            (the default, a new one) or another index with its API, e.g.
+            `tfhash.milvus_index.MilvusIndex` (codes in Milvus; ids and
+            metadata stay in this object, and `save` refuses it).
 
     Attributes:
         encoder: the encoder, or None.
@@ -167,12 +171,22 @@ class Retriever:
     >>> codes_only.add_codes(np.zeros((3, 2), np.uint8), ids=np.array([7, 8, 9]))
     """
 
-    def __init__(self, encoder=None, bits=None):
+    def __init__(self, encoder=None, bits=None, *, index=None):
         if encoder is not None and not (hasattr(encoder, "encode") and hasattr(encoder, "bits")):
             raise ValueError(
                 "Expected `encoder` to be a tfhash encoder (a HashModel with `encode` and `bits`), "
                 f"e.g. model.encoders()['image']. Received: {type(encoder).__name__}"
             )
+        if index is not None:
+            # Rows are looked up by the index's insertion positions: it must start empty, without ids of its own.
+            if not all(hasattr(index, name) for name in ("bits", "code_size", "ntotal", "has_ids", "add", "search",
+                                                           "range_search")) or index.ntotal or index.has_ids:
+                raise ValueError(f"Expected `index` to be an empty index without ids (HammingIndex's API), e.g. "
+                                 f"MilvusIndex on a new collection. Received: {index!r}")
+            if bits is not None and bits != index.bits:
+                raise ValueError(f"Expected `bits` to equal the index's bits ({index.bits}), or None. "
+                                 f"Received: bits={bits!r}")
+            bits = index.bits
         if encoder is None and bits is None:
             raise ValueError("Expected `bits` (the code length) for a Retriever without an encoder. "
                              "Received: encoder=None, bits=None")
@@ -182,7 +196,7 @@ class Retriever:
                                  f"Received: bits={bits!r}")
             bits = int(encoder.bits)
         self.encoder = encoder
-        self.index = HammingIndex(bits)  # validates bits
+        self.index = HammingIndex(bits) if index is None else index  # HammingIndex validates bits
         self.bits = self.index.bits
         self._ids = None  # int64 buffer (spare rows past size), only with custom ids
         self._metadata = None  # list, one JSON value per row, once any metadata is given
@@ -308,11 +322,12 @@ class Retriever:
         if radius is not None:
             return self._range_search(queries, k, radius)
         distances, positions = self.index.search(queries, 10 if k is None else k)
-        ids = positions if self._ids is None else self._ids[positions]
+        # An approximate index (MilvusIndex with BIN_IVF_FLAT) pads a short answer with position -1.
+        ids = positions if self._ids is None else np.where(positions >= 0, self._ids[positions], -1)
         if self._metadata is None:
             metadata = [[None] * positions.shape[1] for _ in range(positions.shape[0])]
         else:
-            metadata = [[self._metadata[p] for p in row] for row in positions.tolist()]
+            metadata = [[self._metadata[p] if p >= 0 else None for p in row] for row in positions.tolist()]
         return SearchResults(distances, ids, metadata)
 
     def _range_search(self, queries, k, radius):
@@ -368,6 +383,9 @@ class Retriever:
             wait: see Concurrency.
         """
         path = os.fspath(path)
+        if not isinstance(self.index, HammingIndex):
+            raise ValueError(f"Expected a Retriever over a HammingIndex to save: this one's codes are in "
+                             f"{self.index!r}. Received: {type(self.index).__name__}")
         identity = self._identity
         if self.encoder is not None:
             identity = encoder_identity(self.encoder) if identity is None else self._check_encoder_unchanged()
