@@ -19,6 +19,7 @@ from tfhash._version import __version__
 _LAZY = {
     "HammingIndex": ("tfhash.index", "HammingIndex"),
     "MilvusIndex": ("tfhash.milvus_index", "MilvusIndex"),
+    "MultiIndexHashing": ("tfhash.mih", "MultiIndexHashing"),
     "Retriever": ("tfhash.retrieval", "Retriever"),
     "metrics": ("tfhash.metrics", None),
     "zoo": ("tfhash.zoo", None),
@@ -29,7 +30,7 @@ _LAZY = {
 # The submodules the README and docs name as `tfhash.NAME` (`tfhash.serving.Client(...)`),
 # each imported on first use, as `import tfhash.NAME` would.
 SUBMODULES = ("baselines", "callbacks", "data", "evaluation", "export", "image_search", "index", "io", "losses",
-              "milvus_index", "models", "neighbours", "registry", "retrieval", "serving", "training")
+              "mih", "milvus_index", "models", "neighbours", "registry", "retrieval", "serving", "training")
 _LAZY.update({name: (f"tfhash.{name}", None) for name in SUBMODULES})
 
 

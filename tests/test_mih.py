@@ -1,0 +1,370 @@
+"""Tests for tfhash.mih: multi-index hashing answers exactly as the scan does."""
+
+import concurrent.futures
+import math
+import os
+import select
+import signal
+
+import numpy as np
+import pytest
+
+from tfhash import mih
+from tfhash.index import HammingIndex
+from tfhash.mih import MultiIndexHashing
+
+EVERY = math.inf  # a budget that never hands a query to the scan
+
+
+def random_codes(rng, n, bits):
+    return rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+
+
+def clustered_codes(rng, n, bits, centres=None, flip=0.06):
+    """Codes around a few centres, each bit flipped with probability `flip`."""
+    if centres is None:
+        centres = random_codes(rng, 20, bits)
+    flips = np.packbits(rng.random((n, bits)) < flip, axis=1)
+    return centres[rng.integers(0, len(centres), n)] ^ flips
+
+
+def duplicated_codes(rng, n, bits):
+    """A few distinct codes, each repeated many times: many exact ties."""
+    distinct = clustered_codes(rng, 12, bits, flip=0.1)
+    return distinct[rng.integers(0, len(distinct), n)]
+
+
+DATA = {"random": random_codes, "clustered": clustered_codes, "duplicated": duplicated_codes}
+
+
+def make(kind, bits, n, nq, seed=0):
+    """Database and queries of one kind (queries of the same distribution)."""
+    rng = np.random.default_rng([seed, bits, n])
+    if kind == "clustered":
+        centres = random_codes(rng, 20, bits)
+        return clustered_codes(rng, n, bits, centres), clustered_codes(rng, nq, bits, centres)
+    database = DATA[kind](rng, n, bits)
+    # Duplicated: half the queries are database codes (distance-0 ties).
+    queries = DATA[kind](rng, nq, bits) if kind != "duplicated" else np.concatenate(
+        [database[rng.integers(0, n, nq // 2)], random_codes(rng, nq - nq // 2, bits)])
+    return database, queries
+
+
+def both(database, ids=None, chunks=1, **options):
+    """The scan (reference) and MIH, built alike."""
+    bits = database.shape[1] * 8
+    scan, ours = HammingIndex(bits), MultiIndexHashing(bits, **options)
+    for part in np.array_split(np.arange(len(database)), chunks):
+        for index in (scan, ours):
+            index.add(database[part], None if ids is None else ids[part])
+    return scan, ours
+
+
+def assert_same_knn(scan, ours, queries, k):
+    expected_d, expected_i = scan.search(queries, k)
+    got_d, got_i = ours.search(queries, k)
+    assert got_d.dtype == np.int32 and got_i.dtype == np.int64
+    np.testing.assert_array_equal(got_d, expected_d)
+    np.testing.assert_array_equal(got_i, expected_i)
+
+
+def assert_same_range(scan, ours, queries, radius):
+    for got, expected in zip(ours.range_search(queries, radius), scan.range_search(queries, radius)):
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------------
+# k-NN: identical to the scan
+# ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered", "duplicated"])
+@pytest.mark.parametrize("bits,n", [(32, 6000), (64, 20000), (128, 5000)])
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_knn_matches_the_scan(kind, bits, n, with_ids):
+    database, queries = make(kind, bits, n, 40)
+    ids = np.random.default_rng(1).permutation(10 * n)[:n] if with_ids else None
+    scan, ours = both(database, ids, budget=EVERY)
+    for k in (1, 10, 100, n + 7):
+        assert_same_knn(scan, ours, queries, k)
+    # Every query answered by the tables (k > ntotal / 2 goes to the scan).
+    assert ours.stats["scan"] == len(queries) and ours.stats["mih"] == 3 * len(queries)
+
+
+def test_ties_at_the_kth_distance_keep_insertion_order():
+    # 300 copies of one code and 300 of its neighbour: k cuts inside each tie.
+    rng = np.random.default_rng(2)
+    code = random_codes(rng, 1, 64)
+    near = code.copy()
+    near[0, 3] ^= 0b100
+    database = np.concatenate([np.repeat(code, 300, 0), np.repeat(near, 300, 0), random_codes(rng, 2000, 64)])
+    database = database[rng.permutation(len(database))]
+    scan, ours = both(database, budget=EVERY)
+    for k in (1, 150, 299, 300, 301, 450, 600, 601):
+        assert_same_knn(scan, ours, np.concatenate([code, near]), k)
+
+
+@pytest.mark.parametrize("bits,m", [(64, 2), (32, 1), (64, 8), (24, 2), (40, 3), (8, 1)])
+def test_knn_with_any_substring_split(bits, m):
+    # m = 2 at 64 bits and m = 1 at 32: 32-bit substrings (sorted-value tables);
+    # 24 and 40 bits: codes not a whole number of 64-bit words.
+    database, queries = make("clustered", bits, 3000, 30)
+    scan, ours = both(database, m=m, budget=EVERY)
+    assert ours.m == m
+    for k in (1, 10, 100):
+        assert_same_knn(scan, ours, queries, k)
+
+
+@pytest.mark.parametrize("m", [16, 8, 5])
+def test_radius_reaching_every_bit_of_the_substrings(m):
+    # The query is the complement of most codes: the answer needs the search
+    # radius up to all 16 bits, each substring enumerated to its last value.
+    database = np.zeros((1000, 2), np.uint8)
+    database[::10, 1] = 0xFF  # 100 codes at distance 8, 900 at 16
+    query = np.full((1, 2), 0xFF, np.uint8)
+    scan, ours = both(database, m=m, budget=EVERY)
+    for k in (1, 100, 101, 499):
+        assert_same_knn(scan, ours, query, k)
+    assert_same_range(scan, ours, query, 16)
+
+
+def test_large_k_below_half_the_index():
+    database, queries = make("duplicated", 64, 3000, 20)
+    scan, ours = both(database, budget=EVERY)
+    assert_same_knn(scan, ours, queries, 1499)
+    assert ours.stats["mih"] == 20
+
+
+@pytest.mark.parametrize("budget", [1e-9, mih.DEFAULT_BUDGET, 0.05])
+def test_budget_fallback_gives_the_same_answers(budget):
+    # Random 64-bit codes: far apart, so some (or all) queries pass the budget
+    # and are answered by the scan, spliced in among the others.
+    database, _ = make("random", 64, 20000, 0)
+    queries = np.concatenate([database[:30], make("random", 64, 10, 30, seed=5)[1]])
+    scan, ours = both(database, budget=budget)
+    for k in (1, 10, 100):
+        assert_same_knn(scan, ours, queries, k)
+    assert ours.stats["scan"] > 0
+    if budget == 1e-9:
+        assert ours.stats["mih"] == 0
+    else:
+        assert ours.stats["mih"] > 0
+
+
+@pytest.mark.parametrize("kind", ["duplicated", "random"])
+@pytest.mark.parametrize("nq", [1, 3, 300])
+def test_both_fallback_scans_rank_ties_by_position(kind, nq):
+    # A few queries given up on are scanned on MIH's threads (numba), many by
+    # one faiss batch (over 4 per thread): the same ranking either way.
+    database, queries = make(kind, 64, 5000, nq, seed=nq)
+    scan, ours = both(database, ids=np.arange(5000) * 7 % 5003, budget=1e-9)
+    for k in (1, 37, 1000, 2499):
+        assert_same_knn(scan, ours, queries, k)
+    assert ours.stats == {"mih": 0, "scan": 4 * nq, "work": ours.stats["work"]}
+
+
+def test_adds_after_a_search_rebuild_the_tables():
+    database, queries = make("clustered", 64, 6000, 20)
+    ids = np.arange(6000) * 3
+    scan, ours = both(database[:2000], ids[:2000], budget=EVERY)
+    assert_same_knn(scan, ours, queries, 10)
+    built = ours.table_bytes
+    assert built > 0 and ours.memory_bytes == ours.code_bytes + ours._ids.nbytes + built
+    for part in (slice(2000, 2001), slice(2001, 6000)):
+        scan.add(database[part], ids[part])
+        ours.add(database[part], ids[part])
+        assert ours.table_bytes == 0  # stale tables dropped at once
+        assert_same_knn(scan, ours, queries, 10)
+
+
+def test_chunked_adds_equal_one_add():
+    database, queries = make("clustered", 128, 4000, 20)
+    scan, ours = both(database, chunks=7, budget=EVERY)
+    assert_same_knn(scan, ours, queries, 100)
+
+
+def test_no_queries_and_tiny_indexes():
+    ours = MultiIndexHashing(64)
+    ours.add(np.zeros((1, 8), np.uint8))
+    d, i = ours.search(np.zeros((0, 8), np.uint8), 5)
+    assert d.shape == i.shape == (0, 1)
+    d, i = ours.search(np.full((1, 8), 255, np.uint8), 5)
+    assert d.tolist() == [[64]] and i.tolist() == [[0]]
+    lims, d, i = ours.range_search(np.zeros((0, 8), np.uint8), 3)
+    assert lims.tolist() == [0] and d.size == i.size == 0
+
+
+# ----------------------------------------------------------------------
+# Range search
+# ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered", "duplicated"])
+@pytest.mark.parametrize("bits", [32, 64, 128])
+def test_range_search_matches_the_scan(kind, bits):
+    database, queries = make(kind, bits, 4000, 25)
+    ids = np.arange(4000)[::-1].copy()
+    scan, ours = both(database, ids, budget=EVERY)
+    for radius in (0, 1, bits // 16, bits // 8, bits // 4):
+        assert_same_range(scan, ours, queries, radius)
+
+
+def test_range_search_with_fallback_and_many_results():
+    database, queries = make("duplicated", 64, 8000, 30)
+    scan, ours = both(database, budget=0.05)
+    for radius in (0, 4, 20, 64):  # 64: every code, for every query
+        assert_same_range(scan, ours, queries, radius)
+    assert ours.stats["scan"] > 0 and ours.stats["mih"] > 0
+
+
+# ----------------------------------------------------------------------
+# Input checks: HammingIndex's, message for message
+# ----------------------------------------------------------------------
+
+
+def refusal(call):
+    with pytest.raises(ValueError) as error:
+        call()
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+BAD_CODES = [
+    np.zeros((3, 8), np.int64),  # wrong dtype
+    np.zeros(8, np.uint8),  # 1-D
+    np.zeros((3, 7), np.uint8),  # wrong width
+    np.zeros((3, 8), np.float32),
+]
+
+
+@pytest.mark.parametrize("codes", BAD_CODES)
+def test_bad_codes_and_queries_refused_as_the_scan_refuses(codes):
+    scan, ours = both(make("random", 64, 100, 0)[0])
+    for method in ("add", "search", "range_search"):
+        args = (codes,) if method == "add" else (codes, 3)
+        assert refusal(lambda: getattr(ours, method)(*args)) == refusal(lambda: getattr(scan, method)(*args))
+    assert ours.ntotal == 100  # a refused add changes nothing
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.0, True, "3", None])
+def test_bad_k_refused_as_the_scan_refuses(k):
+    scan, ours = both(make("random", 64, 100, 0)[0])
+    queries = np.zeros((1, 8), np.uint8)
+    assert refusal(lambda: ours.search(queries, k)) == refusal(lambda: scan.search(queries, k))
+
+
+@pytest.mark.parametrize("radius", [-1, 65, 1.5, None])
+def test_bad_radius_refused_as_the_scan_refuses(radius):
+    scan, ours = both(make("random", 64, 100, 0)[0])
+    queries = np.zeros((1, 8), np.uint8)
+    assert refusal(lambda: ours.range_search(queries, radius)) == refusal(lambda: scan.range_search(queries, radius))
+
+
+def test_bad_ids_and_empty_index_refused_as_the_scan_refuses():
+    codes = np.zeros((2, 8), np.uint8)
+    for ids in (np.array([-1, 2]), np.array([1.0, 2.0]), np.array([1])):
+        scan, ours = HammingIndex(64), MultiIndexHashing(64)
+        assert refusal(lambda: ours.add(codes, ids)) == refusal(lambda: scan.add(codes, ids))
+        assert ours.ntotal == 0
+    scan, ours = HammingIndex(64), MultiIndexHashing(64)
+    queries = np.zeros((1, 8), np.uint8)
+    assert refusal(lambda: ours.search(queries, 1)) == refusal(lambda: scan.search(queries, 1))
+    assert refusal(lambda: ours.range_search(queries, 1)) == refusal(lambda: scan.range_search(queries, 1))
+    refusal(ours.build)
+
+
+@pytest.mark.parametrize("options", [{"bits": 12}, {"bits": 64, "m": 1}, {"bits": 64, "m": 65},
+                                     {"bits": 64, "m": 2.0}, {"bits": 64, "budget": 0},
+                                     {"bits": 64, "budget": "1"}])
+def test_bad_construction_refused(options):
+    refusal(lambda: MultiIndexHashing(**options))
+
+
+# ----------------------------------------------------------------------
+# Files, memory, the choice
+# ----------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    database, queries = make("clustered", 64, 3000, 20)
+    scan, ours = both(database, ids=np.arange(3000) + 5, budget=EVERY)
+    ours.save(tmp_path / "codes.tfhi")
+    loaded = MultiIndexHashing.load(tmp_path / "codes.tfhi")
+    assert isinstance(loaded, MultiIndexHashing) and loaded.has_ids and loaded.table_bytes == 0
+    loaded.budget = EVERY
+    assert_same_knn(scan, loaded, queries, 10)
+    # The scan reads the same file.
+    assert_same_knn(HammingIndex.load(tmp_path / "codes.tfhi"), loaded, queries, 10)
+
+
+def test_memory_counts_codes_ids_and_tables():
+    database, _ = make("random", 64, 5000, 0)
+    ours = MultiIndexHashing(64)
+    ours.add(database)
+    assert ours.memory_bytes == ours.code_bytes
+    ours.build()
+    t = ours._mih_tables
+    # Positions: 4 bytes per code per table; dense offsets: 2**L + 1 per table.
+    assert t.rows.nbytes == 4 * ours.m * 5000
+    assert ours.memory_bytes == ours.code_bytes + t.rows.nbytes + t.dense_off.nbytes + t.skeys.nbytes + t.soff.nbytes
+    assert repr(ours) == f"MultiIndexHashing(bits=64, m={ours.m}, ntotal=5000, has_ids=False)"
+
+
+def test_default_m_follows_log2_n():
+    assert mih.default_m(1_000_000, 64) == 4  # 16-bit substrings
+    assert mih.default_m(10_000_000, 64) == 3  # 22, 21, 21
+    assert mih.default_m(1_000_000, 128) == 7
+    assert mih.default_m(2**20, 60) == 3
+    assert mih.default_m(100, 32) == 4
+    assert mih.default_m(1, 64) == 8  # substrings of at most 32 and at least 8 bits
+    assert mih.default_m(10**12, 256) >= 8
+
+
+def test_choose():
+    # Clustered codes at 1M (spread ~0.07): MIH; uniform random (~0.27): the scan.
+    assert mih.choose(1_000_000, 64, 0.07, k=100) == "mih"
+    assert mih.choose(10_000_000, 64, 0.05, k=100) == "mih"
+    assert mih.choose(1_000_000, 128, 0.06, k=10) == "mih"
+    assert mih.choose(1_000_000, 64, 0.27, k=100) == "scan"
+    assert mih.choose(1_000_000, 128, 0.35, k=1) == "scan"
+    assert mih.choose(10_000, 64, 0.01) == "scan"  # too small to matter
+    assert mih.choose(1_000_000, 64, 0.0, k=500_000) == "scan"
+    for bad in ({"n": -1}, {"spread": 1.5}, {"k": 0}, {"bits": 0}):
+        refusal(lambda: mih.choose(**{"n": 1000, "bits": 64, "spread": 0.1, **bad}))
+
+
+def test_estimate_spread():
+    database, queries = make("duplicated", 64, 2000, 10)
+    scan, ours = both(database)
+    expected = scan.search(queries, 5)[0][:, -1].mean() / 64
+    assert mih.estimate_spread(ours, queries, k=5) == pytest.approx(expected)
+    assert mih.estimate_spread(scan, queries, k=5) == pytest.approx(expected)
+
+
+def test_searches_from_threads_and_a_forked_child():
+    database, queries = make("clustered", 64, 20000, 64)
+    scan, ours = both(database, budget=EVERY)
+    expected = scan.search(queries, 10)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for got in pool.map(lambda _: ours.search(queries, 10), range(8)):
+            np.testing.assert_array_equal(got[1], expected[1])
+    # A child forked after the thread pool started makes its own pool (the
+    # parent's threads do not exist there).
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            os.write(write, ours.search(queries, 10)[1].tobytes())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        if not select.select([pipe], [], [], 60)[0]:  # a stale pool would hang the child
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the forked child's search did not answer in 60 s")
+        got = np.frombuffer(pipe.read(), np.int64).reshape(expected[1].shape)
+    assert os.waitpid(child, 0)[1] == 0
+    np.testing.assert_array_equal(got, expected[1])
