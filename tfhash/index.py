@@ -310,11 +310,7 @@ class HammingIndex:
         ([0, 2], [0, 1], [0, 2])
         """
         queries = self._check_codes(queries, "queries")
-        if not _is_int(radius) or not 0 <= radius <= self.bits:
-            raise ValueError(
-                f"`radius` must be an int in [0, bits={self.bits}]. "
-                f"Received: radius={radius!r}"
-            )
+        self._check_radius(radius)
         self._check_not_empty("range_search")
         nq = queries.shape[0]
         if nq == 0:
@@ -527,6 +523,11 @@ class HammingIndex:
                 f"Cannot {method} an empty HammingIndex (ntotal=0); "
                 "call add() with some codes first."
             )
+
+    def _check_radius(self, radius):
+        """A `range_search` radius: an int in [0, bits], or a one-line ValueError."""
+        if not _is_int(radius) or not 0 <= radius <= self.bits:
+            raise ValueError(f"`radius` must be an int in [0, bits={self.bits}]. Received: radius={radius!r}")
 
     def _check_codes(self, codes, name):
         codes = np.asarray(codes)

@@ -348,11 +348,7 @@ class MultiIndexHashing(HammingIndex):
         `(lims, distances, ids)`, each query's results by distance then
         insertion order."""
         queries = self._check_codes(queries, "queries")
-        if not _is_int(radius) or not 0 <= radius <= self.bits:
-            raise ValueError(
-                f"`radius` must be an int in [0, bits={self.bits}]. "
-                f"Received: radius={radius!r}"
-            )
+        self._check_radius(radius)
         self._check_not_empty("range_search")
         if queries.shape[0] == 0:
             return HammingIndex.range_search(self, queries, radius)

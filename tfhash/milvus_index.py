@@ -466,8 +466,7 @@ class MilvusIndex:
         distance < radius`, so it is asked for `radius + 1`; a query with
         more than 16,384 rows in range is asked again in windows of positions."""
         queries = self._check_codes(queries, "queries")
-        if not _is_int(radius) or not 0 <= radius <= self.bits:
-            raise ValueError(f"`radius` must be an int in [0, bits={self.bits}]. Received: radius={radius!r}")
+        self._check_radius(radius)
         self._check_not_empty("range_search")
         radius = int(radius)
         results = []
@@ -528,6 +527,7 @@ class MilvusIndex:
 
     # HammingIndex's own check and messages: uint8, 2-D, bits / 8 columns.
     _check_codes = HammingIndex._check_codes
+    _check_radius = HammingIndex._check_radius
 
     def _check_not_empty(self, method):
         ntotal = self.ntotal
