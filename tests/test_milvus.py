@@ -1,10 +1,13 @@
 """tfhash.milvus_index.MilvusIndex against tfhash.index.HammingIndex, on milvus-lite.
 
-Every test opens its own milvus-lite database in tmp_path (one small local
-server process each). The reference for every ranking is HammingIndex given
-the same add() calls: the two must agree on distances and ids, ties included.
+The tests share one milvus-lite database (`database`: one local server
+process, started once; pymilvus keeps each file's server until the process
+ends), each test its own collection in it (`where`). The reference for every
+ranking is HammingIndex given the same add() calls: the two must agree on
+distances and ids, ties included.
 """
 
+import re
 import sys
 
 import numpy as np
@@ -21,8 +24,21 @@ BITS = 64
 MAX_TOPK = milvus_index.MAX_TOPK  # Milvus's own limit, before a test lowers the module's
 
 
-def open_index(tmp_path, bits=BITS, **kwargs):
-    return MilvusIndex(bits, uri=tmp_path / "codes.db", collection="codes", **kwargs)
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """The module's milvus-lite file."""
+    return tmp_path_factory.mktemp("milvus") / "codes.db"
+
+
+@pytest.fixture
+def where(database, request):
+    """(uri, collection) of this test's own collection, named after the test."""
+    return database, re.sub(r"\W", "_", request.node.name)
+
+
+def open_index(where, bits=BITS, **kwargs):
+    uri, collection = where
+    return MilvusIndex(bits, uri=uri, collection=collection, **kwargs)
 
 
 def codes_with_ties(n=3000, seed=0):
@@ -85,10 +101,10 @@ def adversarial_ties(index):
 # ----------------------------------------------------------------------
 
 
-def test_search_equals_hamming_index_without_ids(tmp_path):
+def test_search_equals_hamming_index_without_ids(where):
     codes = codes_with_ties()
     reference = HammingIndex(BITS)
-    with open_index(tmp_path, batch_size=700) as index:  # several insert calls per add
+    with open_index(where, batch_size=700) as index:  # several insert calls per add
         for part in (codes[:1200], codes[1200:]):
             index.add(part)
             reference.add(part)
@@ -105,12 +121,12 @@ def test_search_equals_hamming_index_without_ids(tmp_path):
         assert ids.tolist() == [copies_of_0[:60].tolist()]
 
 
-def test_search_equals_hamming_index_with_ids(tmp_path):
+def test_search_equals_hamming_index_with_ids(where):
     codes = codes_with_ties()
     # Ids run backwards, so insertion order and id order disagree on every tie.
     ids = np.arange(10_000, 10_000 - len(codes), -1, dtype=np.int64)
     reference = HammingIndex(BITS)
-    with open_index(tmp_path) as index:
+    with open_index(where) as index:
         for part in (slice(0, 2500), slice(2500, None)):
             index.add(codes[part], ids=ids[part])
             reference.add(codes[part], ids=ids[part])
@@ -123,7 +139,7 @@ def test_search_equals_hamming_index_with_ids(tmp_path):
 
 
 @pytest.mark.parametrize("max_topk, margin", [(MAX_TOPK, 0), (64, milvus_index._TIE_MARGIN)])
-def test_ties_do_not_depend_on_milvus_order(tmp_path, monkeypatch, max_topk, margin):
+def test_ties_do_not_depend_on_milvus_order(where, monkeypatch, max_topk, margin):
     """Ties come in reversed order and are cut at the limit (adversarial_ties).
     Margin 0: Milvus is asked for 2k rows, fewer than the 101 copies of a code,
     and one range search at the k-th distance brings the rest. Top-k 64: even
@@ -133,7 +149,7 @@ def test_ties_do_not_depend_on_milvus_order(tmp_path, monkeypatch, max_topk, mar
     reference.add(codes)
     monkeypatch.setattr(milvus_index, "MAX_TOPK", max_topk)
     monkeypatch.setattr(milvus_index, "_TIE_MARGIN", margin)
-    with open_index(tmp_path) as index:
+    with open_index(where) as index:
         index.add(codes)
         adversarial_ties(index)
         assert_same(index, reference, queries_for(codes), ks=(1, 10, 40, 64))
@@ -144,11 +160,11 @@ def test_ties_do_not_depend_on_milvus_order(tmp_path, monkeypatch, max_topk, mar
 # ----------------------------------------------------------------------
 
 
-def test_k_past_ntotal_as_hamming_index(tmp_path, monkeypatch):
+def test_k_past_ntotal_as_hamming_index(where, monkeypatch):
     codes = codes_with_ties()[2000:2150]  # 150 rows: copies of 10 codes, many ties
     reference = HammingIndex(BITS)
     reference.add(codes)
-    with open_index(tmp_path) as index:
+    with open_index(where) as index:
         index.add(codes)
         for k in (150, 151, 2**40):
             distances, ids = index.search(codes[:7], k)
@@ -161,9 +177,9 @@ def test_k_past_ntotal_as_hamming_index(tmp_path, monkeypatch):
             index.search(codes[:1], 65)
 
 
-def test_remove(tmp_path):
+def test_remove(where):
     codes = codes_with_ties(n=2200)
-    with open_index(tmp_path) as index:
+    with open_index(where) as index:
         index.add(codes)
         removed = np.arange(0, 2200, 3)  # every third position, copies of row 0..9 among them
         assert index.remove(np.concatenate([removed, removed[:5], [99_999]])) == len(removed)  # repeats, unknown id
@@ -177,10 +193,10 @@ def test_remove(tmp_path):
         assert index.remove(np.array([], np.int64)) == 0
 
 
-def test_remove_by_custom_ids(tmp_path):
+def test_remove_by_custom_ids(where):
     codes = codes_with_ties(n=2100)
     ids = np.arange(len(codes)) % 700 + 5  # each id on 3 rows: remove() takes them all
-    with open_index(tmp_path) as index:
+    with open_index(where) as index:
         index.add(codes, ids=ids)
         assert index.remove(np.array([5, 6, 704])) == 9
         keep = ~np.isin(ids, [5, 6, 704])
@@ -189,13 +205,13 @@ def test_remove_by_custom_ids(tmp_path):
         assert_same(index, reference, queries_for(codes), ks=(1, 25))
 
 
-def test_codes_and_reopen(tmp_path):
+def test_codes_and_reopen(where):
     codes = codes_with_ties(n=2050)
-    with open_index(tmp_path, batch_size=1000) as index:
+    with open_index(where, batch_size=1000) as index:
         index.add(codes[:1000], ids=np.arange(1000) * 2)
         index.add(codes[1000:], ids=np.arange(1000, 2050) * 2)
         index.remove(np.array([2 * 2049]))  # a delete, kept across reopening
-    with open_index(tmp_path) as index:  # reopened: rows, ids, positions kept
+    with open_index(where) as index:  # reopened: rows, ids, positions kept
         assert (index.ntotal, index.has_ids, index.index_type) == (2049, True, "BIN_FLAT")
         np.testing.assert_array_equal(index.codes(), codes[:2049])
         reference = HammingIndex(BITS)
@@ -203,14 +219,45 @@ def test_codes_and_reopen(tmp_path):
         assert_same(index, reference, queries_for(codes), ks=(10,))
         with pytest.raises(ValueError, match=r"^Expected `ids` in every add\(\)"):
             index.add(codes[:1])
-    with open_index(tmp_path, bits=None) as index:  # bits read from the collection
+    with open_index(where, bits=None) as index:  # bits read from the collection
         assert (index.bits, index.code_size, index.ntotal) == (64, 8, 2049)
-    assert refusal(lambda: MilvusIndex(None, uri=tmp_path / "codes.db", collection="other")) == (
-        f"Expected `bits` to create collection 'other' at '{tmp_path / 'codes.db'}'. Received: bits=None")
+    uri, collection = where
+    other = f"{collection}_other"
+    assert refusal(lambda: MilvusIndex(None, uri=uri, collection=other)) == (
+        f"Expected `bits` to create collection '{other}' at '{uri}'. Received: bits=None")
     with pytest.raises(ValueError) as error:
-        open_index(tmp_path, bits=32)
-    assert str(error.value) == (f"Expected collection 'codes' at '{tmp_path / 'codes.db'}' to hold 32-bit codes "
+        open_index(where, bits=32)
+    assert str(error.value) == (f"Expected collection '{collection}' at '{uri}' to hold 32-bit codes "
                                 "(BINARY_VECTOR dim=32). Received: dim=64")
+
+
+def test_paths_and_metadata_kept_with_the_collection(where):
+    """paths=True: each row keeps a file path (tfhash.image_search's collections); metadata is the
+    collection's description, read back when reopened. The codes and ranking are unchanged."""
+    codes = codes_with_ties(n=300)
+    paths = [f"folder/{i:04d}.png" for i in range(300)]
+    metadata = {"root": "/photos", "image_size": [28, 28], "files": 300}
+    with open_index(where, paths=True, metadata=metadata, batch_size=128) as index:
+        assert index.has_paths and index.metadata == metadata
+        index.add(codes[:200], paths=paths[:200])
+        assert refusal(lambda: index.add(codes[200:], paths=paths[200:299])) == (
+            f"Expected `paths`, one str per row (100), for collection '{where[1]}' (made with paths). "
+            "Received: list of length 99")
+        assert refusal(lambda: index.add(codes[200:])).endswith("Received: none")
+        index.add(codes[200:], paths=paths[200:])
+    with open_index(where, bits=None) as index:  # reopened: paths=False is a creation option only
+        assert (index.has_paths, index.metadata, index.ntotal, index.next_position) == (True, metadata, 300, 300)
+        assert index.paths([299, 0, 5, 0, 300]) == [paths[299], paths[0], paths[5], paths[0], None]
+        reference = HammingIndex(BITS)
+        reference.add(codes)
+        assert_same(index, reference, queries_for(codes), ks=(1, 10))
+    uri, collection = where
+    with MilvusIndex(BITS, uri=uri, collection=f"{collection}_plain") as plain:  # made without: {} and no paths
+        assert (plain.has_paths, plain.metadata) == (False, {})
+        assert refusal(lambda: plain.add(codes[:1], paths=paths[:1])).startswith("Expected no `paths` for collection")
+        assert refusal(lambda: plain.paths([0])).startswith("Expected a collection with paths")
+    assert refusal(lambda: MilvusIndex(BITS, uri=uri, metadata={"x": object()})).startswith(
+        "Expected `metadata` to be a dict of JSON values. Received: Object of type object")
 
 
 # ----------------------------------------------------------------------
@@ -226,7 +273,7 @@ def refusal(call):
     return message
 
 
-def test_bad_input_refused_as_hamming_index_refuses(tmp_path):
+def test_bad_input_refused_as_hamming_index_refuses(where):
     good = codes_with_ties(n=20)
     calls = {
         "float codes": lambda index: index.add(good.astype(np.float32)),
@@ -239,7 +286,7 @@ def test_bad_input_refused_as_hamming_index_refuses(tmp_path):
         "range search an empty index": lambda index: index.range_search(good, 1),
     }
     reference = HammingIndex(BITS)
-    with open_index(tmp_path) as index:
+    with open_index(where) as index:
         for name, call in calls.items():
             expected = refusal(lambda: call(reference)).replace("HammingIndex", "MilvusIndex")
             assert refusal(lambda: call(index)) == expected, name
@@ -263,6 +310,7 @@ def test_bad_input_refused_as_hamming_index_refuses(tmp_path):
 
 
 def test_bad_settings_refused(tmp_path):
+    """Refused before any server is started."""
     assert refusal(lambda: MilvusIndex(12, uri=tmp_path / "a.db")) == (
         "Expected `bits` to be a positive multiple of 8, at most 4096. Received: bits=12")
     assert refusal(lambda: MilvusIndex(BITS, uri=tmp_path / "a.sqlite")).startswith(
@@ -281,7 +329,7 @@ def test_missing_pymilvus_says_how_to_install(tmp_path, monkeypatch):
                                 'pip install "tfhash[milvus]"')
 
 
-def test_addresses(tmp_path):
+def test_addresses(where):
     """The command line's addresses (tfhash.milvus_index.parse_address)."""
     parse = milvus_index.parse_address
     assert parse("milvus://db.example:19530/photos") == ("http://db.example:19530", "photos")
@@ -290,19 +338,20 @@ def test_addresses(tmp_path):
     assert parse("milvus:codes.db") == ("codes.db", "tfhash_codes")
     assert parse("runs/db.thi") is None  # a HammingIndex file
     assert refusal(lambda: parse("milvus:codes.thi")).startswith("Expected a milvus-lite address milvus:FILE.db")
-    address = f"milvus:{tmp_path / 'codes.db'}#photos"
+    uri, collection = where
+    address = f"milvus:{uri}#{collection}"
     assert refusal(lambda: MilvusIndex.open(address, BITS, create=False)) == (
-        f"Expected a collection 'photos' at '{tmp_path / 'codes.db'}' (create=False). Received: none there")
+        f"Expected a collection '{collection}' at '{uri}' (create=False). Received: none there")
     with MilvusIndex.open(address, BITS) as index:
-        assert (index.uri, index.collection) == (str(tmp_path / "codes.db"), "photos")
+        assert (index.uri, index.collection) == (str(uri), collection)
 
 
-def test_a_retriever_over_milvus_answers_as_one_over_a_hamming_index(tmp_path):
+def test_a_retriever_over_milvus_answers_as_one_over_a_hamming_index(where, tmp_path):
     import tfhash
 
     codes = codes_with_ties(600)
     ids, metadata = np.arange(600)[::-1] * 10, [{"row": i} for i in range(600)]
-    over_milvus = tfhash.Retriever(index=open_index(tmp_path))
+    over_milvus = tfhash.Retriever(index=open_index(where))
     in_memory = tfhash.Retriever(bits=BITS)
     for retriever in (over_milvus, in_memory):
         retriever.add_codes(codes, ids=ids, metadata=metadata)

@@ -10,6 +10,7 @@
     tfhash train --method dhn --images photos --image-size 64 --output runs/photos   # your own images
     tfhash encode runs/photos --images photos --index runs/photos/photos.thi
     tfhash search runs/photos/photos.thi --image query.jpg -k 10
+    tfhash encode runs/photos --images photos --index 'milvus:runs/photos.db#photos'   # or milvus://HOST:PORT/...
     tfhash export savedmodel runs/dhn32 --name dhn32
     tfhash export tflite runs/dhn32 --quantization int8
     tfhash serve --base-dir export/models
@@ -277,21 +278,22 @@ def _encode_files(args, record, model):
     if args.modality != "image":
         raise ValueError(f"--images encodes with the image encoder. Received: --modality {args.modality}")
     if not args.index:
-        raise ValueError(f"Expected --index FILE for --images: the index keeps each code's file. "
-                         f"Received: --images {args.images} without --index")
-    from tfhash.milvus_index import parse_address
-
-    if parse_address(args.index):
-        raise ValueError(f"Expected --index FILE for --images (a Hamming index file keeps each code's file; a "
-                         f"Milvus collection does not yet). Received: --index {args.index}")
+        raise ValueError(f"Expected --index FILE for --images: the index keeps each code's file (or --index "
+                         f"milvus:FILE.db#COLLECTION, milvus://HOST:PORT/COLLECTION: a Milvus collection, each "
+                         f"row's file in it). Received: --images {args.images} without --index")
     keep_aspect = ((record or {}).get("recipe", {}).get("data", {}).get("keep_aspect", False)
                    if args.keep_aspect is None else args.keep_aspect)
     progress = None if args.quiet or not sys.stdout.isatty() else keras.utils.Progbar(None, unit_name="image")
     index = encode_files(model, args.images, args.index, output=args.output, run=args.model, keep_aspect=keep_aspect,
                          skip_bad=args.skip_bad, batch_size=args.batch_size, wait=args.wait, progress=progress)
-    skipped = index.metadata["skipped"]
-    print(f"wrote Hamming index of {len(index)} image{'s' if len(index) != 1 else ''} ({index.bits} bits) to {args.index}"
-          + (f" and their codes to {args.output}" if args.output else "")
+    skipped, rows = index.metadata["skipped"], len(index)
+    if hasattr(index, "close"):  # a MilvusIndex, open
+        index.close()
+        wrote = (f"wrote {rows} image code{'s' if rows != 1 else ''} ({index.bits} bits), each with its file, to "
+                 f"Milvus collection {index.collection} at {index.uri}")
+    else:
+        wrote = f"wrote Hamming index of {rows} image{'s' if rows != 1 else ''} ({index.bits} bits) to {args.index}"
+    print(wrote + (f" and their codes to {args.output}" if args.output else "")
           + (f"; skipped {skipped} unreadable (--skip-bad)" if skipped else ""))
 
 
@@ -402,12 +404,16 @@ def _search_images(args):
         raise ValueError(f"--output writes the ids of --queries' neighbours; --image prints paths. Received: "
                          f"--image with --output {args.output}")
     import_tensorflow(args.verbose)  # the query images are encoded: TensorFlow, quietly
-    index = load_image_index(args.index)
-    encoder = index_encoder(index, run=args.run_dir)
-    images, files = decode_queries(args.image, index)
-    # Radius mode: every row within it found (its count printed), the nearest -k shown.
-    found = search_codes(index, encoder.encode(images), k=None if args.radius is not None else args.k,
-                         radius=args.radius)
+    index = load_image_index(args.index)  # a file's HammingIndex, or a Milvus collection's MilvusIndex (open)
+    try:
+        encoder = index_encoder(index, run=args.run_dir)
+        images, files = decode_queries(args.image, index)
+        # Radius mode: every row within it found (its count printed), the nearest -k shown.
+        found = search_codes(index, encoder.encode(images), k=None if args.radius is not None else args.k,
+                             radius=args.radius)
+    finally:
+        if hasattr(index, "close"):
+            index.close()
     results = [hits[: args.k] for hits in found]
     for file, hits, every in zip(files, results, found):
         within = f"within radius {args.radius}, nearest {len(hits)} shown" if args.radius is not None else "nearest"
@@ -536,8 +542,8 @@ def build_parser():
     p.add_argument("--part", choices=["query", "train", "database"], default="database")
     p.add_argument("--inputs", help="a .npy array of raw images (or bags of words) instead of a protocol part")
     p.add_argument("--images", help="image files instead of a protocol part: a folder (walked recursively) or a "
-                   "glob ('photos/*.jpg'), into --index, each code's file kept there; resumes an interrupted "
-                   "encode of the same files")
+                   "glob ('photos/*.jpg'), into --index (a file or a Milvus collection), each code's file kept there; "
+                   "resumes an interrupted encode of the same files")
     p.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=None,
                    help="--images: keep the aspect ratio and pad (default: as the run was trained)")
     p.add_argument("--skip-bad", action="store_true", help="--images: leave unreadable images out, counted")
@@ -556,7 +562,8 @@ def build_parser():
     queries = p.add_mutually_exclusive_group(required=True)
     queries.add_argument("--queries", help=".npy of packed uint8 query codes")
     queries.add_argument("--image", nargs="+", help="query image file(s), for an index of image files "
-                         "(`tfhash encode RUN --images DIR --index FILE`): prints each neighbour's distance and path")
+                         "(`tfhash encode RUN --images DIR --index FILE`, or a Milvus collection so filled): prints each "
+                         "neighbour's distance and path")
     p.add_argument("-k", type=int, default=10,
                    help="neighbours per query, >= 1; at most the index size are returned (radius mode: ids shown)")
     p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")

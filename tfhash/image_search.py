@@ -12,6 +12,13 @@ whose encoder made the codes (`run`, when known) and that encoder's identity
 (`tfhash.retrieval.encoder_identity`), so a search encodes its query images
 the same way and a changed encoder is refused.
 
+The index may be a Milvus collection instead (`tfhash.milvus_index`), named
+by its address, ``milvus:FILE.db#COLLECTION`` (milvus-lite) or
+``milvus://HOST:PORT/COLLECTION`` (a server):
+
+    >>> encode_files(encoder, "photos/", "milvus:runs/photos.db#photos", run="runs/dhn32").close()
+    >>> [(query, hits)] = search_files("milvus:runs/photos.db#photos", ["query.jpg"], k=5)
+
 Choices, one line each:
 - Images are decoded by `tfhash.data.folders.image_batches` (tf.data,
   parallel) at the encoder's input size and channels.
@@ -22,8 +29,22 @@ Choices, one line each:
   (`tfhash.io.transaction`), which also removes the partial file.
 - Unreadable images stop the encode with a one-line error naming the file,
   or, with `skip_bad`, are left out and counted (`metadata["skipped"]`).
+- Into Milvus, each batch is inserted as it is encoded (memory stays one
+  batch), each row with its file in the collection's ``path`` field
+  (`MilvusIndex(paths=True)`); the rest of the metadata, and `files` (the
+  listing's length) and `listing` (its sha256, as a partial file's), is
+  the collection's description, written when it is created.
+- Row ids are as in the file index: positions among the files kept (a
+  skipped file leaves no gap), so both answer with the same `Hit`s.
+- A Milvus encode resumes from the collection itself: it continues after
+  the file of its last row, when the listing's sha256 is the collection's
+  and no row before it is missing (a gap, rows removed or a batch partly
+  stored, is refused); a non-empty collection of other files, decoding or
+  encoder is refused. `skipped` is the files less the rows held (exact once
+  the encode is complete).
 """
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -34,6 +55,7 @@ import numpy as np
 
 from tfhash.index import HammingIndex
 from tfhash.io import array_writer, transaction, write_atomically
+from tfhash.milvus_index import parse_address
 
 # How the codes of an image index were made: the keys a search needs.
 DECODING = ("image_size", "channels", "keep_aspect")
@@ -68,26 +90,34 @@ def encoder_decoding(encoder, keep_aspect=False):
 
 def encode_files(encoder, source, index_path, *, output=None, run=None, keep_aspect=False, skip_bad=False,
                  batch_size=256, wait=False, progress=None, checkpoint_seconds=30.0):
-    """Encodes every image of `source` into a `HammingIndex` at `index_path`.
+    """Encodes every image of `source` into a `HammingIndex` at `index_path`
+    (or into a Milvus collection, when `index_path` is a Milvus address).
 
     Args:
         encoder: an image `HashModel` (e.g. `tfhash.load_model("runs/dhn32")`).
         source: a folder (walked recursively) or a glob pattern ("photos/*.jpg").
         index_path: the index file to write; its rows are the files in sorted
             path order (less skipped ones), each row's path in `metadata["paths"]`.
+            Or a Milvus address, ``milvus:FILE.db#COLLECTION`` or
+            ``milvus://HOST:PORT/COLLECTION``: a new collection (or one this
+            encode was interrupted in), the same rows, each row's path in
+            its ``path`` field.
         output: also write the packed codes to this `.npy` file.
         run: the run directory the encoder came from, recorded for `search_files`.
         keep_aspect: resize keeping the aspect ratio and pad (default: squash).
         skip_bad: leave unreadable images out, counted, instead of failing.
         batch_size: images per step.
-        wait: while another process writes this index: False fails at once
-            (`tfhash.io.Busy`), True waits.
+        wait: while another process writes this index file: False fails at
+            once (`tfhash.io.Busy`), True waits. (A Milvus collection takes
+            one writer at a time, unchecked.)
         progress: a `keras.utils.Progbar` (its target set to the number of
             files when None), or None.
-        checkpoint_seconds: how often the codes so far are saved, to resume from.
+        checkpoint_seconds: how often the codes so far are saved, to resume
+            from (a file index; Milvus keeps every batch as it comes).
 
     Returns:
-        The `HammingIndex` written.
+        The `HammingIndex` written; for Milvus, the `MilvusIndex`, open
+        (close it), its `metadata` as `load_image_index` gives it.
     """
     from tfhash.data.folders import image_batches, list_images
     from tfhash.layers import SignPack
@@ -97,6 +127,11 @@ def encode_files(encoder, source, index_path, *, output=None, run=None, keep_asp
     decoding = encoder_decoding(encoder, keep_aspect)
     identity = encoder_identity(encoder)
     listing = _listing_sha256(root, paths, decoding, identity, skip_bad)
+    if parse_address(index_path):
+        meta = {"root": os.path.abspath(root), **decoding, "run": os.path.abspath(run) if run else None,
+                "encoder": identity, "listing": listing, "files": len(paths)}
+        return _encode_into_milvus(encoder, source, index_path, root, paths, meta, output=output, skip_bad=skip_bad,
+                                   batch_size=batch_size, progress=progress)
     partial_path = _partial_path(index_path)
     with transaction(index_path, wait=wait) as result:
         codes, kept, start = _resume(partial_path, listing, encoder.bits)
@@ -137,6 +172,72 @@ def encode_files(encoder, source, index_path, *, output=None, run=None, keep_asp
     if progress is not None:
         progress.update(len(paths), finalize=True)
     return index
+
+
+def _encode_into_milvus(encoder, source, address, root, paths, meta, *, output, skip_bad, batch_size, progress):
+    """`encode_files` into a Milvus collection: batch by batch, resumed from the collection's last row."""
+    from tfhash.data.folders import image_batches
+    from tfhash.layers import SignPack
+    from tfhash.milvus_index import MilvusIndex
+
+    # One insert call per batch of images.
+    index = MilvusIndex.open(address, encoder.bits, paths=True, metadata=meta, batch_size=max(batch_size, 10_000))
+    try:
+        start = _milvus_resume(index, address, paths, meta["listing"])
+        if progress is not None:
+            progress.target = progress.target or len(paths)
+            progress.update(start)
+        pack = SignPack()
+        batches = image_batches(root, paths[start:], image_size=tuple(meta["image_size"]), channels=meta["channels"],
+                                keep_aspect=meta["keep_aspect"], batch_size=batch_size, skip_bad=skip_bad)
+        for images, positions in batches:
+            positions = positions.numpy() + start
+            if not len(positions):  # every file of the batch skipped
+                continue
+            index.add(pack(encoder.predict_on_batch(images)).numpy(), paths=[paths[i] for i in positions])
+            if progress is not None:
+                progress.update(int(positions[-1]) + 1)
+        rows = index.ntotal
+        if not rows:
+            raise ValueError(f"No image of {source} could be read: expected at least one of its {len(paths)} "
+                             f"image files to decode. Received: every one skipped as unreadable")
+        if output:
+            write_atomically(output, array_writer(index.codes()))
+        index.metadata = {**index.metadata, "skipped": len(paths) - rows}
+    except BaseException:
+        index.close()
+        raise
+    if progress is not None:
+        progress.update(len(paths), finalize=True)
+    return index
+
+
+def _milvus_resume(index, address, paths, listing):
+    """The listing position to encode from: 0 in a new (or empty) collection,
+    else one past the file of its last row. A collection of other files (or
+    decoding, or encoder), or not an image collection, is refused."""
+    held = index.ntotal
+    recorded = index.metadata.get("listing")
+    if not index.has_paths or (held and recorded != listing):
+        what = (f"one holding {held} codes without paths" if not index.has_paths else
+                f"one holding {held} codes of other files, decoding or encoder (listing sha256 {str(recorded)[:12]}, "
+                f"these {listing[:12]})")
+        raise ValueError(f"Expected a new Milvus collection, or one an encode of these files was interrupted in, "
+                         f"for --index {address}. Received: {what}: drop it, or name another collection")
+    if not held:
+        if recorded != listing:  # made by an encode of other files, killed before its first batch
+            raise ValueError(f"Expected a new Milvus collection, or one an encode of these files was interrupted "
+                             f"in, for --index {address}. Received: an empty one made for other files, decoding or "
+                             f"encoder: drop it, or name another collection")
+        return 0
+    [last] = index.paths([held - 1])
+    position = bisect.bisect_left(paths, last) if last is not None else len(paths)
+    if index.next_position != held or position == len(paths) or paths[position] != last:
+        raise ValueError(f"Expected the rows of an interrupted encode in --index {address}: positions 0 to "
+                         f"{held - 1}, the last one a file of the listing. Received: rows up to position "
+                         f"{index.next_position - 1}, the last one {last!r} (rows removed, or a batch partly "
+                         f"stored?): drop it, or name another collection")
+    return position + 1
 
 
 def _resume(partial_path, listing, bits):
@@ -181,7 +282,11 @@ class Hit:
 
 
 def load_image_index(index_path):
-    """A `HammingIndex` written by `encode_files`, refused in one line otherwise."""
+    """A `HammingIndex` written by `encode_files`, refused in one line
+    otherwise; for a Milvus address, the `MilvusIndex` it filled, open (close
+    it), its `metadata` the collection's plus `skipped`."""
+    if parse_address(index_path):
+        return _load_milvus_images(index_path)
     index = HammingIndex.load(index_path)
     missing = [key for key in ("root", "paths", *DECODING) if key not in index.metadata]
     if missing:
@@ -191,6 +296,21 @@ def load_image_index(index_path):
         raise ValueError(f"{index_path}: expected one path per row, rows numbered in order (as encode_files writes "
                          f"it). Received: {len(index)} rows{' with ids' if index.has_ids else ''}, "
                          f"{len(index.metadata['paths'])} paths")
+    return index
+
+
+def _load_milvus_images(address):
+    from tfhash.milvus_index import MilvusIndex
+
+    index = MilvusIndex.open(address, create=False)
+    missing = [key for key in ("root", "files", *DECODING) if key not in index.metadata]
+    if missing or not index.has_paths:
+        with index:
+            held = len(index)
+        lacks = f"without {missing}" if missing else "without paths"
+        raise ValueError(f"{address}: expected a collection of image files (tfhash encode RUN --images DIR --index "
+                         f"milvus:...). Received: a collection of {held} codes {lacks}")
+    index.metadata = {**index.metadata, "skipped": index.metadata["files"] - index.ntotal}
     return index
 
 
@@ -248,9 +368,13 @@ def search_files(index_path, images, *, k=10, radius=None, encoder=None, run=Non
         A list of `(query file, [Hit, ...])`, the hits ranked by distance (ties by row).
     """
     index = load_image_index(index_path)
-    encoder = index_encoder(index, encoder, run)
-    query_images, files = decode_queries(images, index)
-    return list(zip(files, search_codes(index, encoder.encode(query_images), k=k, radius=radius)))
+    try:
+        encoder = index_encoder(index, encoder, run)
+        query_images, files = decode_queries(images, index)
+        return list(zip(files, search_codes(index, encoder.encode(query_images), k=k, radius=radius)))
+    finally:
+        if hasattr(index, "close"):  # a MilvusIndex
+            index.close()
 
 
 def search_codes(index, codes, *, k=10, radius=None):
@@ -263,4 +387,10 @@ def search_codes(index, codes, *, k=10, radius=None):
     else:
         lims, distances, ids = index.range_search(codes, radius)
         rows = [list(zip(distances[a:b], ids[a:b]))[:k] for a, b in zip(lims[:-1], lims[1:])]
-    return [[Hit(int(d), int(i), meta["paths"][int(i)], meta["root"]) for d, i in row] for row in rows]
+    rows = [[(int(d), int(i)) for d, i in row] for row in rows]
+    if "paths" in meta:
+        path = meta["paths"]
+    else:  # a Milvus collection: each row's path in its `path` field
+        ids = sorted({i for row in rows for _, i in row})
+        path = dict(zip(ids, index.paths(ids)))
+    return [[Hit(d, i, path[i], meta["root"]) for d, i in row] for row in rows]

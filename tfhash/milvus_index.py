@@ -22,10 +22,19 @@ dim ``bits`` (the packed bytes as they are), indexed for metric HAMMING with
 BIN_FLAT (exact, brute force) or BIN_IVF_FLAT (approximate). The position,
 not the id, is the primary key because ids may repeat (as in HammingIndex)
 and Milvus does not enforce unique primary keys.
+
+A collection made with ``paths=True`` (`tfhash.image_search`'s, an image
+folder's codes) has a fourth field, ``path`` VARCHAR: each row's file, as
+HammingIndex keeps them in ``metadata["paths"]``. `metadata`, a dict of JSON
+values, is kept as the collection's description (JSON), written when the
+collection is created: milvus-lite 2.5 does not implement altering a
+collection's properties, and a reserved row would be a row every search and
+count had to leave out.
 """
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import warnings
@@ -49,7 +58,9 @@ _TIE_MARGIN = 16
 # Ids per delete expression (`id in [...]`), to keep expressions short.
 _DELETE_CHUNK = 4096
 
-POSITION, ID, CODE = "pos", "id", "code"
+POSITION, ID, CODE, PATH = "pos", "id", "code", "path"
+# The longest path a row may keep, in bytes: Milvus's largest VARCHAR.
+MAX_PATH_BYTES = 65_535
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 DEFAULT_COLLECTION = "tfhash_codes"
@@ -160,6 +171,12 @@ class MilvusIndex:
         batch_size: rows per insert call.
         create: create the collection when missing; False refuses a
             missing one (`tfhash search` opens, never creates).
+        paths: when creating: give each row a file path (a ``path`` VARCHAR
+            field; `add(codes, paths=...)`, `paths(ids)`). A reopened
+            collection has paths if it was made with them (`has_paths`).
+        metadata: when creating: a dict of JSON values kept as the
+            collection's description, read back as `metadata` when reopened
+            (a collection made without one: {}). Default: {}.
         **client_kwargs: passed to `pymilvus.MilvusClient` (``token``,
             ``db_name``, ``timeout``, ...).
 
@@ -176,7 +193,7 @@ class MilvusIndex:
     """
 
     def __init__(self, bits, uri, collection=DEFAULT_COLLECTION, *, index_type=None, nlist=1024, nprobe=16,
-                 batch_size=10_000, create=True, **client_kwargs):
+                 batch_size=10_000, create=True, paths=False, metadata=None, **client_kwargs):
         if bits is not None and (not _is_int(bits) or not 0 < bits <= MAX_BITS or bits % 8):
             raise ValueError(f"Expected `bits` to be a positive multiple of 8, at most {MAX_BITS}. "
                              f"Received: bits={bits!r}")
@@ -188,6 +205,12 @@ class MilvusIndex:
         for name, value in (("nlist", nlist), ("nprobe", nprobe), ("batch_size", batch_size)):
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"Expected `{name}` to be a positive int. Received: {name}={value!r}")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"Expected `metadata` to be a dict of JSON values. Received: {type(metadata).__name__}")
+        try:
+            description = json.dumps(metadata or {}, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Expected `metadata` to be a dict of JSON values. Received: {error}") from None
         uri = os.fspath(uri) if isinstance(uri, os.PathLike) else uri
         if not isinstance(uri, str):
             raise ValueError(f"Expected `uri` to be a file path ending in .db or a server address "
@@ -206,6 +229,8 @@ class MilvusIndex:
         self.collection = collection
         self.batch_size = int(batch_size)
         self.nprobe = int(nprobe)
+        self.has_paths = bool(paths)
+        self.metadata = dict(metadata or {})
         self._client = pymilvus.MilvusClient(self.uri, **client_kwargs)
         try:
             if self._client.has_collection(collection):
@@ -216,7 +241,7 @@ class MilvusIndex:
                                  "Received: bits=None")
             elif create:
                 self.index_type = index_type or "BIN_FLAT"
-                self._create(pymilvus.DataType, int(nlist))
+                self._create(pymilvus.DataType, int(nlist), description)
             else:
                 raise ValueError(f"Expected a collection {collection!r} at {self.uri!r} (create=False). "
                                  f"Received: none there")
@@ -242,11 +267,13 @@ class MilvusIndex:
     # The collection
     # ------------------------------------------------------------------
 
-    def _create(self, data_type, nlist):
-        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+    def _create(self, data_type, nlist, description):
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
         schema.add_field(POSITION, data_type.INT64, is_primary=True)
         schema.add_field(ID, data_type.INT64)
         schema.add_field(CODE, data_type.BINARY_VECTOR, dim=self.bits)
+        if self.has_paths:
+            schema.add_field(PATH, data_type.VARCHAR, max_length=MAX_PATH_BYTES)
         params = self._client.prepare_index_params()
         params.add_index(field_name=CODE, index_name=CODE, index_type=self.index_type, metric_type="HAMMING",
                          params={"nlist": nlist} if self.index_type == "BIN_IVF_FLAT" else {})
@@ -254,13 +281,21 @@ class MilvusIndex:
         self._client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong")
 
     def _check_existing(self, index_type):
-        """The reopened collection's index type, once its layout and dim are checked."""
+        """The reopened collection's index type, once its layout and dim are
+        checked; its paths and metadata read."""
         where = f"collection {self.collection!r} at {self.uri!r}"
-        fields = {field["name"]: field for field in self._client.describe_collection(self.collection)["fields"]}
+        described = self._client.describe_collection(self.collection)
+        fields = {field["name"]: field for field in described["fields"]}
         code = fields.get(CODE)
-        if code is None or set(fields) != {POSITION, ID, CODE} or not fields[POSITION].get("is_primary"):
+        if code is None or set(fields) - {PATH} != {POSITION, ID, CODE} or not fields[POSITION].get("is_primary"):
             raise ValueError(f"Expected {where} to be a MilvusIndex collection (fields {POSITION!r} primary, {ID!r}, "
-                             f"{CODE!r}). Received: fields {sorted(fields)}")
+                             f"{CODE!r}, and {PATH!r} with paths). Received: fields {sorted(fields)}")
+        self.has_paths = PATH in fields
+        try:
+            metadata = json.loads(described.get("description") or "{}")
+        except ValueError:  # a collection made elsewhere, described in words
+            metadata = {}
+        self.metadata = metadata if isinstance(metadata, dict) else {}
         dim = int(code.get("params", {}).get("dim", -1))
         if self.bits is None and 0 < dim <= MAX_BITS and dim % 8 == 0:
             self.bits, self.code_size = dim, dim // 8
@@ -326,6 +361,12 @@ class MilvusIndex:
     def has_ids(self):
         return self._has_ids
 
+    @property
+    def next_position(self):
+        """The position the next row added gets: one past the highest given
+        (after reopening: held). Equal to `ntotal` when no row was removed."""
+        return self._next
+
     def __repr__(self):
         return (f"MilvusIndex(bits={self.bits}, uri={self.uri!r}, collection={self.collection!r}, "
                 f"index_type={self.index_type!r}, has_ids={self.has_ids})")
@@ -334,7 +375,7 @@ class MilvusIndex:
     # Adding and removing
     # ------------------------------------------------------------------
 
-    def add(self, codes, ids=None):
+    def add(self, codes, ids=None, paths=None):
         """Appends packed codes, in insert calls of `batch_size` rows.
 
         Checked as `HammingIndex.add` checks them, with its messages, before
@@ -345,9 +386,12 @@ class MilvusIndex:
             ids: optional integer array of shape `(n,)`, non-negative, returned
                 by `search` in place of positions; every `add` gives ids or
                 none does. Ids need not be unique.
+            paths: each row's file path, `n` strings: required by a collection
+                made with ``paths=True``, refused by one without.
         """
         codes = self._check_codes(codes, "codes")
         n = codes.shape[0]
+        paths = self._check_paths(paths, n)
         size = self.ntotal
         ids = check_ids(ids, n, size=size, has_ids=size > 0 and self._has_ids, holder="index")
         if n == 0:
@@ -358,10 +402,12 @@ class MilvusIndex:
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
                 row_ids = [-1] * (stop - start) if ids is None else ids[start:stop].tolist()
-                self._client.insert(self.collection, [
-                    {POSITION: first + start + i, ID: row_id, CODE: code.tobytes()}
-                    for i, (row_id, code) in enumerate(zip(row_ids, codes[start:stop]))
-                ])
+                rows = [{POSITION: first + start + i, ID: row_id, CODE: code.tobytes()}
+                        for i, (row_id, code) in enumerate(zip(row_ids, codes[start:stop]))]
+                if paths is not None:
+                    for row, path in zip(rows, paths[start:stop]):
+                        row[PATH] = path
+                self._client.insert(self.collection, rows)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._client.delete(self.collection, filter=f"{POSITION} >= {first} and {POSITION} < {first + n}")
@@ -384,6 +430,24 @@ class MilvusIndex:
             else:
                 self._client.delete(self.collection, ids=chunk)
         return before - self.ntotal
+
+    def paths(self, ids):
+        """The file path of each row id in `ids` (a collection with paths), a
+        list of str; None where no row has that id (with repeated ids: one
+        of their rows' paths)."""
+        if not self.has_paths:
+            raise ValueError(f"Expected a collection with paths (MilvusIndex(..., paths=True)). Received: "
+                             f"collection {self.collection!r}, made without")
+        ids = np.asarray(ids, np.int64).ravel().tolist()
+        key = ID if self._has_ids else POSITION
+        found = {}
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), _DELETE_CHUNK):
+            chunk = unique[start : start + _DELETE_CHUNK]
+            rows = self._client.query(self.collection, filter=f"{key} in {chunk}", output_fields=[key, PATH],
+                                      limit=MAX_TOPK, **_STRONG)
+            found.update((int(row[key]), row[PATH]) for row in rows)
+        return [found.get(i) for i in ids]
 
     def codes(self):
         """A copy of the packed codes held, (ntotal, bits / 8) uint8, in
@@ -528,6 +592,27 @@ class MilvusIndex:
     # HammingIndex's own check and messages: uint8, 2-D, bits / 8 columns.
     _check_codes = HammingIndex._check_codes
     _check_radius = HammingIndex._check_radius
+
+    def _check_paths(self, paths, n):
+        if not self.has_paths:
+            if paths is not None:
+                raise ValueError(f"Expected no `paths` for collection {self.collection!r}, made without them "
+                                 f"(MilvusIndex(..., paths=True) keeps them). Received: {len(paths)} paths")
+            return None
+        if paths is None or isinstance(paths, str) or len(paths) != n:
+            received = "none" if paths is None else f"{type(paths).__name__} of length {len(paths)}"
+            raise ValueError(f"Expected `paths`, one str per row ({n}), for collection {self.collection!r} "
+                             f"(made with paths). Received: {received}")
+        paths = list(paths)
+        for path in paths:
+            try:
+                size = len(path.encode("utf-8")) if isinstance(path, str) else None
+            except UnicodeEncodeError:  # a file name that is not UTF-8 (os.fsdecode's surrogates)
+                size = None
+            if size is None or size > MAX_PATH_BYTES:
+                raise ValueError(f"Expected `paths` to be UTF-8 str of at most {MAX_PATH_BYTES} bytes. "
+                                 f"Received: {path!r:.200}")
+        return paths
 
     def _check_not_empty(self, method):
         ntotal = self.ntotal
