@@ -96,6 +96,9 @@ def test_encode_then_search_matches_brute_force(run_dir, tmp_path, capsys):
     order = np.argsort(d, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(result["ids"], database_ids[order])
     np.testing.assert_array_equal(result["distances"], np.take_along_axis(d, order, 1))
+    # Multi-index hashing finds the same neighbours, ties in the same order.
+    assert main(["search", index, "--queries", queries, "-k", "5", "--method", "mih", "--output", found]) == 0
+    np.testing.assert_array_equal(np.load(found)["ids"], database_ids[order])
     # Radius search prints every database image within Hamming distance 1 of query 0.
     capsys.readouterr()
     assert main(["search", index, "--queries", queries, "--radius", "1", "-k", "3"]) == 0
@@ -119,6 +122,8 @@ def test_encode_into_milvus_then_search_it_as_the_index_file(run_dir, tmp_path, 
     assert main(["search", milvus, "--queries", queries, "-k", "20", "--output", found_milvus]) == 0
     for key in ("distances", "ids"):
         np.testing.assert_array_equal(np.load(found_milvus)[key], np.load(found)[key])
+    assert main(["search", milvus, "--queries", queries, "--method", "auto"]) == 2
+    assert "--method chooses how a Hamming index file is searched" in capsys.readouterr().err
     # A second encode into the same collection would add every row twice: refused in one line.
     assert main(["encode", run_dir, "--protocol", "digits", "--part", "database", "--index", milvus]) == 2
     assert "Expected an empty or new Milvus collection" in capsys.readouterr().err

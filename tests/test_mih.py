@@ -368,3 +368,95 @@ def test_searches_from_threads_and_a_forked_child():
         got = np.frombuffer(pipe.read(), np.int64).reshape(expected[1].shape)
     assert os.waitpid(child, 0)[1] == 0
     np.testing.assert_array_equal(got, expected[1])
+
+
+# ----------------------------------------------------------------------
+# HammingIndex(method=...): the same answers, whichever way they are found
+# ----------------------------------------------------------------------
+
+AUTO_N = 120_000  # past mih._MIN_N (100,000): below it "auto" always scans
+
+
+def many_clusters(n, nq, seed=0):
+    """64-bit codes and queries around 1,000 centres (6% of bits flipped):
+    ~120 codes a cluster, where the tables pay (unlike `make`'s 20 centres,
+    where a probe meets thousands of codes and most queries are given up on)."""
+    rng = np.random.default_rng(seed)
+    centres = random_codes(rng, 1000, 64)
+    return clustered_codes(rng, n, 64, centres), clustered_codes(rng, nq, 64, centres)
+
+
+def with_method(database, method):
+    index = HammingIndex(database.shape[1] * 8, method=method)
+    index.add(database)
+    return index
+
+
+@pytest.mark.parametrize("method", ["mih", "auto"])
+def test_hamming_index_by_tables_answers_as_the_scan(method):
+    database, queries = many_clusters(AUTO_N, 100)
+    scan, index = with_method(database, "scan"), with_method(database, method)
+    for k in (1, 10, 100):
+        assert_same_knn(scan, index, queries, k)
+    # The tables answered ("auto" measured them to pay at k = 1 and 10), and
+    # they count in the index's memory.
+    assert method == "mih" or mih.auto_choice(index, 1) == mih.auto_choice(index, 10) == "mih"
+    assert index._mih_tables is not None and scan._mih_tables is None
+    assert index.memory_bytes == scan.memory_bytes + index._mih_tables.nbytes > scan.memory_bytes
+    assert_same_range(scan, index, queries, 7)
+    # An add makes the tables stale: dropped, then rebuilt with the new codes.
+    for either in (scan, index):
+        either.add(database[:10] ^ np.uint8(1))
+    assert index._mih_tables is None
+    assert_same_knn(scan, index, queries, 10)
+
+
+def test_auto_scans_uniform_codes_and_small_indexes():
+    # Uniform random codes: the 100th neighbour of a query lies ~20 of 64 bits
+    # away, too far for substring probes to pay (mih.choose); 20,000 codes:
+    # below the size where tables pay at all.
+    for database, queries in (make("random", 64, AUTO_N, 20), make("clustered", 64, 20_000, 20)):
+        scan, index = with_method(database, "scan"), with_method(database, "auto")
+        assert_same_knn(scan, index, queries, 100)
+        assert_same_range(scan, index, queries, 3)
+        assert index._mih_tables is None and index.memory_bytes == scan.memory_bytes
+
+
+def test_auto_decides_on_the_queries_asked(monkeypatch):
+    # Clustered codes look made for the tables (mih.choose, on the index's own
+    # codes), but uniform random queries lie ~20 of 64 bits from their 10th
+    # neighbour (a centre's codes, ~4 bits apart, lie ~7 bits from theirs): measured on the first mih._PROBE of them, the tables cost more
+    # than half a scan (each is given up on: a scan plus the work), so auto
+    # scans the rest. Queries near the codes keep the tables.
+    database, near = many_clusters(AUTO_N, 40)
+    far = random_codes(np.random.default_rng(5), 40, 64)
+    scan = with_method(database, "scan")
+    far_first, near_first = with_method(database, "auto"), with_method(database, "auto")
+    by_tables, knn = [], mih.knn
+    monkeypatch.setattr(mih, "knn", lambda index, queries, k, **kw: by_tables.append(len(queries)) or knn(
+        index, queries, k, **kw))
+    assert mih.auto_choice(far_first, 10) == "mih"  # nothing measured yet: the tables are tried
+    assert_same_knn(scan, far_first, far, 10)
+    assert by_tables == [mih._PROBE] and mih.auto_choice(far_first, 10) == "scan"  # the rest: scanned
+    assert far_first._mih_tables is None and far_first.memory_bytes == scan.memory_bytes  # freed, unused
+    # Measured again once the scan has answered mih._REPROBE (1,024) queries: still losing.
+    assert_same_knn(scan, far_first, np.tile(far, (25, 1)), 10)  # 32 + 1,000 scanned
+    assert mih.auto_choice(far_first, 10) == "mih"
+    assert_same_knn(scan, far_first, far, 10)
+    assert by_tables == [mih._PROBE] * 2 and far_first._mih_tables is None
+    by_tables.clear()
+    assert_same_knn(scan, near_first, near, 10)
+    assert by_tables == [mih._PROBE, 40 - mih._PROBE] and mih.auto_choice(near_first, 10) == "mih"
+    assert mih.auto_choice(far_first, 1) == "mih"  # per k: nothing measured at k = 1 yet
+
+
+def test_method_is_checked_and_chosen_at_load(tmp_path):
+    database, queries = make("clustered", 64, 3000, 20)
+    with_method(database, "scan").save(tmp_path / "codes.thi")
+    loaded = HammingIndex.load(tmp_path / "codes.thi", method="mih")
+    assert loaded.method == "mih" and HammingIndex.load(tmp_path / "codes.thi").method == "scan"
+    assert_same_knn(with_method(database, "scan"), loaded, queries, 10)
+    assert loaded._mih_tables is not None
+    expected = "Expected `method` to be one of ('scan', 'mih', 'auto'). Received: method='fast'"
+    assert refusal(lambda: HammingIndex(64, method="fast")) == expected
+    assert refusal(lambda: HammingIndex.load(tmp_path / "codes.thi", method="fast")) == expected

@@ -374,9 +374,12 @@ def _search(args):
 
     queries = _load_array(args.queries, "query codes")
     if parse_address(args.index):  # milvus://HOST:PORT/COLLECTION or milvus:FILE.db#COLLECTION, opened as it is
+        if args.method != "scan":
+            raise ValueError(f"--method chooses how a Hamming index file is searched. Received: --method "
+                             f"{args.method} with the Milvus collection {args.index}")
         index = MilvusIndex.open(args.index, create=False)  # bits: the collection's
     else:
-        index = HammingIndex.load(args.index)
+        index = HammingIndex.load(args.index, method=args.method)
     if args.radius is not None:
         lims, distances, ids = index.range_search(queries, args.radius)
         for q in range(len(queries)):
@@ -567,6 +570,9 @@ def build_parser():
     p.add_argument("-k", type=int, default=10,
                    help="neighbours per query, >= 1; at most the index size are returned (radius mode: ids shown)")
     p.add_argument("--radius", type=int, default=None, help="radius search instead of k-NN")
+    p.add_argument("--method", choices=["scan", "mih", "auto"], default="scan",
+                   help="--queries in an index file: scan every code (default), multi-index hashing, or auto (it "
+                        "where measured to pay: many queries in a large index of clustered codes); same results")
     p.add_argument("--output", help="write distances and ids to this .npz")
     p.add_argument("--run", dest="run_dir",
                    help="--image: the run whose encoder made the index (default: the one it records)")

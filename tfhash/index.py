@@ -54,10 +54,21 @@ _IO_CHUNK = 1 << 24
 # works in the output arrays, so this costs no memory.
 _QUERY_BATCH = 4096
 
+# Search methods: "scan" (faiss, brute force), "mih" (tfhash.mih, multi-index
+# hashing: exact, sub-linear on clustered codes) and "auto" (k-NN by MIH where
+# it is measured to pay, tfhash.mih.auto_knn; the scan otherwise).
+METHODS = ("scan", "mih", "auto")
+
 # Spare rows kept when growing: capacity <= needed * (1 + 1/16), so codes never
 # take more than ~1.06x their packed size, while adding in many chunks costs
 # O(16) copies per code instead of O(chunks).
 _GROWTH_DIVISOR = 16
+
+
+def _check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"Expected `method` to be one of {METHODS}. Received: method={method!r}")
+    return method
 
 
 def _is_int(value):
@@ -109,10 +120,20 @@ class HammingIndex:
     Args:
         bits: code length in bits, a positive multiple of 8, at most
             `MAX_BITS` (4096).
+        method: how `search` (and, for `"mih"`, `range_search`) runs:
+            `"scan"` (default), `"mih"` (multi-index hashing, `tfhash.mih`:
+            same results, sub-linear on clustered codes, substring tables of
+            2 to 3 times the packed codes built by the first search after an
+            `add`) or `"auto"` (k-NN by MIH where it pays: tried where the
+            index's own codes look clustered, `tfhash.mih.choose`, then kept
+            while its work measured on the queries asked costs at most half
+            a scan; `tfhash.mih.auto_knn`). A choice of this process, not of
+            the file: not saved; `load(path, method=...)` sets it.
 
     Attributes:
         bits: code length in bits.
         code_size: bytes per packed code, `bits // 8`.
+        method: `"scan"`, `"mih"` or `"auto"` (see Args).
         ntotal: number of codes held (also `len(index)`).
         has_ids: whether codes were added with custom `ids`.
         metadata: a JSON-able dict saved with the codes (`tfhash encode
@@ -131,12 +152,16 @@ class HammingIndex:
     [0, 1, 3]
     """
 
-    def __init__(self, bits):
+    def __init__(self, bits, method="scan"):
         if not _is_int(bits) or not 0 < bits <= MAX_BITS or bits % 8:
             raise ValueError(
                 f"Expected `bits` to be a positive multiple of 8, at most "
                 f"{MAX_BITS}. Received: bits={bits!r}"
             )
+        self.method = _check_method(method)
+        # tfhash.mih's substring tables (method "mih" or "auto"), built by a
+        # search and dropped by add().
+        self._mih_tables = None
         self.bits = int(bits)
         self.code_size = self.bits // 8
         self._index = self._new_engine(0)
@@ -169,14 +194,17 @@ class HammingIndex:
 
     @property
     def memory_bytes(self):
-        """Bytes allocated for codes plus custom ids, if any."""
+        """Bytes allocated for codes plus custom ids, if any, plus the
+        multi-index hashing tables, if built."""
         ids_bytes = 0 if self._ids is None else self._ids.nbytes
-        return self.code_bytes + ids_bytes
+        tables_bytes = 0 if self._mih_tables is None else self._mih_tables.nbytes
+        return self.code_bytes + ids_bytes + tables_bytes
 
     def __repr__(self):
         return (
             f"HammingIndex(bits={self.bits}, ntotal={self.ntotal}, "
-            f"has_ids={self.has_ids})"
+            f"has_ids={self.has_ids}"
+            + ("" if self.method == "scan" else f", method={self.method!r}") + ")"
         )
 
     # ------------------------------------------------------------------
@@ -235,6 +263,7 @@ class HammingIndex:
             id_buf[old_n:new_n] = ids
         engine.ntotal = new_n
         self._index, self._ids = engine, id_buf
+        self._mih_tables = None  # stale (tfhash.mih rebuilds them on demand)
 
     def codes(self):
         """A copy of the packed codes held, (ntotal, bits / 8) uint8, in insertion order."""
@@ -283,6 +312,10 @@ class HammingIndex:
         k = min(int(k), self.ntotal)
         if queries.shape[0] == 0:
             return np.empty((0, k), np.int32), np.empty((0, k), np.int64)
+        if self.method != "scan" and 2 * k < self.ntotal:
+            from tfhash import mih
+
+            return mih.knn(self, queries, k) if self.method == "mih" else mih.auto_knn(self, queries, k)
         distances, positions = self._index.search(queries, k)
         return distances, self._to_ids(positions)
 
@@ -315,6 +348,10 @@ class HammingIndex:
         nq = queries.shape[0]
         if nq == 0:
             return (np.zeros(1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64))
+        if self.method == "mih":
+            from tfhash import mih
+
+            return mih.range_search(self, queries, int(radius))
         lims, distances, positions = self._index.range_search(queries, int(radius) + 1)
         lims = lims.astype(np.int64)
         distances = distances.astype(np.int32)
@@ -383,7 +420,7 @@ class HammingIndex:
             f.write(_CRC.pack(crc))
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, method="scan"):
         """Reads an index written by `save`.
 
         Refuses, with a `ValueError` saying what was expected and what was
@@ -395,6 +432,7 @@ class HammingIndex:
 
         Args:
             path: file written by `HammingIndex.save` (str or path-like).
+            method: how the loaded index searches (see the class's Args).
 
         Returns:
             A new `HammingIndex` with the same codes, ids and search results.
@@ -404,6 +442,7 @@ class HammingIndex:
             ValueError: if the file is not a valid HammingIndex file.
         """
         path = os.fspath(path)
+        method = _check_method(method)
         recover(path)  # an encode killed between its codes and this index: finish it (tfhash.io.transaction)
         try:
             f = open(path, "rb")
@@ -434,6 +473,7 @@ class HammingIndex:
                 )
 
             index = cls(bits)
+            index.method = method
             # Read codes straight into faiss's buffer: no second copy.
             index._index = cls._new_engine_for(bits, n)
             crc = 0

@@ -238,7 +238,9 @@ def picks_mih(index, k, *, sample=32):
     """`choose` for `index`'s own codes (any `HammingIndex`): whether k-NN by
     multi-index hashing is expected to beat the scan. The spread is measured
     once per size of the index (and k), by scanning for `sample` of its codes
-    spread over it (each finds itself, hence k + 1)."""
+    spread over it (each finds itself, hence k + 1). `auto_knn` uses it as a
+    gate only: the tables are tried where it says yes, and kept where their
+    work measured on the queries asked pays."""
     n = index.ntotal
     if n < _MIN_N or 4 * k >= n:
         return False
@@ -251,6 +253,90 @@ def picks_mih(index, k, *, sample=32):
         distances, _ = index._index.search(codes, k + 1)
         cache[1][k] = float(distances[:, -1].mean()) / index.bits
     return choose(n, index.bits, cache[1][k], k) == "mih"
+
+
+# `HammingIndex(method="auto")`: the tables are tried where the index's own
+# codes look clustered (`picks_mih`); then their measured work on the queries
+# decides. Own codes are a biased sample (a database with near-duplicates
+# looks tighter to itself than to new queries: Fashion-MNIST codes tiled with
+# bit noise did), so the decision rests on the queries asked.
+_PROBE = 8  # queries answered by the tables to measure them
+_REPROBE = 1024  # queries the scan answers before the tables are measured again (doubling each time they lose)
+_MEMORY = 256  # queries a running cost remembers
+
+
+def _scan_ids(index, queries, k):
+    distances, positions = index._index.search(queries, k)
+    return distances, index._to_ids(positions)
+
+
+def _auto_state(index):
+    """{k: [cost, scanned, wait]} of `index` at its current size (see `auto_knn`)."""
+    state = getattr(index, "_mih_auto", None)
+    if state is None or state[0] != index.ntotal:
+        state = index._mih_auto = (index.ntotal, {})
+    return state[1]
+
+
+def _pays(cost, n):
+    return cost is not None and cost * _MARGIN <= n
+
+
+def auto_choice(index, k):
+    """What `auto_knn` does now with the next queries of `index` at `k`:
+    `"mih"` or `"scan"` (`"mih"` also when it would first measure the tables)."""
+    if 2 * k >= index.ntotal or not picks_mih(index, k):
+        return "scan"
+    cost, scanned, wait = _auto_state(index).get(k, (None, 0, _REPROBE))
+    return "mih" if cost is None or scanned >= wait or _pays(cost, index.ntotal) else "scan"
+
+
+def auto_knn(index, queries, k):
+    """k-NN for `HammingIndex(method="auto")`: by the tables where they are
+    measured to pay, else by the scan; the scan's answer either way.
+
+    Per index size and k, the cost of the tables on the queries asked is
+    kept, in codes the scan streams per query: `work * _UNIT_COST`, plus `n`
+    for a query handed to the scan. The first `_PROBE` queries are answered
+    by the tables to measure it; the rest of a call goes to the tables when
+    `_MARGIN` times that cost is at most `n` (what a scan streams), else to
+    the scan. Each call by the tables updates the cost (a running mean over
+    about `_MEMORY` queries). Once the scan is chosen, the tables are
+    measured again after `_REPROBE` queries, then twice as many each time
+    they lose; while no k uses them, they are freed (rebuilt if measured
+    again)."""
+    n = index.ntotal
+    if not picks_mih(index, k):
+        return _scan_ids(index, queries, k)
+    state = _auto_state(index)
+    cost, scanned, wait = state.get(k, (None, 0, _REPROBE))
+    nq, start, parts = queries.shape[0], 0, []
+
+    def by_tables(part):
+        nonlocal cost
+        stats = {"mih": 0, "scan": 0, "work": 0}
+        parts.append(knn(index, part, k, stats=stats))
+        measured = (stats["work"] * _UNIT_COST + stats["scan"] * n) / len(part)
+        weight = min(len(part), _MEMORY) / _MEMORY
+        cost = measured if cost is None else (1 - weight) * cost + weight * measured
+
+    if cost is None or scanned >= wait:
+        again = cost is not None
+        start, scanned = min(nq, _PROBE), 0
+        by_tables(queries[:start])
+        wait = _REPROBE if _pays(cost, n) or not again else 2 * wait
+    if start < nq:
+        if _pays(cost, n):
+            by_tables(queries[start:])
+        else:
+            parts.append(_scan_ids(index, queries[start:], k))
+            scanned += nq - start
+    state[k] = (cost, scanned, wait)
+    if not any(_pays(c, n) for c, _, _ in state.values()):
+        index._mih_tables = None  # no k uses them: their memory back
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 # ----------------------------------------------------------------------
