@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfhash import mih  # noqa: E402
-from tfhash.index import HammingIndex  # noqa: E402
+from tfhash.index import HammingIndex, MultiIndexHashing  # noqa: E402
 
 
 def clustered(rng, n, bits, centres, flip, chunk=1 << 18):
@@ -106,7 +106,7 @@ def run(kind, bits, args):
     scan = HammingIndex(bits)
     scan.add(database)
     before = rss()
-    ours = mih.MultiIndexHashing(bits, m=args.m, budget=args.budget)
+    ours = MultiIndexHashing(bits, m=args.m, budget=args.budget)
     ours.add(database)
     build_s = timed(ours.build)[0]
     grew = rss() - before

@@ -19,7 +19,7 @@ from tfhash._version import __version__
 _LAZY = {
     "HammingIndex": ("tfhash.index", "HammingIndex"),
     "MilvusIndex": ("tfhash.milvus_index", "MilvusIndex"),
-    "MultiIndexHashing": ("tfhash.mih", "MultiIndexHashing"),
+    "MultiIndexHashing": ("tfhash.index", "MultiIndexHashing"),
     "Retriever": ("tfhash.retrieval", "Retriever"),
     "metrics": ("tfhash.metrics", None),
     "zoo": ("tfhash.zoo", None),

@@ -8,6 +8,11 @@ these without importing TensorFlow or Keras.
 import numpy as np
 
 
+def is_int(value):
+    """Whether `value` is a Python or NumPy integer (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_bits(bits):
     """Raises ValueError unless `bits` is a positive multiple of 8."""
     if not isinstance(bits, int) or isinstance(bits, bool) or bits <= 0 or bits % 8:

@@ -18,6 +18,7 @@ import zlib
 import faiss
 import numpy as np
 
+from tfhash.checks import is_int as _is_int
 from tfhash.io import recover, write_atomically
 
 # Longest code accepted, by the constructor and in a file header alike (so
@@ -69,12 +70,6 @@ def _check_method(method):
     if method not in METHODS:
         raise ValueError(f"Expected `method` to be one of {METHODS}. Received: method={method!r}")
     return method
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(
-        value, (bool, np.bool_)
-    )
 
 
 def check_ids(ids, n, *, size, has_ids, holder):
@@ -160,8 +155,10 @@ class HammingIndex:
             )
         self.method = _check_method(method)
         # tfhash.mih's substring tables (method "mih" or "auto"), built by a
-        # search and dropped by add().
+        # search and dropped by add(); the settings its calls take (m, budget,
+        # stats: MultiIndexHashing's).
         self._mih_tables = None
+        self._mih_options = {}
         self.bits = int(bits)
         self.code_size = self.bits // 8
         self._index = self._new_engine(0)
@@ -315,7 +312,9 @@ class HammingIndex:
         if self.method != "scan" and 2 * k < self.ntotal:
             from tfhash import mih
 
-            return mih.knn(self, queries, k) if self.method == "mih" else mih.auto_knn(self, queries, k)
+            if self.method == "mih":
+                return mih.knn(self, queries, k, **self._mih_options)
+            return mih.auto_knn(self, queries, k)
         distances, positions = self._index.search(queries, k)
         return distances, self._to_ids(positions)
 
@@ -351,7 +350,7 @@ class HammingIndex:
         if self.method == "mih":
             from tfhash import mih
 
-            return mih.range_search(self, queries, int(radius))
+            return mih.range_search(self, queries, int(radius), **self._mih_options)
         lims, distances, positions = self._index.range_search(queries, int(radius) + 1)
         lims = lims.astype(np.int64)
         distances = distances.astype(np.int32)
@@ -420,7 +419,7 @@ class HammingIndex:
             f.write(_CRC.pack(crc))
 
     @classmethod
-    def load(cls, path, method="scan"):
+    def load(cls, path, method=None):
         """Reads an index written by `save`.
 
         Refuses, with a `ValueError` saying what was expected and what was
@@ -432,7 +431,8 @@ class HammingIndex:
 
         Args:
             path: file written by `HammingIndex.save` (str or path-like).
-            method: how the loaded index searches (see the class's Args).
+            method: how the loaded index searches (see the class's Args);
+                default the class's (`"scan"`; `MultiIndexHashing`'s `"mih"`).
 
         Returns:
             A new `HammingIndex` with the same codes, ids and search results.
@@ -442,7 +442,7 @@ class HammingIndex:
             ValueError: if the file is not a valid HammingIndex file.
         """
         path = os.fspath(path)
-        method = _check_method(method)
+        method = None if method is None else _check_method(method)
         recover(path)  # an encode killed between its codes and this index: finish it (tfhash.io.transaction)
         try:
             f = open(path, "rb")
@@ -473,7 +473,7 @@ class HammingIndex:
                 )
 
             index = cls(bits)
-            index.method = method
+            index.method = method or index.method
             # Read codes straight into faiss's buffer: no second copy.
             index._index = cls._new_engine_for(bits, n)
             crc = 0
@@ -590,6 +590,78 @@ class HammingIndex:
                 f"Received: {received}"
             )
         return np.ascontiguousarray(codes)
+
+
+class MultiIndexHashing(HammingIndex):
+    """`HammingIndex(bits, method="mih")` with multi-index hashing's settings
+    and counters: exact Hamming k-NN and range search through `m` substring
+    tables (`tfhash.mih` has the algorithm, Norouzi et al.), the scan's
+    results bit for bit, dtypes and tie order included.
+
+    A query whose probing would cost more than `budget * ntotal` units of
+    work (a probe or a verified code each) is answered by the scan instead;
+    `k >= ntotal / 2` goes straight to the scan. Tables are rebuilt, in
+    `O(m * ntotal)`, by the first search after an `add` (or by `build()`);
+    `memory_bytes` counts them. Queries run on as many threads as faiss's
+    (`faiss.omp_get_max_threads()`). Importing numba, the first one made
+    takes a second or so.
+
+    Args:
+        bits: code length, a positive multiple of 8.
+        m: substrings per code, in `[ceil(bits / 32), bits]`; by default
+            chosen when the tables are built, from `ntotal`
+            (`tfhash.mih.default_m`).
+        budget: per-query work limit as a fraction of `ntotal` before the
+            scan takes over (`math.inf`: never); default
+            `tfhash.mih.DEFAULT_BUDGET` (0.02).
+
+    Attributes:
+        stats: queries the tables answered (`"mih"`) and handed to the scan
+            (`"scan"`), and the units of work they spent on k-NN (`"work"`),
+            cumulative; informational.
+    """
+
+    def __init__(self, bits, m=None, budget=None):
+        from tfhash import mih
+
+        super().__init__(bits, method="mih")
+        if m is not None and (not _is_int(m) or not -(-self.bits // 32) <= m <= self.bits):
+            raise ValueError(f"Expected `m` to be None or an int in [ceil(bits / 32), bits] = "
+                             f"[{-(-self.bits // 32)}, {self.bits}]. Received: m={m!r}")
+        budget = mih.DEFAULT_BUDGET if budget is None else budget
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not budget > 0:
+            raise ValueError(f"Expected `budget` to be a positive number. Received: budget={budget!r}")
+        self._m = None if m is None else int(m)
+        self.budget = budget
+        self.stats = {"mih": 0, "scan": 0, "work": 0}
+        self._mih_options = {"m": self._m, "budget": budget, "stats": self.stats}
+
+    @property
+    def m(self):
+        """Substrings per code: as given, else as the tables were (or will be) built."""
+        from tfhash import mih
+
+        if self._m is not None:
+            return self._m
+        if self._mih_tables is not None:
+            return self._mih_tables.m
+        return mih.default_m(self.ntotal, self.bits)
+
+    @property
+    def table_bytes(self):
+        """Bytes held by the substring tables (0 until built)."""
+        return 0 if self._mih_tables is None else self._mih_tables.nbytes
+
+    def __repr__(self):
+        return (f"MultiIndexHashing(bits={self.bits}, m={self.m}, ntotal={self.ntotal}, "
+                f"has_ids={self.has_ids})")
+
+    def build(self):
+        """Builds the substring tables now (else the next search does)."""
+        from tfhash import mih
+
+        self._check_not_empty("build")
+        mih.tables(self, self._m)
 
 
 def _parse_header(path, head):

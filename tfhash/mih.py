@@ -15,11 +15,14 @@ distance is within that certain radius: then every code at a distance up to
 it, ties included, is known, and the result is the exact brute-force answer,
 ranked by (distance, insertion position), as `HammingIndex` ranks it.
 
-Layout (built lazily by the first search after an `add`, or by `build()`):
+The indexes are `tfhash.index`'s: `HammingIndex(bits, method="mih")` (or
+`"auto"`: `auto_knn`) and `MultiIndexHashing` (its settings and counters)
+call this module's `knn` and `range_search`, which work on any
+`HammingIndex`'s codes. Layout (built lazily by the first search after an
+`add`, or by `MultiIndexHashing.build()`):
 
-* the codes, once, in `HammingIndex`'s faiss buffer (this class *is* a
-  `HammingIndex`: same checks, `add`, `save`/`load`, ids and scan), read
-  as 64-bit words (a zero-padded copy when `bits` is not a multiple of 64);
+* the codes, once, in `HammingIndex`'s faiss buffer, read as 64-bit words
+  (a zero-padded copy when `bits` is not a multiple of 64);
 * per table, the row positions sorted by substring value (a CSR layout: a
   counting sort, `int32` positions below 2**31 rows), and either a dense
   offsets array over all `2**L` substring values (when `2**L <= max(8 n,
@@ -48,7 +51,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from tfhash.index import HammingIndex, _is_int
+from tfhash.checks import is_int
+
 
 # Default per-query work budget, as a fraction of ntotal (one unit: one table
 # probe or one verified candidate). Beyond it the query falls back to the
@@ -106,11 +110,11 @@ def choose(n, bits, spread, k=100):
     * fewer than `_MIN_N` (100,000) codes, or `k >= n / 4`: the scan (at
       50,000 clustered codes, batches of 10 queries ran at 0.4x the scan).
     """
-    if not _is_int(n) or n < 0 or not _is_int(bits) or bits <= 0:
+    if not is_int(n) or n < 0 or not is_int(bits) or bits <= 0:
         raise ValueError(f"Expected int n >= 0 and bits > 0. Received: n={n!r}, bits={bits!r}")
     if not 0 <= spread <= 1:
         raise ValueError(f"Expected `spread` in [0, 1]. Received: spread={spread!r}")
-    if not _is_int(k) or k <= 0:
+    if not is_int(k) or k <= 0:
         raise ValueError(f"Expected `k` to be a positive int. Received: k={k!r}")
     if n < _MIN_N or k * 4 >= n:
         return "scan"
@@ -149,7 +153,7 @@ def estimate_spread(index, queries, k=100):
     """Mean distance from `queries` to their `k`-th nearest code in `index`
     (any `HammingIndex`), as a fraction of its bits: `choose`'s `spread`.
     A scan per query: use a few (10 to 100)."""
-    distances, _ = HammingIndex.search(index, queries, k)
+    distances, _ = index._index.search(np.ascontiguousarray(queries, np.uint8), k)
     return float(distances[:, -1].mean()) / index.bits
 
 
@@ -337,108 +341,6 @@ def auto_knn(index, queries, k):
     if len(parts) == 1:
         return parts[0]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-# ----------------------------------------------------------------------
-# The index
-# ----------------------------------------------------------------------
-
-
-class MultiIndexHashing(HammingIndex):
-    """Exact Hamming k-NN and range search by multi-index hashing.
-
-    A `HammingIndex` (same input checks, `add`, ids, `save`/`load`, results
-    identical to its scan, dtypes and tie order included) that answers
-    `search` and `range_search` through `m` substring tables, falling back
-    to the scan per query when probing would cost more than `budget *
-    ntotal` units of work, and for `k >= ntotal / 2`.
-
-    Args:
-        bits: code length, a positive multiple of 8.
-        m: substrings per code, in `[ceil(bits / 32), bits]`; by default
-            chosen when the tables are built, from `ntotal` (`default_m`).
-        budget: per-query work limit as a fraction of `ntotal` before the
-            scan takes over (`math.inf`: never).
-
-    Tables are rebuilt, in `O(m * ntotal)`, by the first search after an
-    `add` (or by `build()`); `memory_bytes` counts them. Queries run on
-    as many threads as faiss's (`faiss.omp_get_max_threads()`).
-
-    Attributes:
-        stats: queries answered by the tables (`"mih"`) and by the scan
-            (`"scan"`), and units of work spent on k-NN (`"work"`: probes
-            plus verified candidates), cumulative; informational.
-    """
-
-    def __init__(self, bits, m=None, budget=DEFAULT_BUDGET):
-        super().__init__(bits)
-        if m is not None and (not _is_int(m) or not -(-self.bits // 32) <= m <= self.bits):
-            raise ValueError(f"Expected `m` to be None or an int in [ceil(bits / 32), bits] = "
-                             f"[{-(-self.bits // 32)}, {self.bits}]. Received: m={m!r}")
-        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not budget > 0:
-            raise ValueError(f"Expected `budget` to be a positive number. Received: budget={budget!r}")
-        self._m = None if m is None else int(m)
-        self.budget = budget
-        self._mih_tables = None
-        self.stats = {"mih": 0, "scan": 0, "work": 0}
-
-    @property
-    def m(self):
-        """Substrings per code: as given, else as the tables were (or will be) built."""
-        if self._m is not None:
-            return self._m
-        if self._mih_tables is not None:
-            return self._mih_tables.m
-        return default_m(self.ntotal, self.bits)
-
-    @property
-    def table_bytes(self):
-        """Bytes held by the substring tables (0 until built)."""
-        return 0 if self._mih_tables is None else self._mih_tables.nbytes
-
-    @property
-    def memory_bytes(self):
-        """Codes, custom ids and substring tables."""
-        return self.code_bytes + (0 if self._ids is None else self._ids.nbytes) + self.table_bytes
-
-    def __repr__(self):
-        return (f"MultiIndexHashing(bits={self.bits}, m={self.m}, ntotal={self.ntotal}, "
-                f"has_ids={self.has_ids})")
-
-    def add(self, codes, ids=None):
-        n = self.ntotal
-        super().add(codes, ids)
-        if self.ntotal != n:
-            self._mih_tables = None  # stale: free them now
-
-    def build(self):
-        """Builds the substring tables now (else the next search does)."""
-        self._check_not_empty("build")
-        tables(self, self._m)
-
-    def search(self, queries, k):
-        """Exact k-NN, as `HammingIndex.search`: `(distances, ids)`, `int32`
-        and `int64`, `(nq, min(k, ntotal))`, by distance then insertion order."""
-        queries = self._check_codes(queries, "queries")
-        if not _is_int(k) or k <= 0:
-            raise ValueError(f"Expected `k` to be a positive int. Received: k={k!r}")
-        self._check_not_empty("search")
-        k = min(int(k), self.ntotal)
-        if queries.shape[0] == 0 or 2 * k >= self.ntotal:
-            self.stats["scan"] += queries.shape[0]
-            return HammingIndex.search(self, queries, k)
-        return knn(self, queries, k, m=self._m, budget=self.budget, stats=self.stats)
-
-    def range_search(self, queries, radius):
-        """Every code within `radius` (inclusive), as `HammingIndex.range_search`:
-        `(lims, distances, ids)`, each query's results by distance then
-        insertion order."""
-        queries = self._check_codes(queries, "queries")
-        self._check_radius(radius)
-        self._check_not_empty("range_search")
-        if queries.shape[0] == 0:
-            return HammingIndex.range_search(self, queries, radius)
-        return range_search(self, queries, radius, m=self._m, budget=self.budget, stats=self.stats)
 
 
 # ----------------------------------------------------------------------
