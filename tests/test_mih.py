@@ -425,9 +425,10 @@ def test_auto_scans_uniform_codes_and_small_indexes():
 def test_auto_decides_on_the_queries_asked(monkeypatch):
     # Clustered codes look made for the tables (mih.choose, on the index's own
     # codes), but uniform random queries lie ~20 of 64 bits from their 10th
-    # neighbour (a centre's codes, ~4 bits apart, lie ~7 bits from theirs): measured on the first mih._PROBE of them, the tables cost more
-    # than half a scan (each is given up on: a scan plus the work), so auto
-    # scans the rest. Queries near the codes keep the tables.
+    # neighbour (a centre's own codes lie ~7 bits from it): measured on the
+    # first mih._PROBE of them, the tables cost more than half a scan (each is
+    # given up on: a scan plus the work), so auto scans the rest, and the next
+    # calls, until the index changes. Queries near the codes keep the tables.
     database, near = many_clusters(AUTO_N, 40)
     far = random_codes(np.random.default_rng(5), 40, 64)
     scan = with_method(database, "scan")
@@ -439,15 +440,16 @@ def test_auto_decides_on_the_queries_asked(monkeypatch):
     assert_same_knn(scan, far_first, far, 10)
     assert by_tables == [mih._PROBE] and mih.auto_choice(far_first, 10) == "scan"  # the rest: scanned
     assert far_first._mih_tables is None and far_first.memory_bytes == scan.memory_bytes  # freed, unused
-    # Measured again once the scan has answered mih._REPROBE (1,024) queries: still losing.
-    assert_same_knn(scan, far_first, np.tile(far, (25, 1)), 10)  # 32 + 1,000 scanned
-    assert mih.auto_choice(far_first, 10) == "mih"
-    assert_same_knn(scan, far_first, far, 10)
-    assert by_tables == [mih._PROBE] * 2 and far_first._mih_tables is None
+    assert_same_knn(scan, far_first, near, 10)  # scanned too, until the index changes
+    assert by_tables == [mih._PROBE] and far_first._mih_tables is None
+    # Measured over calls: 3 queries a call, the first mih._PROBE (8) by the tables, then as they pay.
     by_tables.clear()
-    assert_same_knn(scan, near_first, near, 10)
-    assert by_tables == [mih._PROBE, 40 - mih._PROBE] and mih.auto_choice(near_first, 10) == "mih"
+    for part in np.array_split(near[:12], 4):
+        assert_same_knn(scan, near_first, part, 10)
+    assert by_tables == [3, 3, 2, 1, 3] and mih.auto_choice(near_first, 10) == "mih"
     assert mih.auto_choice(far_first, 1) == "mih"  # per k: nothing measured at k = 1 yet
+    far_first.add(near[:1])
+    assert mih.auto_choice(far_first, 10) == "mih"  # a new size: measured again
 
 
 def test_method_is_checked_and_chosen_at_load(tmp_path):

@@ -264,8 +264,7 @@ def picks_mih(index, k, *, sample=32):
 # decides. Own codes are a biased sample (a database with near-duplicates
 # looks tighter to itself than to new queries: Fashion-MNIST codes tiled with
 # bit noise did), so the decision rests on the queries asked.
-_PROBE = 8  # queries answered by the tables to measure them
-_REPROBE = 1024  # queries the scan answers before the tables are measured again (doubling each time they lose)
+_PROBE = 8  # queries answered by the tables to measure them, per index size and k
 _MEMORY = 256  # queries a running cost remembers
 
 
@@ -275,7 +274,7 @@ def _scan_ids(index, queries, k):
 
 
 def _auto_state(index):
-    """{k: [cost, scanned, wait]} of `index` at its current size (see `auto_knn`)."""
+    """{k: (cost, queries measured)} of `index` at its current size (see `auto_knn`)."""
     state = getattr(index, "_mih_auto", None)
     if state is None or state[0] != index.ntotal:
         state = index._mih_auto = (index.ntotal, {})
@@ -283,16 +282,16 @@ def _auto_state(index):
 
 
 def _pays(cost, n):
-    return cost is not None and cost * _MARGIN <= n
+    return cost * _MARGIN <= n
 
 
 def auto_choice(index, k):
-    """What `auto_knn` does now with the next queries of `index` at `k`:
-    `"mih"` or `"scan"` (`"mih"` also when it would first measure the tables)."""
+    """What `auto_knn` does with the next queries of `index` at `k`: `"mih"`
+    or `"scan"` (`"mih"` also while it is still measuring the tables)."""
     if 2 * k >= index.ntotal or not picks_mih(index, k):
         return "scan"
-    cost, scanned, wait = _auto_state(index).get(k, (None, 0, _REPROBE))
-    return "mih" if cost is None or scanned >= wait or _pays(cost, index.ntotal) else "scan"
+    cost, measured = _auto_state(index).get(k, (0.0, 0))
+    return "mih" if measured < _PROBE or _pays(cost, index.ntotal) else "scan"
 
 
 def auto_knn(index, queries, k):
@@ -301,42 +300,38 @@ def auto_knn(index, queries, k):
 
     Per index size and k, the cost of the tables on the queries asked is
     kept, in codes the scan streams per query: `work * _UNIT_COST`, plus `n`
-    for a query handed to the scan. The first `_PROBE` queries are answered
-    by the tables to measure it; the rest of a call goes to the tables when
-    `_MARGIN` times that cost is at most `n` (what a scan streams), else to
-    the scan. Each call by the tables updates the cost (a running mean over
-    about `_MEMORY` queries). Once the scan is chosen, the tables are
-    measured again after `_REPROBE` queries, then twice as many each time
-    they lose; while no k uses them, they are freed (rebuilt if measured
-    again)."""
+    for a query handed to the scan. The first `_PROBE` queries (over one call
+    or several) are answered by the tables to measure it; after them, a
+    call goes to the tables while `_MARGIN` times that cost is at most `n`
+    (what a scan streams), each such call updating the cost (a running mean
+    over about `_MEMORY` queries), and to the scan otherwise, until the
+    index's size changes. While no k measured uses them, the tables are
+    freed."""
     n = index.ntotal
     if not picks_mih(index, k):
         return _scan_ids(index, queries, k)
     state = _auto_state(index)
-    cost, scanned, wait = state.get(k, (None, 0, _REPROBE))
+    cost, measured = state.get(k, (0.0, 0))
     nq, start, parts = queries.shape[0], 0, []
 
     def by_tables(part):
-        nonlocal cost
+        nonlocal cost, measured
         stats = {"mih": 0, "scan": 0, "work": 0}
         parts.append(knn(index, part, k, stats=stats))
-        measured = (stats["work"] * _UNIT_COST + stats["scan"] * n) / len(part)
-        weight = min(len(part), _MEMORY) / _MEMORY
-        cost = measured if cost is None else (1 - weight) * cost + weight * measured
+        remembered = min(measured, _MEMORY)
+        cost = (cost * remembered + stats["work"] * _UNIT_COST + stats["scan"] * n) / (remembered + len(part))
+        measured += len(part)
 
-    if cost is None or scanned >= wait:
-        again = cost is not None
-        start, scanned = min(nq, _PROBE), 0
+    if measured < _PROBE:
+        start = min(nq, _PROBE - measured)
         by_tables(queries[:start])
-        wait = _REPROBE if _pays(cost, n) or not again else 2 * wait
     if start < nq:
         if _pays(cost, n):
             by_tables(queries[start:])
         else:
             parts.append(_scan_ids(index, queries[start:], k))
-            scanned += nq - start
-    state[k] = (cost, scanned, wait)
-    if not any(_pays(c, n) for c, _, _ in state.values()):
+    state[k] = (cost, measured)
+    if all(m >= _PROBE and not _pays(c, n) for c, m in state.values()):
         index._mih_tables = None  # no k uses them: their memory back
     if len(parts) == 1:
         return parts[0]
