@@ -9,9 +9,9 @@ import signal
 import numpy as np
 import pytest
 
+from one_line import refusal
 from tfhash import mih
-from tfhash.index import HammingIndex
-from tfhash.index import MultiIndexHashing
+from tfhash.index import HammingIndex, MultiIndexHashing
 
 EVERY = math.inf  # a budget that never hands a query to the scan
 
@@ -221,14 +221,6 @@ def test_range_search_with_fallback_and_many_results():
 # ----------------------------------------------------------------------
 # Input checks: HammingIndex's, message for message
 # ----------------------------------------------------------------------
-
-
-def refusal(call):
-    with pytest.raises(ValueError) as error:
-        call()
-    message = str(error.value)
-    assert "\n" not in message
-    return message
 
 
 BAD_CODES = [

@@ -17,6 +17,7 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 import tfhash.milvus_index as milvus_index  # noqa: E402
+from one_line import refusal  # noqa: E402
 from tfhash.index import HammingIndex  # noqa: E402
 from tfhash.milvus_index import MilvusIndex  # noqa: E402
 
@@ -263,14 +264,6 @@ def test_paths_and_metadata_kept_with_the_collection(where):
 # ----------------------------------------------------------------------
 # Refusals: HammingIndex's, word for word, in one line
 # ----------------------------------------------------------------------
-
-
-def refusal(call):
-    with pytest.raises(ValueError) as error:
-        call()
-    message = str(error.value)
-    assert "\n" not in message
-    return message
 
 
 def test_bad_input_refused_as_hamming_index_refuses(where):

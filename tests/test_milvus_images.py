@@ -21,6 +21,7 @@ pytest.importorskip("milvus_lite")
 import pymilvus  # noqa: E402, F401  (its import reconfigures logging: here, not under capsys)
 from test_image_search import N, Interrupt, StopAfter, encoder, folder, images  # noqa: E402, F401
 
+from one_line import refusal  # noqa: E402
 from tfhash.cli import main  # noqa: E402
 from tfhash.image_search import encode_files, load_image_index, search_files  # noqa: E402
 from tfhash.milvus_index import MilvusIndex  # noqa: E402
@@ -137,14 +138,6 @@ def test_an_insert_that_fails_leaves_whole_batches_to_resume_from(photos, encode
     reference = encode_files(encoder, photos, photos.parent / "db.thi", skip_bad=True)
     np.testing.assert_array_equal(codes, reference.codes())
     assert paths == reference.metadata["paths"]
-
-
-def refusal(call):
-    with pytest.raises(ValueError) as error:
-        call()
-    message = str(error.value)
-    assert "\n" not in message
-    return message
 
 
 def test_a_collection_of_other_files_or_codes_is_refused(photos, encoder, address, database, tmp_path, capsys):
