@@ -454,3 +454,12 @@ def test_method_is_checked_and_chosen_at_load(tmp_path):
     expected = "Expected `method` to be one of ('scan', 'mih', 'auto'). Received: method='fast'"
     assert refusal(lambda: HammingIndex(64, method="fast")) == expected
     assert refusal(lambda: HammingIndex.load(tmp_path / "codes.thi", method="fast")) == expected
+
+
+def test_settings_and_counters_are_read_at_each_search():
+    # bench/mih.py resets `stats` between runs, and `budget` may be changed on a built index.
+    database, queries = make("clustered", 64, 5000, 10)
+    scan, ours = both(database, budget=EVERY)
+    ours.stats, ours.budget = {"mih": 0, "scan": 0, "work": 0}, 1e-9  # every query given up on
+    assert_same_knn(scan, ours, queries, 10)
+    assert ours.stats["scan"] == len(queries) and ours.stats["mih"] == 0

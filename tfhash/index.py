@@ -155,10 +155,8 @@ class HammingIndex:
             )
         self.method = _check_method(method)
         # tfhash.mih's substring tables (method "mih" or "auto"), built by a
-        # search and dropped by add(); the settings its calls take (m, budget,
-        # stats: MultiIndexHashing's).
+        # search and dropped by add().
         self._mih_tables = None
-        self._mih_options = {}
         self.bits = int(bits)
         self.code_size = self.bits // 8
         self._index = self._new_engine(0)
@@ -313,7 +311,7 @@ class HammingIndex:
             from tfhash import mih
 
             if self.method == "mih":
-                return mih.knn(self, queries, k, **self._mih_options)
+                return mih.knn(self, queries, k, **self._mih_settings())
             return mih.auto_knn(self, queries, k)
         distances, positions = self._index.search(queries, k)
         return distances, self._to_ids(positions)
@@ -350,7 +348,7 @@ class HammingIndex:
         if self.method == "mih":
             from tfhash import mih
 
-            return mih.range_search(self, queries, int(radius), **self._mih_options)
+            return mih.range_search(self, queries, int(radius), **self._mih_settings())
         lims, distances, positions = self._index.range_search(queries, int(radius) + 1)
         lims = lims.astype(np.int64)
         distances = distances.astype(np.int32)
@@ -551,6 +549,10 @@ class HammingIndex:
             for start in range(0, ids.size, _IO_CHUNK):
                 yield ids[start : start + _IO_CHUNK]
 
+    def _mih_settings(self):
+        """What `tfhash.mih`'s calls take beyond the queries (MultiIndexHashing's m, budget and stats)."""
+        return {}
+
     def _to_ids(self, positions):
         # k <= ntotal, so faiss fills every slot: no -1 positions to mask.
         if self._ids is None:
@@ -634,7 +636,6 @@ class MultiIndexHashing(HammingIndex):
         self._m = None if m is None else int(m)
         self.budget = budget
         self.stats = {"mih": 0, "scan": 0, "work": 0}
-        self._mih_options = {"m": self._m, "budget": budget, "stats": self.stats}
 
     @property
     def m(self):
@@ -655,6 +656,9 @@ class MultiIndexHashing(HammingIndex):
     def __repr__(self):
         return (f"MultiIndexHashing(bits={self.bits}, m={self.m}, ntotal={self.ntotal}, "
                 f"has_ids={self.has_ids})")
+
+    def _mih_settings(self):
+        return {"m": self._m, "budget": self.budget, "stats": self.stats}
 
     def build(self):
         """Builds the substring tables now (else the next search does)."""
