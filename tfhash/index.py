@@ -262,7 +262,7 @@ class HammingIndex:
 
     def codes(self):
         """A copy of the packed codes held, (ntotal, bits / 8) uint8, in insertion order."""
-        return self._view(self._index, self.ntotal).copy().reshape(self.ntotal, self.code_size)
+        return self._codes_view().copy()
 
     # ------------------------------------------------------------------
     # Searching
@@ -313,8 +313,7 @@ class HammingIndex:
             if self.method == "mih":
                 return mih.knn(self, queries, k, **self._mih_settings())
             return mih.auto_knn(self, queries, k)
-        distances, positions = self._index.search(queries, k)
-        return distances, self._to_ids(positions)
+        return self._scan_search(queries, k)
 
     def range_search(self, queries, radius):
         """Finds every code within Hamming distance `radius` (inclusive).
@@ -349,14 +348,8 @@ class HammingIndex:
             from tfhash import mih
 
             return mih.range_search(self, queries, int(radius), **self._mih_settings())
-        lims, distances, positions = self._index.range_search(queries, int(radius) + 1)
-        lims = lims.astype(np.int64)
-        distances = distances.astype(np.int32)
-        # faiss does not promise an order inside a query's results: sort by
-        # (query, distance, position) explicitly.
-        query_of = np.repeat(np.arange(nq, dtype=np.int64), np.diff(lims))
-        order = np.lexsort((positions, distances, query_of))
-        return lims, distances[order], self._to_ids(positions[order])
+        lims, distances, positions = self._scan_range(queries, radius)
+        return lims, distances, self._to_ids(positions)
 
     # ------------------------------------------------------------------
     # Saving and loading
@@ -548,6 +541,27 @@ class HammingIndex:
             ids = self._ids[:n].astype("<i8", copy=False).view(np.uint8)
             for start in range(0, ids.size, _IO_CHUNK):
                 yield ids[start : start + _IO_CHUNK]
+
+    def _codes_view(self):
+        """The codes held, (ntotal, code_size) uint8, a view of faiss's buffer (no copy; an add may free it)."""
+        return self._view(self._index, self.ntotal).reshape(self.ntotal, self.code_size)
+
+    def _scan_search(self, queries, k):
+        """The scan's k-NN of checked queries, `1 <= k <= ntotal`: (distances, ids)."""
+        distances, positions = self._index.search(queries, k)
+        return distances, self._to_ids(positions)
+
+    def _scan_range(self, queries, radius):
+        """The scan's range search of checked queries: (lims, distances, positions),
+        each query's results by distance, then position."""
+        lims, distances, positions = self._index.range_search(queries, int(radius) + 1)
+        lims = lims.astype(np.int64)
+        distances = distances.astype(np.int32)
+        # faiss does not promise an order inside a query's results: sort by
+        # (query, distance, position) explicitly.
+        query_of = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims))
+        order = np.lexsort((positions, distances, query_of))
+        return lims, distances[order], positions[order]
 
     def _mih_settings(self):
         """What `tfhash.mih`'s calls take beyond the queries (MultiIndexHashing's m, budget and stats)."""

@@ -176,8 +176,7 @@ def tables(index, m=None):
             t = getattr(index, "_mih_tables", None)
             if t is None or t.n != n or t.m != m:
                 index._mih_tables = None  # the old tables are freed before the new ones are built
-                codes = index._view(index._index, n).reshape(n, index.code_size)
-                t = index._mih_tables = _Tables(codes, index.bits, m)
+                t = index._mih_tables = _Tables(index._codes_view(), index.bits, m)
     return t
 
 
@@ -220,16 +219,13 @@ def range_search(index, queries, radius, *, m=None, budget=DEFAULT_BUDGET, stats
     positions = np.concatenate([part[2] for part in parts])
     if failed.any():
         # The scan answers the queries given up on; splice them in, in query order.
-        lims, f_d, f_pos = index._index.range_search(queries[failed], int(radius) + 1)
-        lims = lims.astype(np.int64)
-        query_of = np.repeat(np.arange(int(failed.sum()), dtype=np.int64), np.diff(lims))
-        order = np.lexsort((f_pos, f_d, query_of))
+        lims, f_d, f_pos = index._scan_range(queries[failed], radius)
         counts[failed] = np.diff(lims)
         total = int(counts.sum())
         new_d, new_pos = np.empty(total, np.int32), np.empty(total, np.int64)
         kept = np.repeat(~failed, counts)
         new_d[kept], new_pos[kept] = distances, positions
-        new_d[~kept], new_pos[~kept] = f_d[order], f_pos[order]
+        new_d[~kept], new_pos[~kept] = f_d, f_pos
         distances, positions = new_d, new_pos
     lims = np.zeros(nq + 1, np.int64)
     np.cumsum(counts, out=lims[1:])
@@ -248,15 +244,12 @@ def picks_mih(index, k, *, sample=32):
     n = index.ntotal
     if n < _MIN_N or 4 * k >= n:
         return False
-    cache = getattr(index, "_mih_spread", None)
-    if cache is None or cache[0] != n:
-        cache = index._mih_spread = (n, {})
-    if k not in cache[1]:
+    spreads = _sized(index)["spread"]
+    if k not in spreads:
         rows = np.linspace(0, n - 1, sample).astype(np.int64)
-        codes = index._view(index._index, n).reshape(n, index.code_size)[rows]
-        distances, _ = index._index.search(codes, k + 1)
-        cache[1][k] = float(distances[:, -1].mean()) / index.bits
-    return choose(n, index.bits, cache[1][k], k) == "mih"
+        distances, _ = index._index.search(index._codes_view()[rows], k + 1)
+        spreads[k] = float(distances[:, -1].mean()) / index.bits
+    return choose(n, index.bits, spreads[k], k) == "mih"
 
 
 # `HammingIndex(method="auto")`: the tables are tried where the index's own
@@ -268,16 +261,12 @@ _PROBE = 8  # queries answered by the tables to measure them, per index size and
 _MEMORY = 256  # queries a running cost remembers
 
 
-def _scan_ids(index, queries, k):
-    distances, positions = index._index.search(queries, k)
-    return distances, index._to_ids(positions)
-
-
-def _auto_state(index):
-    """{k: (cost, queries measured)} of `index` at its current size (see `auto_knn`)."""
-    state = getattr(index, "_mih_auto", None)
+def _sized(index):
+    """What `picks_mih` and `auto_knn` learnt of `index` at its current size:
+    {"spread": {k: spread}, "auto": {k: (cost, queries measured)}}."""
+    state = getattr(index, "_mih_sized", None)
     if state is None or state[0] != index.ntotal:
-        state = index._mih_auto = (index.ntotal, {})
+        state = index._mih_sized = (index.ntotal, {"spread": {}, "auto": {}})
     return state[1]
 
 
@@ -290,7 +279,7 @@ def auto_choice(index, k):
     or `"scan"` (`"mih"` also while it is still measuring the tables)."""
     if 2 * k >= index.ntotal or not picks_mih(index, k):
         return "scan"
-    cost, measured = _auto_state(index).get(k, (0.0, 0))
+    cost, measured = _sized(index)["auto"].get(k, (0.0, 0))
     return "mih" if measured < _PROBE or _pays(cost, index.ntotal) else "scan"
 
 
@@ -309,8 +298,8 @@ def auto_knn(index, queries, k):
     freed."""
     n = index.ntotal
     if not picks_mih(index, k):
-        return _scan_ids(index, queries, k)
-    state = _auto_state(index)
+        return index._scan_search(queries, k)
+    state = _sized(index)["auto"]
     cost, measured = state.get(k, (0.0, 0))
     nq, start, parts = queries.shape[0], 0, []
 
@@ -329,7 +318,7 @@ def auto_knn(index, queries, k):
         if _pays(cost, n):
             by_tables(queries[start:])
         else:
-            parts.append(_scan_ids(index, queries[start:], k))
+            parts.append(index._scan_search(queries[start:], k))
     state[k] = (cost, measured)
     if all(m >= _PROBE and not _pays(c, n) for c, m in state.values()):
         index._mih_tables = None  # no k uses them: their memory back
