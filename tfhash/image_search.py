@@ -119,34 +119,25 @@ def encode_files(encoder, source, index_path, *, output=None, run=None, keep_asp
         The `HammingIndex` written; for Milvus, the `MilvusIndex`, open
         (close it), its `metadata` as `load_image_index` gives it.
     """
-    from tfhash.data.folders import image_batches, list_images
-    from tfhash.layers import SignPack
+    from tfhash.data.folders import list_images
     from tfhash.retrieval import encoder_identity
 
     root, paths = list_images(source)
     decoding = encoder_decoding(encoder, keep_aspect)
     identity = encoder_identity(encoder)
     listing = _listing_sha256(root, paths, decoding, identity, skip_bad)
+    meta = {"root": os.path.abspath(root), **decoding, "run": os.path.abspath(run) if run else None,
+            "encoder": identity}
     if parse_address(index_path):
-        meta = {"root": os.path.abspath(root), **decoding, "run": os.path.abspath(run) if run else None,
-                "encoder": identity, "listing": listing, "files": len(paths)}
-        return _encode_into_milvus(encoder, source, index_path, root, paths, meta, output=output, skip_bad=skip_bad,
-                                   batch_size=batch_size, progress=progress)
+        return _encode_into_milvus(encoder, source, index_path, paths, {**meta, "listing": listing, "files": len(paths)},
+                                   output=output, skip_bad=skip_bad, batch_size=batch_size, progress=progress)
     partial_path = _partial_path(index_path)
     with transaction(index_path, wait=wait) as result:
         codes, kept, start = _resume(partial_path, listing, encoder.bits)
-        if progress is not None:
-            progress.target = progress.target or len(paths)
-            progress.update(start)
-        pack = SignPack()
         last = time.monotonic()
-        batches = image_batches(root, paths[start:], image_size=tuple(decoding["image_size"]),
-                                channels=decoding["channels"], keep_aspect=keep_aspect, batch_size=batch_size,
-                                skip_bad=skip_bad)
         done = start
-        for images, positions in batches:
-            positions = positions.numpy() + start
-            codes.append(pack(encoder.predict_on_batch(images)).numpy())
+        for batch, positions in _encoded(encoder, paths, start, meta, skip_bad, batch_size, progress):
+            codes.append(batch)
             kept.append(positions)
             # Every file up to this batch's last was decoded or skipped (the pipeline keeps their order).
             done = int(positions[-1]) + 1 if len(positions) else done
@@ -158,13 +149,10 @@ def encode_files(encoder, source, index_path, *, output=None, run=None, keep_asp
         codes = np.concatenate(codes) if codes else np.empty((0, encoder.bits // 8), np.uint8)
         kept = np.concatenate(kept) if kept else np.empty(0, np.int64)
         if not len(kept):
-            raise ValueError(f"No image of {source} could be read: expected at least one of its {len(paths)} "
-                             f"image files to decode. Received: every one skipped as unreadable")
+            raise _nothing_read(source, paths)
         index = HammingIndex(encoder.bits)
         index.add(codes)
-        index.metadata = {"root": os.path.abspath(root), "paths": [paths[i] for i in kept], **decoding,
-                          "run": os.path.abspath(run) if run else None, "encoder": identity,
-                          "skipped": len(paths) - len(kept)}
+        index.metadata = {**meta, "paths": [paths[i] for i in kept], "skipped": len(paths) - len(kept)}
         result.write(index_path, index.write_to)
         if output:
             result.write(output, array_writer(codes))
@@ -174,33 +162,45 @@ def encode_files(encoder, source, index_path, *, output=None, run=None, keep_asp
     return index
 
 
-def _encode_into_milvus(encoder, source, address, root, paths, meta, *, output, skip_bad, batch_size, progress):
-    """`encode_files` into a Milvus collection: batch by batch, resumed from the collection's last row."""
+def _encoded(encoder, paths, start, meta, skip_bad, batch_size, progress):
+    """(packed codes, positions in `paths`) of each batch of `paths[start:]`,
+    decoded as `meta` says (root, image size, channels, aspect); the progress
+    bar's target set and moved to `start` first."""
     from tfhash.data.folders import image_batches
     from tfhash.layers import SignPack
+
+    if progress is not None:
+        progress.target = progress.target or len(paths)
+        progress.update(start)
+    pack = SignPack()
+    for images, positions in image_batches(meta["root"], paths[start:], image_size=tuple(meta["image_size"]),
+                                           channels=meta["channels"], keep_aspect=meta["keep_aspect"],
+                                           batch_size=batch_size, skip_bad=skip_bad):
+        yield pack(encoder.predict_on_batch(images)).numpy(), positions.numpy() + start
+
+
+def _nothing_read(source, paths):
+    return ValueError(f"No image of {source} could be read: expected at least one of its {len(paths)} "
+                      f"image files to decode. Received: every one skipped as unreadable")
+
+
+def _encode_into_milvus(encoder, source, address, paths, meta, *, output, skip_bad, batch_size, progress):
+    """`encode_files` into a Milvus collection: batch by batch, resumed from the collection's last row."""
     from tfhash.milvus_index import MilvusIndex
 
     # One insert call per batch of images.
     index = MilvusIndex.open(address, encoder.bits, paths=True, metadata=meta, batch_size=max(batch_size, 10_000))
     try:
         start = _milvus_resume(index, address, paths, meta["listing"])
-        if progress is not None:
-            progress.target = progress.target or len(paths)
-            progress.update(start)
-        pack = SignPack()
-        batches = image_batches(root, paths[start:], image_size=tuple(meta["image_size"]), channels=meta["channels"],
-                                keep_aspect=meta["keep_aspect"], batch_size=batch_size, skip_bad=skip_bad)
-        for images, positions in batches:
-            positions = positions.numpy() + start
+        for codes, positions in _encoded(encoder, paths, start, meta, skip_bad, batch_size, progress):
             if not len(positions):  # every file of the batch skipped
                 continue
-            index.add(pack(encoder.predict_on_batch(images)).numpy(), paths=[paths[i] for i in positions])
+            index.add(codes, paths=[paths[i] for i in positions])
             if progress is not None:
                 progress.update(int(positions[-1]) + 1)
         rows = index.ntotal
         if not rows:
-            raise ValueError(f"No image of {source} could be read: expected at least one of its {len(paths)} "
-                             f"image files to decode. Received: every one skipped as unreadable")
+            raise _nothing_read(source, paths)
         if output:
             write_atomically(output, array_writer(index.codes()))
         index.metadata = {**index.metadata, "skipped": len(paths) - rows}
